@@ -1,0 +1,540 @@
+//! The block manager: sequences, their block tables, and the operations the scheduler calls.
+
+use rustc_hash::FxHashMap;
+
+use crate::device::DevicePages;
+use crate::error::BlockError;
+use crate::pool::BlockPool;
+use crate::prefix_cache::{chain_hash, PageIdentity, PageLink, ROOT_HASH};
+use crate::{BlockCopy, BlockHash, BlockId, Location, SeqId, TokenId};
+
+/// How the block manager is sized and what it does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockManagerConfig {
+    /// Token slots per page: a power of two in 1..=256.
+    pub block_size: usize,
+    /// Pages in the device (GPU or CPU-engine) KV cache.
+    pub num_device_blocks: usize,
+    /// Pages in the host swap pool (0 disables swapping).
+    pub num_host_blocks: usize,
+    /// Fraction of device pages kept free when admitting new sequences (or swapping sequences
+    /// back in), so that running sequences can still grow by a page without preemption.
+    pub watermark: f64,
+    /// Whether full pages are hashed and reused across sequences.
+    pub enable_prefix_caching: bool,
+}
+
+impl BlockManagerConfig {
+    /// A device-only cache with prefix caching on and a 1 % watermark (vLLM's defaults).
+    pub fn new(block_size: usize, num_device_blocks: usize) -> Self {
+        BlockManagerConfig {
+            block_size,
+            num_device_blocks,
+            num_host_blocks: 0,
+            watermark: 0.01,
+            enable_prefix_caching: true,
+        }
+    }
+
+    pub fn with_host_blocks(mut self, n: usize) -> Self {
+        self.num_host_blocks = n;
+        self
+    }
+
+    pub fn with_watermark(mut self, w: f64) -> Self {
+        self.watermark = w;
+        self
+    }
+
+    pub fn with_prefix_caching(mut self, on: bool) -> Self {
+        self.enable_prefix_caching = on;
+        self
+    }
+
+    fn validate(&self) -> Result<(), BlockError> {
+        if !(1..=256).contains(&self.block_size) || !self.block_size.is_power_of_two() {
+            return Err(BlockError::InvalidConfig(format!(
+                "block_size must be a power of two in 1..=256, got {}",
+                self.block_size
+            )));
+        }
+        if !(0.0..1.0).contains(&self.watermark) {
+            return Err(BlockError::InvalidConfig(format!(
+                "watermark must be in [0, 1), got {}",
+                self.watermark
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The longest run of cached full pages for a prompt, as found by
+/// [`BlockManager::lookup_prefix`]. Pass it to [`BlockManager::admit`]; it goes stale (and
+/// `admit` refuses it) if any of its pages is evicted in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixHit {
+    /// The cached pages, in order, each with the generation it had when found.
+    pub blocks: Vec<PageLink>,
+    /// Tokens whose K/V are already in those pages: `blocks.len() * block_size`, and always
+    /// less than the prompt length (the last prompt token is computed for its logits).
+    pub num_cached_tokens: usize,
+    /// Length of the prompt that was looked up (counted as prefix-cache queries on admission).
+    pub num_query_tokens: usize,
+    pub extra_key: Option<u64>,
+    last_hash: BlockHash,
+    block_size: usize,
+}
+
+impl PrefixHit {
+    /// No cached pages (prefix caching off, or nothing found).
+    fn miss(num_query_tokens: usize, extra_key: Option<u64>, block_size: usize) -> Self {
+        PrefixHit {
+            blocks: Vec::new(),
+            num_cached_tokens: 0,
+            num_query_tokens,
+            extra_key,
+            last_hash: ROOT_HASH,
+            block_size,
+        }
+    }
+}
+
+/// What an allocation did, beyond growing the block table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Allocation {
+    /// Pages newly taken from the free list (not counting revived prefix-cache pages).
+    pub new_blocks: usize,
+    /// A copy-on-write order: the sequence's last page was shared and partly filled, so it now
+    /// writes into `dst`, which must first receive a copy of `src`.
+    pub cow: Option<BlockCopy>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SeqState {
+    pub blocks: Vec<BlockId>,
+    /// Token slots the sequence holds (its logical length in the cache).
+    pub num_tokens: usize,
+    /// Leading full pages already processed by `cache_full_blocks`.
+    pub num_hashed_blocks: usize,
+    /// Link to the canonical cached page for the last hashed page (the parent of the next).
+    pub last_link: PageLink,
+    pub last_hash: BlockHash,
+    pub extra_key: Option<u64>,
+    pub location: Location,
+}
+
+/// Page accounting for one KV cache (see the crate docs).
+#[derive(Debug, Clone)]
+pub struct BlockManager {
+    pub(crate) cfg: BlockManagerConfig,
+    pub(crate) dev: DevicePages,
+    pub(crate) host: BlockPool,
+    /// For each host page, the cached device page it was copied from (if that page was a
+    /// prefix-cache page), so that swap-in can revive it instead of copying.
+    pub(crate) host_origin: Vec<Option<PageLink>>,
+    pub(crate) seqs: FxHashMap<SeqId, SeqState>,
+    pub(crate) watermark_blocks: usize,
+    pub(crate) logical_tokens: usize,
+    pub(crate) host_logical_tokens: usize,
+    pub(crate) prefix_queries: u64,
+    pub(crate) prefix_hits: u64,
+}
+
+#[inline]
+pub(crate) fn blocks_for(tokens: usize, block_size: usize) -> usize {
+    tokens.div_ceil(block_size)
+}
+
+impl BlockManager {
+    pub fn new(cfg: BlockManagerConfig) -> Result<Self, BlockError> {
+        cfg.validate()?;
+        Ok(BlockManager {
+            dev: DevicePages::new(cfg.num_device_blocks, cfg.block_size)?,
+            host: BlockPool::new(cfg.num_host_blocks, cfg.block_size)?,
+            host_origin: vec![None; cfg.num_host_blocks],
+            seqs: FxHashMap::default(),
+            watermark_blocks: (cfg.watermark * cfg.num_device_blocks as f64) as usize,
+            logical_tokens: 0,
+            host_logical_tokens: 0,
+            prefix_queries: 0,
+            prefix_hits: 0,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &BlockManagerConfig {
+        &self.cfg
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.cfg.block_size
+    }
+
+    pub fn num_free_blocks(&self) -> usize {
+        self.dev.pool.num_free()
+    }
+
+    pub fn num_free_host_blocks(&self) -> usize {
+        self.host.num_free()
+    }
+
+    /// Pages admission leaves free for running sequences.
+    pub fn watermark_blocks(&self) -> usize {
+        self.watermark_blocks
+    }
+
+    pub fn contains(&self, seq: SeqId) -> bool {
+        self.seqs.contains_key(&seq)
+    }
+
+    pub fn num_sequences(&self) -> usize {
+        self.seqs.len()
+    }
+
+    fn state(&self, seq: SeqId) -> Result<&SeqState, BlockError> {
+        self.seqs.get(&seq).ok_or(BlockError::UnknownSequence(seq))
+    }
+
+    /// The sequence's pages in logical order (device or host pages, see [`Self::location`]).
+    pub fn block_table(&self, seq: SeqId) -> Result<&[BlockId], BlockError> {
+        Ok(&self.state(seq)?.blocks)
+    }
+
+    /// Token slots the sequence holds.
+    pub fn num_tokens(&self, seq: SeqId) -> Result<usize, BlockError> {
+        Ok(self.state(seq)?.num_tokens)
+    }
+
+    pub fn location(&self, seq: SeqId) -> Result<Location, BlockError> {
+        Ok(self.state(seq)?.location)
+    }
+
+    /// Reference count of a device page (tables pointing at it).
+    pub fn ref_count(&self, b: BlockId) -> u32 {
+        self.dev.pool.ref_count(b)
+    }
+
+    /// Reference count of a host page.
+    pub fn host_ref_count(&self, b: BlockId) -> u32 {
+        self.host.ref_count(b)
+    }
+
+    /// Token ids stored for a cached device page, or `None` if it has no prefix-cache entry.
+    pub fn cached_tokens(&self, b: BlockId) -> Option<&[TokenId]> {
+        self.dev
+            .prefix
+            .identity(b)
+            .map(|_| self.dev.prefix.stored_tokens(b))
+    }
+
+    fn device_state(&self, seq: SeqId) -> Result<&SeqState, BlockError> {
+        let st = self.state(seq)?;
+        match st.location {
+            Location::Device => Ok(st),
+            Location::Host => Err(BlockError::SequenceSwappedOut(seq)),
+        }
+    }
+
+    /// The longest run of verified cached full pages that starts `tokens`. Never covers the
+    /// last token. Pure: counters move only when the hit is used by [`Self::admit`].
+    pub fn lookup_prefix(&self, tokens: &[TokenId], extra_key: Option<u64>) -> PrefixHit {
+        let bs = self.cfg.block_size;
+        let mut hit = PrefixHit::miss(tokens.len(), extra_key, bs);
+        if !self.cfg.enable_prefix_caching {
+            return hit;
+        }
+        let max_blocks = tokens.len().saturating_sub(1) / bs;
+        let mut parent = PageLink::ROOT;
+        for page in tokens.chunks_exact(bs).take(max_blocks) {
+            let h = chain_hash(hit.last_hash, page, extra_key);
+            match self.dev.prefix.find(h, parent, extra_key, page) {
+                Some(b) => {
+                    parent = self.dev.prefix.link(b);
+                    hit.blocks.push(parent);
+                    hit.last_hash = h;
+                }
+                None => break,
+            }
+        }
+        hit.num_cached_tokens = hit.blocks.len() * bs;
+        hit
+    }
+
+    /// Free pages `admit(hit, num_new_tokens)` would still need, watermark included
+    /// (0 = it would succeed).
+    pub fn admit_shortfall(&self, hit: &PrefixHit, num_new_tokens: usize) -> usize {
+        let (needed, _) = self.admit_need(hit, num_new_tokens);
+        (needed + self.watermark_blocks).saturating_sub(self.num_free_blocks())
+    }
+
+    /// (pages to take off the free list, of which revived cached pages).
+    fn admit_need(&self, hit: &PrefixHit, num_new_tokens: usize) -> (usize, usize) {
+        let total = blocks_for(hit.num_cached_tokens + num_new_tokens, self.cfg.block_size);
+        let fresh = total.saturating_sub(hit.blocks.len());
+        let revived = hit
+            .blocks
+            .iter()
+            .filter(|l| self.dev.pool.ref_count(l.block) == 0)
+            .count();
+        (fresh + revived, revived)
+    }
+
+    fn check_hit(&self, hit: &PrefixHit) -> Result<(), BlockError> {
+        if hit.block_size != self.cfg.block_size
+            || hit.num_cached_tokens != hit.blocks.len() * hit.block_size
+        {
+            return Err(BlockError::ForeignPrefixHit("block size does not match"));
+        }
+        for l in &hit.blocks {
+            if l.block as usize >= self.cfg.num_device_blocks {
+                return Err(BlockError::ForeignPrefixHit("page id out of range"));
+            }
+            if self.dev.prefix.generation(l.block) != l.generation
+                || self.dev.prefix.identity(l.block).is_none()
+            {
+                return Err(BlockError::StalePrefixHit(l.block));
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a new sequence holding the hit's cached pages plus slots for
+    /// `num_new_tokens` more tokens. All or nothing; leaves the watermark free.
+    pub fn admit(
+        &mut self,
+        seq: SeqId,
+        hit: &PrefixHit,
+        num_new_tokens: usize,
+    ) -> Result<Allocation, BlockError> {
+        if self.seqs.contains_key(&seq) {
+            return Err(BlockError::SequenceExists(seq));
+        }
+        self.check_hit(hit)?;
+        let (needed, revived) = self.admit_need(hit, num_new_tokens);
+        let free = self.num_free_blocks();
+        if needed + self.watermark_blocks > free {
+            return Err(BlockError::OutOfBlocks {
+                needed: needed + self.watermark_blocks,
+                free,
+                missing: needed + self.watermark_blocks - free,
+            });
+        }
+        let bs = self.cfg.block_size;
+        let num_tokens = hit.num_cached_tokens + num_new_tokens;
+        let mut blocks = Vec::with_capacity(blocks_for(num_tokens, bs).max(4));
+        // Revive the hit pages before allocating, so allocation cannot evict them.
+        for l in &hit.blocks {
+            self.dev.retain(l.block);
+            blocks.push(l.block);
+        }
+        let fresh = needed - revived;
+        for _ in 0..fresh {
+            let b = self.dev.allocate().expect("free pages were counted above");
+            blocks.push(b);
+        }
+        let mut st = SeqState {
+            blocks,
+            num_tokens: hit.num_cached_tokens,
+            num_hashed_blocks: hit.blocks.len(),
+            last_link: hit.blocks.last().copied().unwrap_or(PageLink::ROOT),
+            last_hash: hit.last_hash,
+            extra_key: hit.extra_key,
+            location: Location::Device,
+        };
+        grow_fill(&mut self.dev, &mut st, num_tokens, bs);
+        self.logical_tokens += num_tokens;
+        if self.cfg.enable_prefix_caching {
+            self.prefix_queries += hit.num_query_tokens as u64;
+            self.prefix_hits += hit.num_cached_tokens as u64;
+        }
+        self.seqs.insert(seq, st);
+        Ok(Allocation {
+            new_blocks: fresh,
+            cow: None,
+        })
+    }
+
+    /// Free pages `allocate_slots(seq, n)` would still need (0 = it would succeed).
+    pub fn append_shortfall(&self, seq: SeqId, num_new_tokens: usize) -> Result<usize, BlockError> {
+        let st = self.device_state(seq)?;
+        Ok(self
+            .append_need(st, num_new_tokens)
+            .saturating_sub(self.num_free_blocks()))
+    }
+
+    fn append_need(&self, st: &SeqState, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        let bs = self.cfg.block_size;
+        let fresh = blocks_for(st.num_tokens + n, bs) - st.blocks.len();
+        let cow = !st.num_tokens.is_multiple_of(bs)
+            && self
+                .dev
+                .pool
+                .ref_count(*st.blocks.last().expect("partial page exists"))
+                > 1;
+        fresh + cow as usize
+    }
+
+    /// Gives a running sequence slots for `num_new_tokens` more tokens. All or nothing (no
+    /// watermark: running sequences may use it). If the last page is shared and partly filled
+    /// it is copied first (copy-on-write), so no shared page is ever written.
+    pub fn allocate_slots(
+        &mut self,
+        seq: SeqId,
+        num_new_tokens: usize,
+    ) -> Result<Allocation, BlockError> {
+        let st = self.device_state(seq)?;
+        let needed = self.append_need(st, num_new_tokens);
+        let free = self.num_free_blocks();
+        if needed > free {
+            return Err(BlockError::OutOfBlocks {
+                needed,
+                free,
+                missing: needed - free,
+            });
+        }
+        if num_new_tokens == 0 {
+            return Ok(Allocation::default());
+        }
+        let bs = self.cfg.block_size;
+        let st = self.seqs.get_mut(&seq).expect("checked above");
+        let mut out = Allocation::default();
+        if !st.num_tokens.is_multiple_of(bs) {
+            let last = st.blocks.len() - 1;
+            let src = st.blocks[last];
+            if self.dev.pool.ref_count(src) > 1 {
+                let dst = self.dev.allocate().expect("counted above");
+                let fill = self.dev.pool.fill(src);
+                self.dev.set_fill(dst, fill);
+                self.dev.release(src)?;
+                st.blocks[last] = dst;
+                out.cow = Some(BlockCopy { src, dst });
+            }
+        }
+        let target = blocks_for(st.num_tokens + num_new_tokens, bs);
+        while st.blocks.len() < target {
+            let b = self.dev.allocate().expect("counted above");
+            st.blocks.push(b);
+            out.new_blocks += 1;
+        }
+        let new_total = st.num_tokens + num_new_tokens;
+        grow_fill(&mut self.dev, st, new_total, bs);
+        self.logical_tokens += num_new_tokens;
+        Ok(out)
+    }
+
+    /// Records that the K/V of `tokens` (the sequence's tokens from position 0) are now in its
+    /// pages, and gives every newly full page a prefix-cache identity. Call it after the
+    /// forward pass that wrote them. Partial pages are never cached.
+    pub fn cache_full_blocks(&mut self, seq: SeqId, tokens: &[TokenId]) -> Result<(), BlockError> {
+        let st = self.device_state(seq)?;
+        if tokens.len() > st.num_tokens {
+            return Err(BlockError::TooManyTokens {
+                seq,
+                given: tokens.len(),
+                held: st.num_tokens,
+            });
+        }
+        if !self.cfg.enable_prefix_caching {
+            return Ok(());
+        }
+        let bs = self.cfg.block_size;
+        let st = self.seqs.get_mut(&seq).expect("checked above");
+        let full = tokens.len() / bs;
+        for i in st.num_hashed_blocks..full {
+            let page = &tokens[i * bs..(i + 1) * bs];
+            let h = chain_hash(st.last_hash, page, st.extra_key);
+            let b = st.blocks[i];
+            let prefix = &mut self.dev.prefix;
+            let canonical = if prefix.identity(b).is_some() {
+                // Shared with a sequence that cached it first (fork).
+                b
+            } else if let Some(twin) = prefix.find(h, st.last_link, st.extra_key, page) {
+                // Same content computed twice (two sequences prefilled it at once): children
+                // link to the page that is findable.
+                twin
+            } else if prefix.hash_taken(h) {
+                // A true hash collision: leave this page uncached.
+                b
+            } else {
+                let id = PageIdentity {
+                    hash: h,
+                    parent: st.last_link,
+                    extra_key: st.extra_key,
+                };
+                prefix.insert(b, id, page);
+                self.dev.pool.set_cached(b, true);
+                b
+            };
+            st.last_link = self.dev.prefix.link(canonical);
+            st.last_hash = h;
+            st.num_hashed_blocks = i + 1;
+        }
+        Ok(())
+    }
+
+    /// A new sequence `child` sharing every page of `parent` (parallel sampling, beam search).
+    /// No page is copied now; the first write into a shared partial page copies it.
+    pub fn fork(&mut self, parent: SeqId, child: SeqId) -> Result<(), BlockError> {
+        if self.seqs.contains_key(&child) {
+            return Err(BlockError::SequenceExists(child));
+        }
+        let st = self.device_state(parent)?.clone();
+        for &b in &st.blocks {
+            self.dev.retain(b);
+        }
+        self.logical_tokens += st.num_tokens;
+        self.seqs.insert(child, st);
+        Ok(())
+    }
+
+    /// Drops a sequence (finished, aborted or preempted by recompute) and releases its pages,
+    /// last page first so that the tail of a prompt is evicted before its shareable head.
+    /// Full cached pages stay findable until they are reused.
+    pub fn free(&mut self, seq: SeqId) -> Result<(), BlockError> {
+        let st = self
+            .seqs
+            .remove(&seq)
+            .ok_or(BlockError::UnknownSequence(seq))?;
+        match st.location {
+            Location::Device => {
+                for &b in st.blocks.iter().rev() {
+                    self.dev.release(b)?;
+                }
+                self.logical_tokens -= st.num_tokens;
+            }
+            Location::Host => {
+                for &b in st.blocks.iter().rev() {
+                    self.host.release(b)?;
+                }
+                self.host_logical_tokens -= st.num_tokens;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every prefix-cache entry (used pages keep their content, they just stop being
+    /// findable). Returns how many entries were dropped. Sequences keep running; pages they
+    /// fill later are cached again, chained to the forgotten ones and so not findable.
+    pub fn reset_prefix_cache(&mut self) -> usize {
+        let cached: Vec<BlockId> = self.dev.prefix.entries().map(|(_, b)| b).collect();
+        for &b in &cached {
+            self.dev.prefix.forget(b);
+            self.dev.pool.set_cached(b, false);
+        }
+        cached.len()
+    }
+}
+
+/// Raises the fill of a sequence's pages to cover `new_total` tokens (only its last partial
+/// page and fresh pages change: shared pages are full or were just copied).
+fn grow_fill(dev: &mut DevicePages, st: &mut SeqState, new_total: usize, bs: usize) {
+    let first = st.num_tokens / bs;
+    for i in first..blocks_for(new_total, bs) {
+        let fill = (new_total - i * bs).min(bs) as u32;
+        dev.set_fill(st.blocks[i], fill);
+    }
+    st.num_tokens = new_total;
+}

@@ -1,0 +1,1 @@
+//! KV layout contract and kernels: see `../shared/DESIGN.md`.

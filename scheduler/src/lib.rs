@@ -1,0 +1,1 @@
+//! Continuous-batching scheduler: see `../shared/DESIGN.md`.
