@@ -25,6 +25,16 @@ impl BlockManager {
                     st.num_tokens
                 ));
             }
+            if st.tail != st.blocks.last().copied().unwrap_or(crate::free_list::NIL) {
+                return Err(format!("seq {seq}: inline tail out of date"));
+            }
+            if st.location == Location::Device
+                && !st.tail_maybe_shared
+                && st.num_tokens % bs != 0
+                && self.dev.pool.ref_count(st.tail) != 1
+            {
+                return Err(format!("seq {seq}: tail page shared but not marked so"));
+            }
             if st.num_hashed_blocks > st.num_tokens / bs {
                 return Err(format!("seq {seq}: hashed a page that is not full"));
             }

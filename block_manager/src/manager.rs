@@ -4,6 +4,7 @@ use rustc_hash::FxHashMap;
 
 use crate::device::DevicePages;
 use crate::error::BlockError;
+use crate::free_list::NIL;
 use crate::pool::BlockPool;
 use crate::prefix_cache::{chain_hash, PageIdentity, PageLink, ROOT_HASH};
 use crate::{BlockCopy, BlockHash, BlockId, Location, SeqId, TokenId};
@@ -121,6 +122,17 @@ pub(crate) struct SeqState {
     pub last_hash: BlockHash,
     pub extra_key: Option<u64>,
     pub location: Location,
+    /// `blocks.last()` kept inline, so the per-step fast path does not touch the table.
+    pub tail: BlockId,
+    /// False when the last page is certainly held by this sequence alone (true after a fork
+    /// or swap-in until the next append checks the real reference count).
+    pub tail_maybe_shared: bool,
+}
+
+impl SeqState {
+    pub(crate) fn sync_tail(&mut self) {
+        self.tail = self.blocks.last().copied().unwrap_or(NIL);
+    }
 }
 
 /// Page accounting for one KV cache (see the crate docs).
@@ -140,9 +152,16 @@ pub struct BlockManager {
     pub(crate) prefix_hits: u64,
 }
 
+/// Whether `tokens` ends inside a page (the last page is partly filled).
+#[inline]
+pub(crate) fn ends_mid_page(tokens: usize, block_size: usize) -> bool {
+    tokens & (block_size - 1) != 0
+}
+
 #[inline]
 pub(crate) fn blocks_for(tokens: usize, block_size: usize) -> usize {
-    tokens.div_ceil(block_size)
+    // Block sizes are powers of two: shift instead of dividing (this is on the per-step path).
+    (tokens + block_size - 1) >> block_size.trailing_zeros()
 }
 
 impl BlockManager {
@@ -340,7 +359,10 @@ impl BlockManager {
             last_hash: hit.last_hash,
             extra_key: hit.extra_key,
             location: Location::Device,
+            tail: NIL,
+            tail_maybe_shared: false,
         };
+        st.sync_tail();
         grow_fill(&mut self.dev, &mut st, num_tokens, bs);
         self.logical_tokens += num_tokens;
         if self.cfg.enable_prefix_caching {
@@ -357,24 +379,8 @@ impl BlockManager {
     /// Free pages `allocate_slots(seq, n)` would still need (0 = it would succeed).
     pub fn append_shortfall(&self, seq: SeqId, num_new_tokens: usize) -> Result<usize, BlockError> {
         let st = self.device_state(seq)?;
-        Ok(self
-            .append_need(st, num_new_tokens)
-            .saturating_sub(self.num_free_blocks()))
-    }
-
-    fn append_need(&self, st: &SeqState, n: usize) -> usize {
-        if n == 0 {
-            return 0;
-        }
-        let bs = self.cfg.block_size;
-        let fresh = blocks_for(st.num_tokens + n, bs) - st.blocks.len();
-        let cow = !st.num_tokens.is_multiple_of(bs)
-            && self
-                .dev
-                .pool
-                .ref_count(*st.blocks.last().expect("partial page exists"))
-                > 1;
-        fresh + cow as usize
+        let needed = append_need(st, &self.dev, num_new_tokens, self.cfg.block_size);
+        Ok(needed.saturating_sub(self.num_free_blocks()))
     }
 
     /// Gives a running sequence slots for `num_new_tokens` more tokens. All or nothing (no
@@ -385,9 +391,28 @@ impl BlockManager {
         seq: SeqId,
         num_new_tokens: usize,
     ) -> Result<Allocation, BlockError> {
-        let st = self.device_state(seq)?;
-        let needed = self.append_need(st, num_new_tokens);
-        let free = self.num_free_blocks();
+        // One map lookup: this runs for every running sequence in every step.
+        let st = self
+            .seqs
+            .get_mut(&seq)
+            .ok_or(BlockError::UnknownSequence(seq))?;
+        if st.location != Location::Device {
+            return Err(BlockError::SequenceSwappedOut(seq));
+        }
+        let bs = self.cfg.block_size;
+        // Fast path (most decode steps): the tokens fit in the exclusively held last page.
+        let room = (bs - (st.num_tokens & (bs - 1))) & (bs - 1);
+        if num_new_tokens <= room && !st.tail_maybe_shared {
+            let new_total = st.num_tokens + num_new_tokens;
+            let fill = new_total - ((new_total - 1) & !(bs - 1));
+            self.dev.pool.set_fill(st.tail, fill as u32);
+            self.dev.filled_slots += num_new_tokens;
+            self.logical_tokens += num_new_tokens;
+            st.num_tokens = new_total;
+            return Ok(Allocation::default());
+        }
+        let needed = append_need(st, &self.dev, num_new_tokens, bs);
+        let free = self.dev.pool.num_free();
         if needed > free {
             return Err(BlockError::OutOfBlocks {
                 needed,
@@ -395,13 +420,11 @@ impl BlockManager {
                 missing: needed - free,
             });
         }
-        if num_new_tokens == 0 {
-            return Ok(Allocation::default());
-        }
-        let bs = self.cfg.block_size;
-        let st = self.seqs.get_mut(&seq).expect("checked above");
         let mut out = Allocation::default();
-        if !st.num_tokens.is_multiple_of(bs) {
+        if num_new_tokens == 0 {
+            return Ok(out);
+        }
+        if ends_mid_page(st.num_tokens, bs) {
             let last = st.blocks.len() - 1;
             let src = st.blocks[last];
             if self.dev.pool.ref_count(src) > 1 {
@@ -421,6 +444,9 @@ impl BlockManager {
         }
         let new_total = st.num_tokens + num_new_tokens;
         grow_fill(&mut self.dev, st, new_total, bs);
+        st.sync_tail();
+        // The last page is now fresh, copied, or was found unshared.
+        st.tail_maybe_shared = false;
         self.logical_tokens += num_new_tokens;
         Ok(out)
     }
@@ -481,9 +507,13 @@ impl BlockManager {
         if self.seqs.contains_key(&child) {
             return Err(BlockError::SequenceExists(child));
         }
-        let st = self.device_state(parent)?.clone();
+        let mut st = self.device_state(parent)?.clone();
         for &b in &st.blocks {
             self.dev.retain(b);
+        }
+        st.tail_maybe_shared = true;
+        if let Some(p) = self.seqs.get_mut(&parent) {
+            p.tail_maybe_shared = true;
         }
         self.logical_tokens += st.num_tokens;
         self.seqs.insert(child, st);
@@ -529,12 +559,31 @@ impl BlockManager {
 }
 
 /// Raises the fill of a sequence's pages to cover `new_total` tokens (only its last partial
-/// page and fresh pages change: shared pages are full or were just copied).
+/// page and fresh pages change: shared pages are full or were just copied). The old fill of
+/// each page follows from the old token count, so no page is read.
 fn grow_fill(dev: &mut DevicePages, st: &mut SeqState, new_total: usize, bs: usize) {
-    let first = st.num_tokens / bs;
-    for i in first..blocks_for(new_total, bs) {
-        let fill = (new_total - i * bs).min(bs) as u32;
-        dev.set_fill(st.blocks[i], fill);
+    let shift = bs.trailing_zeros();
+    let old_total = st.num_tokens;
+    for i in (old_total >> shift)..blocks_for(new_total, bs) {
+        let start = i << shift;
+        let old = old_total.saturating_sub(start).min(bs);
+        let new = (new_total - start).min(bs);
+        dev.pool.set_fill(st.blocks[i], new as u32);
+        dev.filled_slots += new - old;
     }
     st.num_tokens = new_total;
+}
+
+/// Pages an append of `n` tokens takes off the free list: fresh pages plus one copy-on-write
+/// page when the partly filled last page is shared.
+fn append_need(st: &SeqState, dev: &DevicePages, n: usize, bs: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let fresh = blocks_for(st.num_tokens + n, bs) - st.blocks.len();
+    let cow = match st.blocks.last() {
+        Some(&last) if ends_mid_page(st.num_tokens, bs) => dev.pool.ref_count(last) > 1,
+        _ => false,
+    };
+    fresh + cow as usize
 }

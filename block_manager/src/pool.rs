@@ -22,10 +22,16 @@ pub struct PoolStats {
     pub cached_free_blocks: usize,
 }
 
+/// Per-page counters, kept together so the per-step path touches one cache line per page.
+#[derive(Debug, Clone, Copy, Default)]
+struct PageMeta {
+    ref_count: u32,
+    fill: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct BlockPool {
-    ref_count: Vec<u32>,
-    fill: Vec<u32>,
+    meta: Vec<PageMeta>,
     cached: Vec<bool>,
     free: FreeList,
     cached_free: usize,
@@ -41,8 +47,7 @@ impl BlockPool {
             )));
         }
         Ok(BlockPool {
-            ref_count: vec![0; num_blocks],
-            fill: vec![0; num_blocks],
+            meta: vec![PageMeta::default(); num_blocks],
             cached: vec![false; num_blocks],
             free: FreeList::full(num_blocks),
             cached_free: 0,
@@ -55,7 +60,7 @@ impl BlockPool {
     }
 
     pub fn num_blocks(&self) -> usize {
-        self.ref_count.len()
+        self.meta.len()
     }
 
     pub fn num_free(&self) -> usize {
@@ -79,8 +84,10 @@ impl BlockPool {
         if self.cached[b as usize] {
             self.cached_free -= 1;
         }
-        self.ref_count[b as usize] = 1;
-        self.fill[b as usize] = 0;
+        self.meta[b as usize] = PageMeta {
+            ref_count: 1,
+            fill: 0,
+        };
         Some(b)
     }
 
@@ -88,10 +95,11 @@ impl BlockPool {
     /// prefix-cache entry, if any, until it is reused). Returns whether the page became free.
     #[inline]
     pub fn release(&mut self, b: BlockId) -> Result<bool, BlockError> {
-        let rc = self
-            .ref_count
+        let rc = &mut self
+            .meta
             .get_mut(b as usize)
-            .ok_or(BlockError::DoubleFree(b))?;
+            .ok_or(BlockError::DoubleFree(b))?
+            .ref_count;
         if *rc == 0 {
             return Err(BlockError::DoubleFree(b));
         }
@@ -110,17 +118,17 @@ impl BlockPool {
     #[inline]
     pub(crate) fn retain(&mut self, b: BlockId) {
         let i = b as usize;
-        if self.ref_count[i] == 0 {
+        if self.meta[i].ref_count == 0 {
             self.free.remove(b);
             if self.cached[i] {
                 self.cached_free -= 1;
             }
         }
-        self.ref_count[i] += 1;
+        self.meta[i].ref_count += 1;
     }
 
     pub fn ref_count(&self, b: BlockId) -> u32 {
-        self.ref_count[b as usize]
+        self.meta[b as usize].ref_count
     }
 
     pub fn is_free(&self, b: BlockId) -> bool {
@@ -129,11 +137,11 @@ impl BlockPool {
 
     /// Number of this page's token slots that hold a token.
     pub fn fill(&self, b: BlockId) -> u32 {
-        self.fill[b as usize]
+        self.meta[b as usize].fill
     }
 
     pub(crate) fn set_fill(&mut self, b: BlockId, fill: u32) {
-        self.fill[b as usize] = fill;
+        self.meta[b as usize].fill = fill;
     }
 
     pub fn is_cached(&self, b: BlockId) -> bool {

@@ -179,6 +179,9 @@ impl BlockManager {
             for b in st.blocks.iter_mut() {
                 *b = map[b];
             }
+            st.sync_tail();
+            // Pages shared inside the group are shared again on the other side.
+            st.tail_maybe_shared = true;
             st.location = to;
             match to {
                 Location::Host => {
