@@ -1,0 +1,113 @@
+//! How long a step takes, as a function of its plan.
+//!
+//! `time = step_overhead + prefill_tokens × per_prefill_token + decode_seqs × per_decode_seq
+//!        + context_tokens × per_context_token + swap_bytes × per_swap_byte`
+//!
+//! The presets are derived from rooflines (weights read once per step from memory, GEMM
+//! FLOPs at the measured tensor rate, K/V bytes read per attended token, swap over PCIe);
+//! `pagedrt bench calibrate` fits the same form to real engine runs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::StepPlan;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostModel {
+    pub name: String,
+    /// Fixed cost per step: reading every weight once, launches, host work.
+    pub step_overhead_s: f64,
+    /// GEMM time per prefill token.
+    pub per_prefill_token_s: f64,
+    /// GEMM + sampling time per decoding sequence.
+    pub per_decode_seq_s: f64,
+    /// Attention time per context token read (K and V of every layer).
+    pub per_context_token_s: f64,
+    /// Swap transfer time per byte.
+    pub per_swap_byte_s: f64,
+    /// K/V bytes per token (all layers), to turn swapped pages into bytes.
+    pub kv_bytes_per_token: f64,
+    /// KV-cache capacity in tokens on this hardware, when the preset knows it.
+    #[serde(default)]
+    pub kv_capacity_tokens: Option<usize>,
+}
+
+impl CostModel {
+    /// Seconds for one step of `plan`, with pages of `block_size` tokens.
+    pub fn step_time(&self, plan: &StepPlan, block_size: usize) -> f64 {
+        let swapped_pages = plan.swap_in.len() + plan.swap_out.len();
+        let swap_bytes = swapped_pages as f64 * block_size as f64 * self.kv_bytes_per_token;
+        self.step_overhead_s
+            + plan.num_prefill_tokens() as f64 * self.per_prefill_token_s
+            + plan.num_decode_seqs() as f64 * self.per_decode_seq_s
+            + plan.num_context_tokens() as f64 * self.per_context_token_s
+            + swap_bytes * self.per_swap_byte_s
+    }
+
+    /// Llama-3-8B in bf16 on one H100 SXM: 16.1 GB of weights at the ~3.0 TB/s measured
+    /// copy bandwidth; 2 × 8.03 GFLOP per token at ~790 TFLOP/s; 128 KiB of K/V per token
+    /// (32 layers × 8 KV heads × 128 × 2 × 2 bytes); PCIe 5 at ~25 GB/s; (80 GB × 0.9 −
+    /// 16.1 GB) of KV cache.
+    pub fn h100_llama3_8b() -> Self {
+        let kv = 32.0 * 8.0 * 128.0 * 2.0 * 2.0;
+        let per_token = 2.0 * 8.03e9 / 790e12;
+        CostModel {
+            name: "h100-llama3-8b".into(),
+            step_overhead_s: 16.06e9 / 3.0e12,
+            per_prefill_token_s: per_token,
+            per_decode_seq_s: per_token,
+            per_context_token_s: kv / 3.0e12,
+            per_swap_byte_s: 1.0 / 25e9,
+            kv_bytes_per_token: kv,
+            kv_capacity_tokens: Some(((80e9 * 0.9 - 16.06e9) / kv) as usize),
+        }
+    }
+
+    /// SmolLM2-135M in f32 on this project's 2-core CPU: 0.54 GB of weights at ~27 GB/s;
+    /// 270 MFLOP per token at ~140 GFLOP/s; 45 KiB of K/V per token (30 layers × 3 KV heads ×
+    /// 64 × 2 × 4 bytes); 2 GiB of KV cache.
+    pub fn cpu_smollm2_135m() -> Self {
+        let kv = 30.0 * 3.0 * 64.0 * 2.0 * 4.0;
+        let per_token = 270e6 / 140e9;
+        CostModel {
+            name: "cpu-smollm2-135m".into(),
+            step_overhead_s: 0.54e9 / 27e9,
+            per_prefill_token_s: per_token,
+            per_decode_seq_s: per_token,
+            per_context_token_s: kv / 27e9,
+            per_swap_byte_s: 1.0 / 10e9,
+            kv_bytes_per_token: kv,
+            kv_capacity_tokens: Some((2.0 * 1024f64.powi(3) / kv) as usize),
+        }
+    }
+
+    /// The same cost for every step (for checks with closed-form answers).
+    pub fn constant(step_s: f64) -> Self {
+        CostModel {
+            name: format!("constant-{step_s}"),
+            step_overhead_s: step_s,
+            per_prefill_token_s: 0.0,
+            per_decode_seq_s: 0.0,
+            per_context_token_s: 0.0,
+            per_swap_byte_s: 0.0,
+            kv_bytes_per_token: 0.0,
+            kv_capacity_tokens: None,
+        }
+    }
+
+    /// A preset name, or a path to a JSON file with these fields.
+    pub fn load(name_or_path: &str) -> Result<Self, String> {
+        match name_or_path {
+            "h100-llama3-8b" => Ok(Self::h100_llama3_8b()),
+            "cpu-smollm2-135m" => Ok(Self::cpu_smollm2_135m()),
+            path => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "cost model '{path}': not a preset (h100-llama3-8b, cpu-smollm2-135m) \
+                         and not a readable file: {e}"
+                    )
+                })?;
+                serde_json::from_str(&text).map_err(|e| format!("cost model {path}: {e}"))
+            }
+        }
+    }
+}

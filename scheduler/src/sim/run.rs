@@ -1,0 +1,246 @@
+//! The simulation loop: arrivals, schedule, advance the clock by the step's cost, record.
+
+use block_manager::{BlockManager, BlockManagerConfig};
+use serde::Serialize;
+
+use super::cost_model::CostModel;
+use super::metrics::{RequestRecord, Slo, Summary};
+use super::workload::{prompt_tokens, SimRequest};
+use crate::{policy, FinishReason, Request, Scheduler, SchedulerConfig, StepResult};
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub scheduler: SchedulerConfig,
+    pub policy: String,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub num_host_blocks: usize,
+    pub watermark: f64,
+    pub enable_prefix_caching: bool,
+    pub cost_model: CostModel,
+    /// Length of the shared system prompt of requests that have a `prefix_group`.
+    pub shared_prefix_len: usize,
+    pub slo: Slo,
+    /// Keep one time-series point every this many steps (1 = every step).
+    pub series_every: usize,
+}
+
+/// The state of the system after one step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TimePoint {
+    pub t_s: f64,
+    pub running: usize,
+    pub waiting: usize,
+    pub swapped: usize,
+    pub step_tokens: usize,
+    pub kv_usage: f64,
+    pub kv_internal_fragmentation: f64,
+    pub kv_shared_tokens: usize,
+    pub kv_cached_free_blocks: usize,
+}
+
+/// Everything a simulation produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimResult {
+    pub policy: String,
+    pub cost_model: String,
+    pub requests: usize,
+    pub completed: usize,
+    pub rejected: usize,
+    pub duration_s: f64,
+    pub steps: u64,
+    pub request_throughput: f64,
+    pub output_token_throughput: f64,
+    pub total_token_throughput: f64,
+    pub goodput: Option<f64>,
+    pub preemptions: u64,
+    pub swaps_out: u64,
+    pub prefix_hit_rate: f64,
+    pub peak_kv_usage: f64,
+    pub mean_kv_usage: f64,
+    pub ttft_s: Summary,
+    pub tpot_s: Summary,
+    pub itl_s: Summary,
+    pub e2e_s: Summary,
+    pub queue_s: Summary,
+    #[serde(skip)]
+    pub records: Vec<RequestRecord>,
+    #[serde(skip)]
+    pub series: Vec<TimePoint>,
+    /// Every inter-token latency, sorted (kept for CDF plots).
+    #[serde(skip)]
+    pub itls: Vec<f64>,
+}
+
+/// Runs `requests` (sorted by arrival) through the scheduler on a virtual clock.
+/// `progress` is called with the number of finished requests now and then.
+pub fn simulate(
+    cfg: &SimConfig,
+    requests: &[SimRequest],
+    progress: &mut dyn FnMut(usize),
+) -> Result<SimResult, String> {
+    let bm_cfg = BlockManagerConfig::new(cfg.block_size, cfg.num_blocks)
+        .with_host_blocks(cfg.num_host_blocks)
+        .with_watermark(cfg.watermark)
+        .with_prefix_caching(cfg.enable_prefix_caching);
+    let bm = BlockManager::new(bm_cfg).map_err(|e| e.to_string())?;
+    let pol = policy::by_name(&cfg.policy).ok_or_else(|| {
+        format!(
+            "unknown policy '{}' (one of {})",
+            cfg.policy,
+            policy::POLICY_NAMES.join(", ")
+        )
+    })?;
+    let mut sched = Scheduler::new(cfg.scheduler.clone(), bm, pol).map_err(|e| e.to_string())?;
+    let mut records: Vec<RequestRecord> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| RequestRecord {
+            id: i as u64,
+            arrival_s: r.arrival_s,
+            prompt_len: r.prompt_len,
+            output_len: 0,
+            first_scheduled_s: None,
+            first_token_s: None,
+            finish_s: None,
+            preemptions: 0,
+            rejected: None,
+        })
+        .collect();
+    let mut itls: Vec<f64> = Vec::new();
+    let mut last_token: Vec<f64> = vec![0.0; requests.len()];
+    let mut series = Vec::new();
+    let (mut now, mut next, mut done) = (0.0f64, 0usize, 0usize);
+    let (mut usage_sum, mut usage_peak, mut usage_time) = (0.0f64, 0.0f64, 0.0f64);
+    let mut step_no: u64 = 0;
+    loop {
+        while next < requests.len() && requests[next].arrival_s <= now {
+            let r = &requests[next];
+            let mut req = Request::new(
+                next as u64,
+                prompt_tokens(r, next as u64, cfg.shared_prefix_len),
+                r.output_len,
+            );
+            req.arrival_s = r.arrival_s;
+            req.priority = r.priority;
+            if let Err(e) = sched.add_request(req) {
+                records[next].rejected = Some(e.to_string());
+                done += 1;
+            }
+            next += 1;
+        }
+        if !sched.has_unfinished() {
+            if next == requests.len() {
+                break;
+            }
+            now = now.max(requests[next].arrival_s);
+            continue;
+        }
+        let plan = sched.schedule(now).map_err(|e| e.to_string())?;
+        if plan.is_empty() {
+            if next == requests.len() {
+                return Err(format!(
+                    "stalled at t={now:.3}s: {} waiting requests cannot be admitted",
+                    sched.num_waiting()
+                ));
+            }
+            now = requests[next].arrival_s;
+            continue;
+        }
+        let dt = cfg.cost_model.step_time(&plan, cfg.block_size);
+        now += dt;
+        step_no += 1;
+        let mut result = StepResult::default();
+        for sc in &plan.seqs {
+            let i = sc.seq as usize;
+            let rec = &mut records[i];
+            rec.first_scheduled_s.get_or_insert(now - dt);
+            if !sc.samples {
+                continue;
+            }
+            if rec.first_token_s.is_none() {
+                rec.first_token_s = Some(now);
+            } else {
+                itls.push(now - last_token[i]);
+            }
+            last_token[i] = now;
+            rec.output_len += 1;
+            result.sampled.push((sc.seq, 1 + (sc.seq % 1000) as u32));
+            if rec.output_len >= requests[i].output_len {
+                rec.finish_s = Some(now);
+                result.finished.push((sc.seq, FinishReason::Length));
+            }
+        }
+        for &id in &plan.preempted {
+            records[id as usize].preemptions += 1;
+        }
+        sched.update(&result).map_err(|e| e.to_string())?;
+        if !result.finished.is_empty() {
+            done += result.finished.len();
+            progress(done);
+        }
+        let kv = sched.kv_stats();
+        usage_sum += kv.usage() * dt;
+        usage_time += dt;
+        usage_peak = usage_peak.max(kv.usage());
+        if (step_no as usize).is_multiple_of(cfg.series_every.max(1)) {
+            series.push(TimePoint {
+                t_s: now,
+                running: sched.num_running(),
+                waiting: sched.num_waiting(),
+                swapped: sched.num_swapped(),
+                step_tokens: plan.num_tokens(),
+                kv_usage: kv.usage(),
+                kv_internal_fragmentation: kv.internal_fragmentation(),
+                kv_shared_tokens: kv.shared_tokens(),
+                kv_cached_free_blocks: kv.device.cached_free_blocks,
+            });
+        }
+    }
+    progress(done);
+    let counters = sched.counters();
+    let kv = sched.kv_stats();
+    let completed: Vec<&RequestRecord> = records.iter().filter(|r| r.finish_s.is_some()).collect();
+    let collect = |f: &dyn Fn(&RequestRecord) -> Option<f64>| -> Vec<f64> {
+        completed.iter().filter_map(|r| f(r)).collect()
+    };
+    let out_tokens: usize = records.iter().map(|r| r.output_len).sum();
+    let in_tokens: usize = completed.iter().map(|r| r.prompt_len).sum();
+    let duration = now.max(f64::MIN_POSITIVE);
+    let goodput = cfg
+        .slo
+        .is_set()
+        .then(|| completed.iter().filter(|r| cfg.slo.met(r)).count() as f64 / duration);
+    let itl_s = Summary::of(&mut itls);
+    let result = SimResult {
+        policy: cfg.policy.clone(),
+        cost_model: cfg.cost_model.name.clone(),
+        requests: requests.len(),
+        completed: completed.len(),
+        rejected: records.iter().filter(|r| r.rejected.is_some()).count(),
+        duration_s: now,
+        steps: step_no,
+        request_throughput: completed.len() as f64 / duration,
+        output_token_throughput: out_tokens as f64 / duration,
+        total_token_throughput: (out_tokens + in_tokens) as f64 / duration,
+        goodput,
+        preemptions: counters.preemptions,
+        swaps_out: counters.swaps_out,
+        prefix_hit_rate: kv.prefix_hit_rate(),
+        peak_kv_usage: usage_peak,
+        mean_kv_usage: if usage_time > 0.0 {
+            usage_sum / usage_time
+        } else {
+            0.0
+        },
+        ttft_s: Summary::of(&mut collect(&|r| r.ttft())),
+        tpot_s: Summary::of(&mut collect(&|r| r.tpot())),
+        itl_s,
+        e2e_s: Summary::of(&mut collect(&|r| r.e2e())),
+        queue_s: Summary::of(&mut collect(&|r| r.queue())),
+        records,
+        series,
+        itls,
+    };
+    Ok(result)
+}
