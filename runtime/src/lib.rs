@@ -1,1 +1,5 @@
-//! The pagedrt runtime.
+//! The pagedrt runtime: the command line and its tools (simulator front end, plots); models,
+//! engine and server come next (see `../shared/DESIGN.md`).
+
+pub mod cli;
+pub mod plot;

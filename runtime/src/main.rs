@@ -1,1 +1,5 @@
-fn main() {}
+//! The `pagedrt` command line.
+
+fn main() -> std::process::ExitCode {
+    runtime::cli::main()
+}
