@@ -144,6 +144,39 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Parallel sampling (`n > 1`): starts `child` as a copy of running sequence `parent`
+    /// that has just sampled its first token from the prompt, with `first_token` as the
+    /// child's own first token instead. The child shares every prompt page with the parent
+    /// (the block manager copies the partial last page when either writes into it) and runs
+    /// from the next step on, in the parent's place in line.
+    pub fn fork(
+        &mut self,
+        parent: SeqId,
+        child: SeqId,
+        first_token: block_manager::TokenId,
+    ) -> Result<(), SchedulerError> {
+        if self.seqs.contains_key(&child) {
+            return Err(SchedulerError::DuplicateRequest(child));
+        }
+        let p = self
+            .seqs
+            .get(&parent)
+            .ok_or(SchedulerError::UnknownRequest(parent))?;
+        if p.status != SeqStatus::Running || p.num_uncomputed() != 1 {
+            return Err(SchedulerError::NotForkable(parent));
+        }
+        let mut c = p.clone();
+        c.id = child;
+        c.tokens.truncate(c.num_computed);
+        c.tokens.push(first_token);
+        c.num_preemptions = 0;
+        c.key = OrderKey::new(self.policy.key(&c), child);
+        self.bm.fork(parent, child)?;
+        self.seqs.insert(child, c);
+        self.make_running(child);
+        Ok(())
+    }
+
     /// Removes a request in any state and frees its pages at once.
     pub fn abort(&mut self, id: SeqId) -> Result<(), SchedulerError> {
         self.remove(id, FinishReason::Abort)
@@ -209,9 +242,10 @@ impl Scheduler {
     }
 
     fn push(&mut self, plan: &mut StepPlan, id: SeqId, len: usize, budget: &mut usize) {
-        let seq = &self.seqs[&id];
+        let seq = self.seqs.get_mut(&id).expect("scheduled sequences exist");
         let start = seq.num_computed;
         let samples = start + len == seq.tokens.len();
+        seq.awaiting_sample = samples;
         let table = self
             .bm
             .block_table(id)
@@ -435,14 +469,27 @@ impl Scheduler {
                 .cache_full_blocks(id, &seq.tokens[..seq.num_computed])?;
         }
         for &(id, token) in &result.sampled {
-            let sampled_now = self.in_flight.iter().any(|&(s, _, smp)| s == id && smp);
             let Some(seq) = self.seqs.get_mut(&id) else {
                 continue;
             };
-            if !sampled_now {
+            if !seq.awaiting_sample {
                 return Err(SchedulerError::UnexpectedSample(id));
             }
+            seq.awaiting_sample = false;
             seq.tokens.push(token);
+        }
+        // A sequence that sampled must have got its token, unless it finished.
+        let finished = |id: SeqId| result.finished.iter().any(|&(f, _)| f == id);
+        let mut missing = None;
+        for &(id, _, samples) in &self.in_flight {
+            if let Some(seq) = self.seqs.get_mut(&id) {
+                if samples && seq.awaiting_sample {
+                    seq.awaiting_sample = false;
+                    if missing.is_none() && !finished(id) {
+                        missing = Some(id);
+                    }
+                }
+            }
         }
         self.in_flight.clear();
         for &(id, reason) in &result.finished {
@@ -450,6 +497,9 @@ impl Scheduler {
                 self.remove(id, reason)?;
             }
         }
-        Ok(())
+        match missing {
+            Some(id) => Err(SchedulerError::MissingSample(id)),
+            None => Ok(()),
+        }
     }
 }

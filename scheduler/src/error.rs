@@ -36,6 +36,13 @@ pub enum SchedulerError {
         tokens: usize,
         budget: usize,
     },
+    /// Only a running sequence that has just sampled (everything but its last token computed)
+    /// can be forked.
+    #[error("request {0} cannot be forked now: it must be running and have just sampled")]
+    NotForkable(SeqId),
+    /// A sequence sampled in the step but `update` got neither a token nor a finish for it.
+    #[error("request {0} sampled in the last step but no token was reported for it")]
+    MissingSample(SeqId),
     #[error("sampled token for request {0}, which did not sample in the last step")]
     UnexpectedSample(SeqId),
     #[error("invalid scheduler configuration: {0}")]

@@ -63,6 +63,8 @@ pub struct Sequence {
     /// The policy's static ordering key (smaller goes first), fixed at arrival so that a
     /// preempted sequence comes back to its place in line.
     pub(crate) key: OrderKey,
+    /// Scheduled in the step in flight with `samples` set: `update` expects its token.
+    pub(crate) awaiting_sample: bool,
 }
 
 impl Sequence {
@@ -79,6 +81,7 @@ impl Sequence {
             status: SeqStatus::Waiting,
             num_preemptions: 0,
             key: OrderKey::default(),
+            awaiting_sample: false,
         }
     }
 

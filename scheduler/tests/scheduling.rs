@@ -307,3 +307,61 @@ fn the_same_inputs_give_the_same_plans() {
     assert_eq!(a.steps, b.steps);
     assert_eq!(next_token(&[1, 2]), next_token(&[1, 2]));
 }
+
+#[test]
+fn parallel_sampling_forks_share_the_prompt_pages() {
+    let mut s = make(cfg(64, 8), 4, 64, 0, "fcfs");
+    s.add_request(req(1, 10, 8, 0.0)).unwrap(); // 3 pages, the last one half full
+    let p = s.schedule(0.0).unwrap();
+    assert!(p.seqs[0].samples);
+    // Forking before the first sample is refused.
+    assert_eq!(s.fork(1, 2, 5), Err(SchedulerError::NotForkable(1)));
+    s.update(&StepResult {
+        sampled: vec![(1, 100)],
+        finished: vec![],
+    })
+    .unwrap();
+    for (child, tok) in [(2, 101), (3, 102), (4, 103)] {
+        s.fork(1, child, tok).unwrap();
+    }
+    assert_eq!(s.fork(1, 2, 9), Err(SchedulerError::DuplicateRequest(2)));
+    let st = s.kv_stats();
+    assert_eq!(
+        st.device.used_blocks, 3,
+        "4 sequences, one copy of the prompt"
+    );
+    assert_eq!(st.shared_tokens(), 30);
+    // Next step: all four decode; three of them copy the shared partial page first.
+    let p = s.schedule(1.0).unwrap();
+    assert_eq!(p.seqs.len(), 4);
+    assert_eq!(p.cow.len(), 3);
+    let firsts: Vec<u32> = p.input_ids.clone();
+    assert_eq!(firsts, vec![100, 101, 102, 103]);
+    assert_eq!(s.kv_stats().device.used_blocks, 6);
+    for id in 1..=4 {
+        s.abort(id).unwrap();
+    }
+    assert_eq!(s.kv_stats().device.used_blocks, 0);
+}
+
+#[test]
+fn a_missing_sample_is_reported_not_left_hanging() {
+    let mut s = make(cfg(64, 8), 4, 64, 0, "fcfs");
+    s.add_request(req(1, 5, 4, 0.0)).unwrap();
+    s.add_request(req(2, 5, 4, 0.0)).unwrap();
+    s.schedule(0.0).unwrap();
+    let e = s
+        .update(&StepResult {
+            sampled: vec![(1, 3)],
+            finished: vec![],
+        })
+        .unwrap_err();
+    assert_eq!(e, SchedulerError::MissingSample(2));
+    // Finishing it instead of sampling is fine.
+    s.schedule(1.0).unwrap();
+    s.update(&StepResult {
+        sampled: vec![(1, 4)],
+        finished: vec![(2, FinishReason::Stop)],
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -37,6 +37,9 @@ pub struct SimulateArgs {
     /// prefix-sharing: system prompt length in tokens.
     #[arg(long, default_value_t = 512)]
     prefix_len: usize,
+    /// Parallel samples per request (n), forked from the prompt with copy-on-write.
+    #[arg(long, default_value_t = 1)]
+    n: usize,
     /// Priorities drawn uniformly from 0..N.
     #[arg(long, default_value_t = 1)]
     priority_levels: u32,
@@ -115,6 +118,7 @@ fn workload(a: &SimulateArgs, rate: f64) -> Result<(Vec<SimRequest>, usize), Str
         output_len: LenDist::parse(&a.output_len)?,
         shared_prefix: None,
         priority_levels: a.priority_levels.max(1),
+        parallel_samples: a.n.max(1),
         seed: a.seed,
     };
     let mut prefix_len = 0;

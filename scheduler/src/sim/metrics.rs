@@ -105,7 +105,10 @@ pub struct RequestRecord {
     pub id: u64,
     pub arrival_s: f64,
     pub prompt_len: usize,
+    /// Tokens generated, summed over the request's `n` sequences.
     pub output_len: usize,
+    /// Parallel samples.
+    pub n: usize,
     pub first_scheduled_s: Option<f64>,
     pub first_token_s: Option<f64>,
     pub finish_s: Option<f64>,
@@ -124,10 +127,11 @@ impl RequestRecord {
     pub fn queue(&self) -> Option<f64> {
         Some(self.first_scheduled_s? - self.arrival_s)
     }
-    /// Time per output token after the first.
+    /// Time per output token after the first, per sequence.
     pub fn tpot(&self) -> Option<f64> {
-        (self.output_len > 1)
-            .then(|| Some((self.finish_s? - self.first_token_s?) / (self.output_len - 1) as f64))
+        let per_seq = self.output_len / self.n.max(1);
+        (per_seq > 1)
+            .then(|| Some((self.finish_s? - self.first_token_s?) / (per_seq - 1) as f64))
             .flatten()
     }
 }

@@ -100,6 +100,7 @@ pub fn simulate(
             arrival_s: r.arrival_s,
             prompt_len: r.prompt_len,
             output_len: 0,
+            n: r.n.max(1),
             first_scheduled_s: None,
             first_token_s: None,
             finish_s: None,
@@ -108,7 +109,20 @@ pub fn simulate(
         })
         .collect();
     let mut itls: Vec<f64> = Vec::new();
-    let mut last_token: Vec<f64> = vec![0.0; requests.len()];
+    let nreq = requests.len();
+    // Per sequence (requests first, then forked children): tokens made and when the last was.
+    let mut seq_out: Vec<usize> = vec![0; nreq];
+    let mut last_token: Vec<f64> = vec![0.0; nreq];
+    // The request each forked child belongs to, and live sequences per request.
+    let mut child_owner: Vec<usize> = Vec::new();
+    let mut live: Vec<usize> = vec![1; nreq];
+    let owner = |id: usize, child_owner: &[usize]| {
+        if id < nreq {
+            id
+        } else {
+            child_owner[id - nreq]
+        }
+    };
     let mut series = Vec::new();
     let (mut now, mut next, mut done) = (0.0f64, 0usize, 0usize);
     let (mut usage_sum, mut usage_peak, mut usage_time) = (0.0f64, 0.0f64, 0.0f64);
@@ -151,32 +165,60 @@ pub fn simulate(
         now += dt;
         step_no += 1;
         let mut result = StepResult::default();
+        let mut forks: Vec<usize> = Vec::new();
         for sc in &plan.seqs {
-            let i = sc.seq as usize;
-            let rec = &mut records[i];
+            let id = sc.seq as usize;
+            let ri = owner(id, &child_owner);
+            let rec = &mut records[ri];
             rec.first_scheduled_s.get_or_insert(now - dt);
             if !sc.samples {
                 continue;
             }
             if rec.first_token_s.is_none() {
                 rec.first_token_s = Some(now);
-            } else {
-                itls.push(now - last_token[i]);
+            } else if seq_out[id] > 0 {
+                itls.push(now - last_token[id]);
             }
-            last_token[i] = now;
+            last_token[id] = now;
+            seq_out[id] += 1;
             rec.output_len += 1;
             result.sampled.push((sc.seq, 1 + (sc.seq % 1000) as u32));
-            if rec.output_len >= requests[i].output_len {
-                rec.finish_s = Some(now);
+            let want = requests[ri].output_len;
+            if id < nreq && seq_out[id] == 1 && rec.n > 1 {
+                if want == 1 {
+                    // Every sample is done with its only token: nothing to fork.
+                    rec.output_len += rec.n - 1;
+                } else {
+                    forks.push(id);
+                }
+            }
+            if seq_out[id] >= want {
                 result.finished.push((sc.seq, FinishReason::Length));
+                live[ri] -= 1;
+                if live[ri] == 0 {
+                    rec.finish_s = Some(now);
+                    done += 1;
+                }
             }
         }
         for &id in &plan.preempted {
-            records[id as usize].preemptions += 1;
+            records[owner(id as usize, &child_owner)].preemptions += 1;
         }
         sched.update(&result).map_err(|e| e.to_string())?;
+        for parent in forks {
+            for _ in 1..records[parent].n {
+                let child = nreq + child_owner.len();
+                sched
+                    .fork(parent as u64, child as u64, 1 + (child % 1000) as u32)
+                    .map_err(|e| e.to_string())?;
+                child_owner.push(parent);
+                seq_out.push(1);
+                last_token.push(now);
+                records[parent].output_len += 1;
+                live[parent] += 1;
+            }
+        }
         if !result.finished.is_empty() {
-            done += result.finished.len();
             progress(done);
         }
         let kv = sched.kv_stats();

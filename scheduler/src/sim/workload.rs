@@ -16,6 +16,13 @@ pub struct SimRequest {
     pub prefix_group: Option<u32>,
     #[serde(default)]
     pub priority: i32,
+    /// Parallel samples (`n`): sequences forked from the prompt, each `output_len` long.
+    #[serde(default = "one")]
+    pub n: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Inter-arrival times.
@@ -118,6 +125,8 @@ pub struct WorkloadSpec {
     pub shared_prefix: Option<(u32, usize)>,
     /// Priorities drawn uniformly from `0..levels` (1 = everyone equal).
     pub priority_levels: u32,
+    /// Parallel samples per request (`n`).
+    pub parallel_samples: usize,
     pub seed: u64,
 }
 
@@ -135,6 +144,7 @@ impl WorkloadSpec {
             output_len: LenDist::SHAREGPT_OUTPUT,
             shared_prefix: None,
             priority_levels: 1,
+            parallel_samples: 1,
             seed,
         }
     }
@@ -173,6 +183,7 @@ impl WorkloadSpec {
                 output_len,
                 prefix_group: group,
                 priority,
+                n: self.parallel_samples.max(1),
             });
             t += gap(&mut rng);
         }
@@ -181,7 +192,7 @@ impl WorkloadSpec {
 }
 
 /// Loads a trace: JSONL with [`SimRequest`] fields, or CSV with a header naming
-/// `arrival_s,prompt_len,output_len` and optionally `prefix_group,priority`.
+/// `arrival_s,prompt_len,output_len` and optionally `prefix_group,priority,n`.
 pub fn load_trace(path: &std::path::Path) -> Result<Vec<SimRequest>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let is_csv = path.extension().is_some_and(|e| e == "csv");
@@ -222,6 +233,10 @@ pub fn load_trace(path: &std::path::Path) -> Result<Vec<SimRequest>, String> {
                     Some(v) if !v.is_empty() => v.parse().map_err(|_| bad("priority"))?,
                     _ => 0,
                 },
+                n: match col("n").map(get) {
+                    Some(v) if !v.is_empty() => v.parse().map_err(|_| bad("n"))?,
+                    _ => 1,
+                },
             });
         }
     } else {
@@ -235,9 +250,14 @@ pub fn load_trace(path: &std::path::Path) -> Result<Vec<SimRequest>, String> {
         }
     }
     for (i, r) in out.iter().enumerate() {
-        if r.prompt_len == 0 || r.output_len == 0 || r.arrival_s.is_nan() || r.arrival_s < 0.0 {
+        if r.prompt_len == 0
+            || r.output_len == 0
+            || r.n == 0
+            || r.arrival_s.is_nan()
+            || r.arrival_s < 0.0
+        {
             return Err(format!(
-                "{} request {}: prompt_len and output_len must be positive, arrival_s >= 0",
+                "{} request {}: prompt_len, output_len and n must be positive, arrival_s >= 0",
                 path.display(),
                 i + 1
             ));
