@@ -2,4 +2,5 @@
 //! engine and server come next (see `../shared/DESIGN.md`).
 
 pub mod cli;
+pub mod model;
 pub mod plot;

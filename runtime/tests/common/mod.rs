@@ -1,0 +1,45 @@
+//! Shared by the runtime's integration tests: the default model (pulled through the same code
+//! as `pagedrt pull`, cached) and the golden reference files.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The default model's directory, pulling it on first use.
+pub fn default_model() -> PathBuf {
+    runtime::model::pull::pull(runtime::model::pull::DEFAULT_MODEL, &mut |l| {
+        eprintln!("{l}")
+    })
+    .unwrap_or_else(|e| panic!("the default model is needed for this test: {e}"))
+}
+
+/// `../shared/golden` (or `$PAGEDRT_GOLDEN_DIR`). Missing golden files fail the test.
+pub fn golden_dir() -> PathBuf {
+    let dir = std::env::var_os("PAGEDRT_GOLDEN_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("smollm2_greedy.jsonl").is_file(),
+        "golden files not found in {} (set PAGEDRT_GOLDEN_DIR)",
+        dir.display()
+    );
+    dir
+}
+
+/// The golden prompts, one JSON object each.
+pub fn golden_cases() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(golden_dir().join("smollm2_greedy.jsonl")).unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
