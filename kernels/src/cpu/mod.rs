@@ -1,0 +1,12 @@
+//! CPU kernels: the reference implementations of every operation (the CUDA kernels are
+//! checked against them) and the CPU backend's compute.
+
+pub mod attention;
+pub mod cache_ops;
+pub mod matmul;
+pub mod ops;
+
+pub use attention::{paged_attention, SeqChunk};
+pub use cache_ops::{copy_blocks, swap_blocks, write_kv};
+pub use matmul::linear;
+pub use ops::{add_inplace, embedding, rms_norm, silu_and_mul, Llama3Scaling, Rope};

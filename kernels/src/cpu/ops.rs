@@ -1,0 +1,147 @@
+//! Element-wise and per-row operations of a Llama-family layer.
+
+use rayon::prelude::*;
+
+/// Rows at or above this many elements in all are split over threads.
+const PAR_THRESHOLD: usize = 1 << 15;
+
+/// `out[t] = x[t] / sqrt(mean(x[t]²) + eps) * weight`, per row of `dim`.
+pub fn rms_norm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let dim = weight.len();
+    let f = |(o, xr): (&mut [f32], &[f32])| {
+        let ms: f32 = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((ov, &xv), &w) in o.iter_mut().zip(xr).zip(weight) {
+            *ov = xv * inv * w;
+        }
+    };
+    if x.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(f);
+    } else {
+        out.chunks_mut(dim).zip(x.chunks(dim)).for_each(f);
+    }
+}
+
+/// `x += y`.
+pub fn add_inplace(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// `out[t, i] = silu(gu[t, i]) * gu[t, inter + i]` where `gu` rows are `[gate | up]`.
+pub fn silu_and_mul(out: &mut [f32], gate_up: &[f32], inter: usize) {
+    let f = |(o, g): (&mut [f32], &[f32])| {
+        let (gate, up) = g.split_at(inter);
+        for ((ov, &a), &b) in o.iter_mut().zip(gate).zip(up) {
+            *ov = a / (1.0 + (-a).exp()) * b;
+        }
+    };
+    if out.len() >= PAR_THRESHOLD {
+        out.par_chunks_mut(inter)
+            .zip(gate_up.par_chunks(2 * inter))
+            .for_each(f);
+    } else {
+        out.chunks_mut(inter)
+            .zip(gate_up.chunks(2 * inter))
+            .for_each(f);
+    }
+}
+
+/// Rows of `table` (`[vocab, dim]`) for each id.
+pub fn embedding(out: &mut [f32], table: &[f32], ids: &[u32], dim: usize) {
+    for (o, &id) in out.chunks_mut(dim).zip(ids) {
+        let s = id as usize * dim;
+        o.copy_from_slice(&table[s..s + dim]);
+    }
+}
+
+/// Rotary position embedding frequencies, with optional Llama-3 scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    /// cos and sin of `pos * inv_freq[i]`, `[max_pos, rot_dim / 2]` each.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+    max_pos: usize,
+}
+
+/// Llama 3's frequency scaling (`rope_scaling` with `rope_type: llama3`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position: f64,
+}
+
+impl Rope {
+    pub fn new(
+        head_dim: usize,
+        theta: f64,
+        max_pos: usize,
+        scaling: Option<Llama3Scaling>,
+    ) -> Self {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| {
+                let f = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+                match scaling {
+                    Some(s) => scale_llama3(f, s),
+                    None => f,
+                }
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for &f in &inv_freq {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Rope {
+            cos,
+            sin,
+            half,
+            max_pos,
+        }
+    }
+
+    pub fn max_pos(&self) -> usize {
+        self.max_pos
+    }
+
+    /// Rotates every head of `x` (`[num_tokens, num_heads, 2 * half]`) in place, Hugging Face
+    /// `rotate_half` style: element `i` pairs with `i + half`.
+    pub fn apply(&self, x: &mut [f32], positions: &[usize], num_heads: usize) {
+        let hd = 2 * self.half;
+        for (t, &pos) in positions.iter().enumerate() {
+            let c = &self.cos[pos * self.half..(pos + 1) * self.half];
+            let s = &self.sin[pos * self.half..(pos + 1) * self.half];
+            for h in 0..num_heads {
+                let v = &mut x[(t * num_heads + h) * hd..(t * num_heads + h + 1) * hd];
+                let (a, b) = v.split_at_mut(self.half);
+                for i in 0..self.half {
+                    let (x1, x2) = (a[i], b[i]);
+                    a[i] = x1 * c[i] - x2 * s[i];
+                    b[i] = x2 * c[i] + x1 * s[i];
+                }
+            }
+        }
+    }
+}
+
+fn scale_llama3(freq: f64, s: Llama3Scaling) -> f64 {
+    let wavelen = 2.0 * std::f64::consts::PI / freq;
+    let low_wavelen = s.original_max_position / s.low_freq_factor;
+    let high_wavelen = s.original_max_position / s.high_freq_factor;
+    if wavelen < high_wavelen {
+        freq
+    } else if wavelen > low_wavelen {
+        freq / s.factor
+    } else {
+        let smooth = (s.original_max_position / wavelen - s.low_freq_factor)
+            / (s.high_freq_factor - s.low_freq_factor);
+        (1.0 - smooth) * freq / s.factor + smooth * freq
+    }
+}

@@ -1,0 +1,74 @@
+//! The KV-cache layout contract shared by every kernel, CPU and CUDA.
+//!
+//! Per layer, separate K and V caches of shape `[num_blocks, num_kv_heads, block_size,
+//! head_dim]` ("HND"): one (page, head) pair is one contiguous `block_size × head_dim` tile,
+//! which is what a decode step reads. The token at logical position `p` of a sequence lives in
+//! page `block_table[p / block_size]` at offset `p % block_size`; its *slot* is
+//! `page * block_size + offset`. A slot of `-1` in a slot mapping marks padding (nothing is
+//! written).
+
+/// Shape of one layer's K (or V) cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    pub num_blocks: usize,
+    pub num_kv_heads: usize,
+    pub block_size: usize,
+    pub head_dim: usize,
+}
+
+impl KvLayout {
+    /// Elements in one layer's K (or V) cache.
+    pub fn elems(&self) -> usize {
+        self.num_blocks * self.num_kv_heads * self.block_size * self.head_dim
+    }
+
+    /// Elements of one page across all heads.
+    pub fn block_elems(&self) -> usize {
+        self.num_kv_heads * self.block_size * self.head_dim
+    }
+
+    /// Bytes of K and V for one token in one layer, at `dtype_bytes` per element.
+    pub fn kv_bytes_per_token(&self, dtype_bytes: usize) -> usize {
+        2 * self.num_kv_heads * self.head_dim * dtype_bytes
+    }
+
+    /// Where the vector of (`slot`, `head`) starts.
+    #[inline]
+    pub fn offset(&self, slot: usize, head: usize) -> usize {
+        let (block, off) = (slot / self.block_size, slot % self.block_size);
+        ((block * self.num_kv_heads + head) * self.block_size + off) * self.head_dim
+    }
+
+    /// Where the `block_size × head_dim` tile of (`block`, `head`) starts.
+    #[inline]
+    pub fn tile(&self, block: usize, head: usize) -> usize {
+        (block * self.num_kv_heads + head) * self.block_size * self.head_dim
+    }
+
+    /// The slot of logical position `pos` of a sequence with this block table.
+    #[inline]
+    pub fn slot(&self, block_table: &[u32], pos: usize) -> usize {
+        block_table[pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_follow_the_hnd_contract() {
+        let l = KvLayout {
+            num_blocks: 4,
+            num_kv_heads: 2,
+            block_size: 8,
+            head_dim: 16,
+        };
+        assert_eq!(l.elems(), 4 * 2 * 8 * 16);
+        // Slot 11 = page 1, offset 3; head 1.
+        assert_eq!(l.offset(11, 1), ((2 + 1) * 8 + 3) * 16);
+        assert_eq!(l.tile(1, 1), (2 + 1) * 8 * 16);
+        assert_eq!(l.slot(&[3, 0], 9), 1);
+        assert_eq!(l.slot(&[3, 0], 2), 26);
+    }
+}

@@ -1,0 +1,251 @@
+//! CPU kernels against naive float64 references on random inputs.
+
+use kernels::cpu::{self, SeqChunk};
+use kernels::KvLayout;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+fn randv(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Contiguous causal attention in f64: query i of the chunk sits at `ctx - q_len + i`.
+#[allow(clippy::too_many_arguments)]
+fn naive_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_len: usize,
+    ctx: usize,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    scale: f64,
+) -> Vec<f64> {
+    let group = heads / kv_heads;
+    let mut out = vec![0f64; q_len * heads * hd];
+    for i in 0..q_len {
+        let pos = ctx - q_len + i;
+        for h in 0..heads {
+            let kvh = h / group;
+            let qv = &q[(i * heads + h) * hd..(i * heads + h + 1) * hd];
+            let scores: Vec<f64> = (0..=pos)
+                .map(|p| {
+                    let kk = &k[(p * kv_heads + kvh) * hd..(p * kv_heads + kvh + 1) * hd];
+                    qv.iter()
+                        .zip(kk)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f64 = w.iter().sum();
+            for (p, wp) in w.iter().enumerate() {
+                let vv = &v[(p * kv_heads + kvh) * hd..(p * kv_heads + kvh + 1) * hd];
+                for d in 0..hd {
+                    out[(i * heads + h) * hd + d] += wp / z * vv[d] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn paged_attention_matches_contiguous_f64_attention() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let hd = 32;
+    for &bs in &[1usize, 8, 16, 64, 256] {
+        for &(heads, kv_heads) in &[(4usize, 4usize), (6, 2), (8, 1)] {
+            // Two sequences in one batch: one decode-like, one chunk of a longer prompt.
+            let chunks = [
+                (1usize, rng.random_range(1..300usize)),
+                (rng.random_range(1..300usize), 0usize),
+            ];
+            let chunks = [
+                (chunks[0].0, chunks[0].1 + 1),
+                (chunks[1].0, chunks[1].0 + rng.random_range(0..100usize)),
+            ];
+            let blocks_needed: usize = chunks.iter().map(|&(_, c)| c.div_ceil(bs)).sum();
+            let layout = KvLayout {
+                num_blocks: blocks_needed + 3,
+                num_kv_heads: kv_heads,
+                block_size: bs,
+                head_dim: hd,
+            };
+            let mut kc = vec![f32::NAN; layout.elems()];
+            let mut vc = vec![f32::NAN; layout.elems()];
+            // Pages handed out in a random order, as a real pool would.
+            let mut pages: Vec<u32> = (0..layout.num_blocks as u32).collect();
+            pages.shuffle(&mut rng);
+            let mut tables = vec![];
+            let mut contexts = vec![];
+            let mut q_all = vec![];
+            for &(q_len, ctx) in &chunks {
+                let table: Vec<u32> = pages.drain(..ctx.div_ceil(bs)).collect();
+                let k = randv(&mut rng, ctx * kv_heads * hd);
+                let v = randv(&mut rng, ctx * kv_heads * hd);
+                let slots: Vec<i64> = (0..ctx).map(|p| layout.slot(&table, p) as i64).collect();
+                cpu::write_kv(&mut kc, &mut vc, &layout, &k, &v, &slots);
+                q_all.extend(randv(&mut rng, q_len * heads * hd));
+                tables.push(table);
+                contexts.push((k, v));
+            }
+            let mut seqs = vec![];
+            let mut start = 0;
+            for (i, &(q_len, ctx)) in chunks.iter().enumerate() {
+                seqs.push(SeqChunk {
+                    query_start: start,
+                    query_len: q_len,
+                    context_len: ctx,
+                    block_table: &tables[i],
+                });
+                start += q_len;
+            }
+            let scale = 1.0 / (hd as f64).sqrt();
+            let mut out = vec![f32::NAN; start * heads * hd];
+            cpu::paged_attention(
+                &mut out,
+                &q_all,
+                &kc,
+                &vc,
+                &layout,
+                heads,
+                &seqs,
+                scale as f32,
+            );
+            let mut row = 0;
+            for (i, &(q_len, ctx)) in chunks.iter().enumerate() {
+                let (k, v) = &contexts[i];
+                let q = &q_all[row * heads * hd..(row + q_len) * heads * hd];
+                let want = naive_attention(q, k, v, q_len, ctx, heads, kv_heads, hd, scale);
+                let got = &out[row * heads * hd..(row + q_len) * heads * hd];
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (*g as f64 - w).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    err < 1e-5,
+                    "bs {bs} heads {heads}/{kv_heads} q {q_len} ctx {ctx}: {err}"
+                );
+                row += q_len;
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_matches_f64_matmul() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for &(m, k, n) in &[(1usize, 64usize, 48usize), (7, 576, 192), (130, 96, 1536)] {
+        let x = randv(&mut rng, m * k);
+        let w = randv(&mut rng, n * k);
+        let mut out = vec![f32::NAN; m * n];
+        cpu::linear(&mut out, &x, &w, m, k, n);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k)
+                    .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                    .sum();
+                assert!((out[i * n + j] as f64 - want).abs() < 1e-4, "{m}x{k}x{n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn norm_activation_and_rope_match_f64() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let dim = 64;
+    let x = randv(&mut rng, 3 * dim);
+    let w = randv(&mut rng, dim);
+    let mut out = vec![0.0; 3 * dim];
+    cpu::rms_norm(&mut out, &x, &w, 1e-5);
+    for t in 0..3 {
+        let r = &x[t * dim..(t + 1) * dim];
+        let ms: f64 = r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / dim as f64;
+        for i in 0..dim {
+            let want = r[i] as f64 / (ms + 1e-5).sqrt() * w[i] as f64;
+            assert!((out[t * dim + i] as f64 - want).abs() < 1e-5);
+        }
+    }
+    let gu = randv(&mut rng, 2 * 2 * 8);
+    let mut act = vec![0.0; 2 * 8];
+    cpu::silu_and_mul(&mut act, &gu, 8);
+    for t in 0..2 {
+        for i in 0..8 {
+            let g = gu[t * 16 + i] as f64;
+            let want = g / (1.0 + (-g).exp()) * gu[t * 16 + 8 + i] as f64;
+            assert!((act[t * 8 + i] as f64 - want).abs() < 1e-6);
+        }
+    }
+    // RoPE: element i pairs with i + half, angle pos / theta^(2i / hd).
+    let rope = cpu::Rope::new(8, 10000.0, 64, None);
+    let mut v = randv(&mut rng, 2 * 8);
+    let orig = v.clone();
+    rope.apply(&mut v, &[5, 63], 1);
+    for (t, pos) in [(0usize, 5f64), (1, 63.0)] {
+        for i in 0..4 {
+            let a = pos / 10000f64.powf(2.0 * i as f64 / 8.0);
+            let (x1, x2) = (orig[t * 8 + i] as f64, orig[t * 8 + 4 + i] as f64);
+            assert!((v[t * 8 + i] as f64 - (x1 * a.cos() - x2 * a.sin())).abs() < 1e-5);
+            assert!((v[t * 8 + 4 + i] as f64 - (x2 * a.cos() + x1 * a.sin())).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn llama3_scaling_leaves_high_frequencies_and_divides_low_ones() {
+    let s = cpu::Llama3Scaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position: 8192.0,
+    };
+    let plain = cpu::Rope::new(128, 500000.0, 2, None);
+    let scaled = cpu::Rope::new(128, 500000.0, 2, Some(s));
+    let (mut a, mut b) = (vec![1.0f32; 128], vec![1.0f32; 128]);
+    plain.apply(&mut a, &[1], 1);
+    scaled.apply(&mut b, &[1], 1);
+    // The highest frequency (i = 0) is untouched; the lowest is divided by the factor.
+    assert_eq!(a[0], b[0]);
+    let low = 500000f64.powf(-126.0 / 128.0);
+    let want = (1.0 * (low / 8.0).cos() - 1.0 * (low / 8.0).sin()) as f32;
+    assert!((b[63] - want).abs() < 1e-6);
+}
+
+#[test]
+fn cache_ops_copy_pages_and_skip_padding() {
+    let layout = KvLayout {
+        num_blocks: 3,
+        num_kv_heads: 2,
+        block_size: 2,
+        head_dim: 2,
+    };
+    let mut k = vec![0.0; layout.elems()];
+    let mut v = vec![0.0; layout.elems()];
+    let new: Vec<f32> = (1..=8).map(|x| x as f32).collect();
+    cpu::write_kv(&mut k, &mut v, &layout, &new, &new, &[3, -1]);
+    assert_eq!(
+        &k[layout.offset(3, 0)..layout.offset(3, 0) + 2],
+        &[1.0, 2.0]
+    );
+    assert_eq!(
+        &k[layout.offset(3, 1)..layout.offset(3, 1) + 2],
+        &[3.0, 4.0]
+    );
+    assert_eq!(
+        k.iter().filter(|&&x| x != 0.0).count(),
+        4,
+        "padding row skipped"
+    );
+    cpu::copy_blocks(&mut k, &layout, &[(1, 2)]);
+    assert_eq!(k[layout.offset(5, 1)], 3.0);
+    let mut host = vec![0.0; layout.elems()];
+    cpu::swap_blocks(&mut host, &k, &layout, &[(1, 0)]);
+    assert_eq!(host[layout.offset(1, 0)], 1.0);
+}
