@@ -1,6 +1,7 @@
 //! The pagedrt runtime: the command line and its tools (simulator front end, plots); models,
 //! engine and server come next (see `../shared/DESIGN.md`).
 
+pub mod backend;
 pub mod cli;
 pub mod model;
 pub mod plot;

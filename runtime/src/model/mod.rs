@@ -1,10 +1,13 @@
 //! Models: GGUF import, the default model's pull, and (next) loading Hugging Face directories.
 
+pub mod config;
 pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod gguf_tokenizer;
+pub mod llama;
 pub mod pull;
 pub mod tokenizer;
+pub mod weights;
 
 pub use error::ModelError;

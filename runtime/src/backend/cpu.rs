@@ -1,0 +1,127 @@
+//! The CPU backend: buffers are `Vec<f32>`, compute is `kernels::cpu`.
+
+use kernels::cpu::{self as k, Rope, SeqChunk};
+use kernels::KvLayout;
+
+use super::{Backend, Batch};
+
+#[derive(Debug, Clone, Default)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> &str {
+        "cpu"
+    }
+    fn zeros(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+    fn upload(&self, data: Vec<f32>) -> Vec<f32> {
+        data
+    }
+    fn download(&self, buf: &Vec<f32>, n: usize) -> Vec<f32> {
+        buf[..n].to_vec()
+    }
+    fn embedding(&self, out: &mut Vec<f32>, table: &Vec<f32>, ids: &[u32], dim: usize) {
+        k::embedding(&mut out[..ids.len() * dim], table, ids, dim);
+    }
+    fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Vec<f32>, eps: f32, n: usize) {
+        k::rms_norm(&mut out[..n], &x[..n], w, eps);
+    }
+    fn linear(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        m: usize,
+        kk: usize,
+        n: usize,
+    ) {
+        k::linear(out, x, w, m, kk, n);
+        if let Some(b) = bias {
+            for row in out[..m * n].chunks_mut(n) {
+                k::add_inplace(row, b);
+            }
+        }
+    }
+    fn qkv_rope_write_kv(
+        &self,
+        q: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        rope: &Rope,
+        batch: &Batch,
+        num_heads: usize,
+        layout: &KvLayout,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
+    ) {
+        let t = batch.num_tokens();
+        let hd = layout.head_dim;
+        let (qd, kvd) = (num_heads * hd, layout.num_kv_heads * hd);
+        let row = qd + 2 * kvd;
+        let mut kb = vec![0f32; t * kvd];
+        let mut vb = vec![0f32; t * kvd];
+        for i in 0..t {
+            let r = &qkv[i * row..(i + 1) * row];
+            q[i * qd..(i + 1) * qd].copy_from_slice(&r[..qd]);
+            kb[i * kvd..(i + 1) * kvd].copy_from_slice(&r[qd..qd + kvd]);
+            vb[i * kvd..(i + 1) * kvd].copy_from_slice(&r[qd + kvd..]);
+        }
+        rope.apply(&mut q[..t * qd], &batch.positions, num_heads);
+        rope.apply(&mut kb, &batch.positions, layout.num_kv_heads);
+        k::write_kv(k_cache, v_cache, layout, &kb, &vb, &batch.slot_mapping);
+    }
+    fn paged_attention(
+        &self,
+        out: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        layout: &KvLayout,
+        num_heads: usize,
+        batch: &Batch,
+    ) {
+        let seqs: Vec<SeqChunk> = batch
+            .seqs
+            .iter()
+            .map(|s| SeqChunk {
+                query_start: s.query_start,
+                query_len: s.query_len,
+                context_len: s.context_len,
+                block_table: &batch.block_tables[s.table_offset..s.table_offset + s.table_len],
+            })
+            .collect();
+        let n = batch.num_tokens() * num_heads * layout.head_dim;
+        let scale = 1.0 / (layout.head_dim as f32).sqrt();
+        k::paged_attention(
+            &mut out[..n],
+            &q[..n],
+            k_cache,
+            v_cache,
+            layout,
+            num_heads,
+            &seqs,
+            scale,
+        );
+    }
+    fn silu_and_mul(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, inter: usize, tokens: usize) {
+        k::silu_and_mul(
+            &mut out[..tokens * inter],
+            &gate_up[..tokens * 2 * inter],
+            inter,
+        );
+    }
+    fn add_inplace(&self, x: &mut Vec<f32>, y: &Vec<f32>, n: usize) {
+        k::add_inplace(&mut x[..n], &y[..n]);
+    }
+    fn gather_rows(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: &[usize], dim: usize) {
+        for (i, &r) in rows.iter().enumerate() {
+            out[i * dim..(i + 1) * dim].copy_from_slice(&x[r * dim..(r + 1) * dim]);
+        }
+    }
+    fn copy_blocks(&self, cache: &mut Vec<f32>, layout: &KvLayout, pairs: &[(u32, u32)]) {
+        k::copy_blocks(cache, layout, pairs);
+    }
+}

@@ -1,0 +1,94 @@
+//! The small interface the model's forward pass is written against (DESIGN.md, Backends).
+//! `cpu` implements it with the CPU kernels; a CUDA backend implements the same operations with
+//! NVRTC kernels and cuBLAS, so the model code does not change.
+
+pub mod cpu;
+
+use kernels::cpu::Rope;
+use kernels::KvLayout;
+
+/// One flattened step: every token of every scheduled sequence, in plan order.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub input_ids: Vec<u32>,
+    pub positions: Vec<usize>,
+    /// Where each token's K/V goes (`-1`: padding).
+    pub slot_mapping: Vec<i64>,
+    pub seqs: Vec<BatchSeq>,
+    /// All block tables, flat.
+    pub block_tables: Vec<u32>,
+    /// Token rows whose logits are wanted (the last token of each sampling sequence).
+    pub logit_rows: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSeq {
+    pub query_start: usize,
+    pub query_len: usize,
+    pub context_len: usize,
+    pub table_offset: usize,
+    pub table_len: usize,
+}
+
+impl Batch {
+    pub fn num_tokens(&self) -> usize {
+        self.input_ids.len()
+    }
+}
+
+/// A device and its kernels.
+pub trait Backend {
+    /// A buffer of f32 on the device.
+    type Buf;
+
+    fn name(&self) -> &str;
+    fn zeros(&self, n: usize) -> Self::Buf;
+    fn upload(&self, data: Vec<f32>) -> Self::Buf;
+    fn download(&self, buf: &Self::Buf, n: usize) -> Vec<f32>;
+
+    fn embedding(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &[u32], dim: usize);
+    fn rms_norm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, eps: f32, n: usize);
+    /// `out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias)`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        m: usize,
+        k: usize,
+        n: usize,
+    );
+    /// Splits fused `[q | k | v]` rows, applies RoPE to q and k, writes k and v into the
+    /// layer's cache by the batch's slot mapping, and returns q in `q`.
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_rope_write_kv(
+        &self,
+        q: &mut Self::Buf,
+        qkv: &Self::Buf,
+        rope: &Rope,
+        batch: &Batch,
+        num_heads: usize,
+        layout: &KvLayout,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn paged_attention(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        layout: &KvLayout,
+        num_heads: usize,
+        batch: &Batch,
+    );
+    fn silu_and_mul(&self, out: &mut Self::Buf, gate_up: &Self::Buf, inter: usize, tokens: usize);
+    fn add_inplace(&self, x: &mut Self::Buf, y: &Self::Buf, n: usize);
+    /// `out[i] = x[rows[i]]` for rows of `dim`.
+    fn gather_rows(&self, out: &mut Self::Buf, x: &Self::Buf, rows: &[usize], dim: usize);
+    /// Copies whole pages inside one cache (copy-on-write).
+    fn copy_blocks(&self, cache: &mut Self::Buf, layout: &KvLayout, pairs: &[(u32, u32)]);
+}

@@ -1,0 +1,236 @@
+//! The Llama-family model (Llama 2/3, SmolLM2, TinyLlama, Mistral, Qwen2), written once
+//! against [`Backend`].
+//!
+//! Per layer: RMSNorm → fused QKV GEMM (+ bias for Qwen2) → RoPE, K/V written into the pages →
+//! paged attention → output GEMM + residual → RMSNorm → fused gate/up GEMM → SiLU·up → down
+//! GEMM + residual. All tokens of all sequences in a step go through each GEMM together.
+
+use std::path::Path;
+
+use kernels::cpu::Rope;
+use kernels::KvLayout;
+
+use super::config::ModelConfig;
+use super::error::ModelError;
+use super::weights::WeightFiles;
+use crate::backend::{Backend, Batch};
+
+struct Layer<B: Backend> {
+    input_norm: B::Buf,
+    /// `[q | k | v]` rows: `[(heads + 2 kv_heads) × head_dim, hidden]`.
+    qkv: B::Buf,
+    qkv_bias: Option<B::Buf>,
+    o: B::Buf,
+    post_norm: B::Buf,
+    /// `[gate | up]` rows: `[2 × intermediate, hidden]`.
+    gate_up: B::Buf,
+    down: B::Buf,
+}
+
+pub struct LlamaModel<B: Backend> {
+    pub config: ModelConfig,
+    embed: B::Buf,
+    layers: Vec<Layer<B>>,
+    norm: B::Buf,
+    /// `None` when tied to the embedding.
+    lm_head: Option<B::Buf>,
+    rope: Rope,
+}
+
+/// One layer's K and V caches.
+pub struct LayerCache<B: Backend> {
+    pub k: B::Buf,
+    pub v: B::Buf,
+}
+
+/// The paged KV cache of every layer.
+pub struct KvCache<B: Backend> {
+    pub layout: KvLayout,
+    pub layers: Vec<LayerCache<B>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(backend: &B, cfg: &ModelConfig, num_blocks: usize, block_size: usize) -> Self {
+        let layout = KvLayout {
+            num_blocks,
+            num_kv_heads: cfg.num_kv_heads,
+            block_size,
+            head_dim: cfg.head_dim,
+        };
+        let layers = (0..cfg.num_layers)
+            .map(|_| LayerCache {
+                k: backend.zeros(layout.elems()),
+                v: backend.zeros(layout.elems()),
+            })
+            .collect();
+        KvCache { layout, layers }
+    }
+
+    /// Bytes of one page across all layers (K and V, f32).
+    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize) -> usize {
+        2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * block_size * 4
+    }
+}
+
+fn concat(parts: Vec<Vec<f32>>) -> Vec<f32> {
+    parts.concat()
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Loads the weights of a model directory onto `backend`.
+    pub fn load(backend: &B, dir: &Path, cfg: ModelConfig) -> Result<Self, ModelError> {
+        let w = WeightFiles::open(dir)?;
+        let (e, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            let qkv_bias = if cfg.qkv_bias {
+                Some(backend.upload(concat(vec![
+                    w.f32(&p("self_attn.q_proj.bias"), &[qd])?,
+                    w.f32(&p("self_attn.k_proj.bias"), &[kvd])?,
+                    w.f32(&p("self_attn.v_proj.bias"), &[kvd])?,
+                ])))
+            } else {
+                None
+            };
+            layers.push(Layer {
+                input_norm: backend.upload(w.f32(&p("input_layernorm.weight"), &[e])?),
+                qkv: backend.upload(concat(vec![
+                    w.f32(&p("self_attn.q_proj.weight"), &[qd, e])?,
+                    w.f32(&p("self_attn.k_proj.weight"), &[kvd, e])?,
+                    w.f32(&p("self_attn.v_proj.weight"), &[kvd, e])?,
+                ])),
+                qkv_bias,
+                o: backend.upload(w.f32(&p("self_attn.o_proj.weight"), &[e, qd])?),
+                post_norm: backend.upload(w.f32(&p("post_attention_layernorm.weight"), &[e])?),
+                gate_up: backend.upload(concat(vec![
+                    w.f32(&p("mlp.gate_proj.weight"), &[i, e])?,
+                    w.f32(&p("mlp.up_proj.weight"), &[i, e])?,
+                ])),
+                down: backend.upload(w.f32(&p("mlp.down_proj.weight"), &[e, i])?),
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
+            None
+        } else {
+            Some(backend.upload(w.f32("lm_head.weight", &[cfg.vocab_size, e])?))
+        };
+        Ok(LlamaModel {
+            embed: backend.upload(w.f32("model.embed_tokens.weight", &[cfg.vocab_size, e])?),
+            norm: backend.upload(w.f32("model.norm.weight", &[e])?),
+            lm_head,
+            layers,
+            rope: Self::rope(&cfg),
+            config: cfg,
+        })
+    }
+
+    fn rope(cfg: &ModelConfig) -> Rope {
+        Rope::new(
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.max_position_embeddings,
+            cfg.rope_scaling,
+        )
+    }
+
+    /// Builds a model from already prepared weights (dummy weights, tests).
+    pub fn from_parts(
+        backend: &B,
+        cfg: ModelConfig,
+        mut tensors: impl FnMut(&str, usize) -> Vec<f32>,
+    ) -> Self {
+        let (e, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let layers = (0..cfg.num_layers)
+            .map(|l| {
+                let mut t = |s: &str, n: usize| backend.upload(tensors(&format!("{l}.{s}"), n));
+                Layer {
+                    input_norm: t("input_norm", e),
+                    qkv: t("qkv", (qd + 2 * kvd) * e),
+                    qkv_bias: cfg.qkv_bias.then(|| t("qkv_bias", qd + 2 * kvd)),
+                    o: t("o", e * qd),
+                    post_norm: t("post_norm", e),
+                    gate_up: t("gate_up", 2 * i * e),
+                    down: t("down", e * i),
+                }
+            })
+            .collect();
+        LlamaModel {
+            embed: backend.upload(tensors("embed", cfg.vocab_size * e)),
+            norm: backend.upload(tensors("norm", e)),
+            lm_head: (!cfg.tie_word_embeddings)
+                .then(|| backend.upload(tensors("lm_head", cfg.vocab_size * e))),
+            layers,
+            rope: Self::rope(&cfg),
+            config: cfg,
+        }
+    }
+
+    /// Runs every layer for every token of the batch and returns the logits of
+    /// `batch.logit_rows`, `[rows, vocab]`, on the host.
+    pub fn forward(&self, b: &B, batch: &Batch, cache: &mut KvCache<B>) -> Vec<f32> {
+        let c = &self.config;
+        let t = batch.num_tokens();
+        let (e, inter) = (c.hidden_size, c.intermediate_size);
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        let mut x = b.zeros(t * e);
+        b.embedding(&mut x, &self.embed, &batch.input_ids, e);
+        let mut h = b.zeros(t * e);
+        let mut qkv = b.zeros(t * (qd + 2 * kvd));
+        let mut q = b.zeros(t * qd);
+        let mut attn = b.zeros(t * qd);
+        let mut proj = b.zeros(t * e);
+        let mut gu = b.zeros(t * 2 * inter);
+        let mut act = b.zeros(t * inter);
+        let layout = cache.layout;
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            b.rms_norm(&mut h, &x, &layer.input_norm, c.rms_norm_eps, t * e);
+            b.linear(
+                &mut qkv,
+                &h,
+                &layer.qkv,
+                layer.qkv_bias.as_ref(),
+                t,
+                e,
+                qd + 2 * kvd,
+            );
+            b.qkv_rope_write_kv(
+                &mut q,
+                &qkv,
+                &self.rope,
+                batch,
+                c.num_heads,
+                &layout,
+                &mut lc.k,
+                &mut lc.v,
+            );
+            b.paged_attention(&mut attn, &q, &lc.k, &lc.v, &layout, c.num_heads, batch);
+            b.linear(&mut proj, &attn, &layer.o, None, t, qd, e);
+            b.add_inplace(&mut x, &proj, t * e);
+            b.rms_norm(&mut h, &x, &layer.post_norm, c.rms_norm_eps, t * e);
+            b.linear(&mut gu, &h, &layer.gate_up, None, t, e, 2 * inter);
+            b.silu_and_mul(&mut act, &gu, inter, t);
+            b.linear(&mut proj, &act, &layer.down, None, t, inter, e);
+            b.add_inplace(&mut x, &proj, t * e);
+        }
+        let rows = batch.logit_rows.len();
+        if rows == 0 {
+            return Vec::new();
+        }
+        let mut last = b.zeros(rows * e);
+        b.gather_rows(&mut last, &x, &batch.logit_rows, e);
+        let mut normed = b.zeros(rows * e);
+        b.rms_norm(&mut normed, &last, &self.norm, c.rms_norm_eps, rows * e);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let mut logits = b.zeros(rows * c.vocab_size);
+        b.linear(&mut logits, &normed, head, None, rows, e, c.vocab_size);
+        b.download(&logits, rows * c.vocab_size)
+    }
+
+    /// Whether position `p` has a RoPE angle (the model's maximum length).
+    pub fn max_len(&self) -> usize {
+        self.rope.max_pos()
+    }
+}
