@@ -3,5 +3,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod engine;
 pub mod model;
 pub mod plot;
+pub mod sampler;

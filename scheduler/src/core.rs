@@ -446,7 +446,10 @@ impl Scheduler {
                 Err(e) => return Err(e.into()),
             }
             self.waiting.remove(&key);
-            self.seqs.get_mut(&id).expect("exists").num_computed = hit.num_cached_tokens;
+            let seq = self.seqs.get_mut(&id).expect("exists");
+            seq.num_computed = hit.num_cached_tokens;
+            seq.num_cached_prompt_tokens
+                .get_or_insert(hit.num_cached_tokens.min(seq.prompt_len));
             self.make_running(id);
             self.push(plan, id, n, budget);
         }

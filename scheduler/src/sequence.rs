@@ -60,6 +60,8 @@ pub struct Sequence {
     pub cache_salt: Option<u64>,
     pub status: SeqStatus,
     pub num_preemptions: u32,
+    /// Prompt tokens found in the prefix cache when the sequence was first admitted.
+    pub num_cached_prompt_tokens: Option<usize>,
     /// The policy's static ordering key (smaller goes first), fixed at arrival so that a
     /// preempted sequence comes back to its place in line.
     pub(crate) key: OrderKey,
@@ -80,6 +82,7 @@ impl Sequence {
             cache_salt: r.cache_salt,
             status: SeqStatus::Waiting,
             num_preemptions: 0,
+            num_cached_prompt_tokens: None,
             key: OrderKey::default(),
             awaiting_sample: false,
         }

@@ -124,4 +124,22 @@ impl Backend for CpuBackend {
     fn copy_blocks(&self, cache: &mut Vec<f32>, layout: &KvLayout, pairs: &[(u32, u32)]) {
         k::copy_blocks(cache, layout, pairs);
     }
+    fn copy_to_host(
+        &self,
+        host: &mut [f32],
+        dev: &Vec<f32>,
+        layout: &KvLayout,
+        pairs: &[(u32, u32)],
+    ) {
+        k::swap_blocks(host, dev, layout, pairs);
+    }
+    fn copy_from_host(
+        &self,
+        dev: &mut Vec<f32>,
+        host: &[f32],
+        layout: &KvLayout,
+        pairs: &[(u32, u32)],
+    ) {
+        k::swap_blocks(dev, host, layout, pairs);
+    }
 }

@@ -91,4 +91,20 @@ pub trait Backend {
     fn gather_rows(&self, out: &mut Self::Buf, x: &Self::Buf, rows: &[usize], dim: usize);
     /// Copies whole pages inside one cache (copy-on-write).
     fn copy_blocks(&self, cache: &mut Self::Buf, layout: &KvLayout, pairs: &[(u32, u32)]);
+    /// Swap out: device pages `src` to host pages `dst`.
+    fn copy_to_host(
+        &self,
+        host: &mut [f32],
+        dev: &Self::Buf,
+        layout: &KvLayout,
+        pairs: &[(u32, u32)],
+    );
+    /// Swap in: host pages `src` to device pages `dst`.
+    fn copy_from_host(
+        &self,
+        dev: &mut Self::Buf,
+        host: &[f32],
+        layout: &KvLayout,
+        pairs: &[(u32, u32)],
+    );
 }

@@ -1,0 +1,359 @@
+//! The engine core: one step = schedule → copies → forward → sample → update. It owns the
+//! scheduler (and so the block manager), the model, the paged KV cache and every request's
+//! sampling state. Single-threaded; `handle` runs it on its own OS thread.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use block_manager::{BlockManager, BlockManagerConfig, SeqId};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use scheduler::{policy, FinishReason, Request, Scheduler, SchedulerConfig, StepResult};
+
+use super::executor::{build_batch, run_copies, HostCache};
+use super::stop::StopText;
+use super::EngineError;
+use crate::backend::Backend;
+use crate::model::llama::{KvCache, LlamaModel};
+use crate::model::tokenizer::{IncrementalDecoder, Tokenizer};
+use crate::sampler::{sample, Sampled, SamplingParams};
+
+/// Sizing and policy of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub num_host_blocks: usize,
+    pub watermark: f64,
+    pub enable_prefix_caching: bool,
+    pub scheduler: SchedulerConfig,
+    pub policy: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            block_size: 16,
+            num_blocks: 1024,
+            num_host_blocks: 0,
+            watermark: 0.01,
+            enable_prefix_caching: true,
+            scheduler: SchedulerConfig::default(),
+            policy: "fcfs".into(),
+        }
+    }
+}
+
+/// A generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// Chosen by the caller; must be below 2^62 (forked samples use the ids above).
+    pub id: u64,
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub priority: i32,
+    pub cache_salt: Option<u64>,
+}
+
+/// One new token of one sample of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenOutput {
+    pub request: u64,
+    /// Which of the request's `n` samples.
+    pub index: usize,
+    pub token: u32,
+    /// Text this token releases (may be empty: held back for UTF-8 or a stop string).
+    pub text: String,
+    pub logprob: f32,
+    pub top_logprobs: Vec<(u32, f32)>,
+    pub finish: Option<FinishReason>,
+    /// Prompt tokens served from the prefix cache (known from the first token on).
+    pub cached_prompt_tokens: usize,
+}
+
+struct SampleState {
+    request: u64,
+    index: usize,
+    params: Arc<SamplingParams>,
+    prompt: Arc<Vec<u32>>,
+    output: Vec<u32>,
+    rng: StdRng,
+    detok: IncrementalDecoder,
+    text: StopText,
+}
+
+const CHILD_BASE: u64 = 1 << 62;
+
+pub struct EngineCore<B: Backend> {
+    backend: B,
+    model: LlamaModel<B>,
+    cache: KvCache<B>,
+    host: Option<HostCache>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    scheduler: Scheduler,
+    samples: HashMap<SeqId, SampleState>,
+    /// Sequence ids of each request's samples.
+    requests: HashMap<u64, Vec<SeqId>>,
+    next_child: u64,
+    started: Instant,
+    eos_ids: Vec<u32>,
+}
+
+impl<B: Backend> EngineCore<B> {
+    pub fn new(
+        backend: B,
+        model: LlamaModel<B>,
+        tokenizer: Option<Arc<Tokenizer>>,
+        cfg: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let bm = BlockManager::new(
+            BlockManagerConfig::new(cfg.block_size, cfg.num_blocks)
+                .with_host_blocks(cfg.num_host_blocks)
+                .with_watermark(cfg.watermark)
+                .with_prefix_caching(cfg.enable_prefix_caching),
+        )?;
+        let pol = policy::by_name(&cfg.policy)
+            .ok_or_else(|| EngineError::Config(format!("unknown policy '{}'", cfg.policy)))?;
+        let mut sched_cfg = cfg.scheduler.clone();
+        let model_max = model.max_len();
+        sched_cfg.max_model_len = Some(
+            sched_cfg
+                .max_model_len
+                .map_or(model_max, |m| m.min(model_max)),
+        );
+        let scheduler = Scheduler::new(sched_cfg, bm, pol)?;
+        let cache = KvCache::new(&backend, &model.config, cfg.num_blocks, cfg.block_size);
+        let host = (cfg.num_host_blocks > 0).then(|| {
+            let mut l = cache.layout;
+            l.num_blocks = cfg.num_host_blocks;
+            HostCache::new(model.config.num_layers, l.elems())
+        });
+        let eos_ids = tokenizer
+            .as_ref()
+            .map(|t| t.eos_ids.clone())
+            .unwrap_or_default();
+        Ok(EngineCore {
+            backend,
+            model,
+            cache,
+            host,
+            tokenizer,
+            scheduler,
+            samples: HashMap::new(),
+            requests: HashMap::new(),
+            next_child: CHILD_BASE,
+            started: Instant::now(),
+            eos_ids,
+        })
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn model(&self) -> &LlamaModel<B> {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> Option<&Arc<Tokenizer>> {
+        self.tokenizer.as_ref()
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        self.scheduler.has_unfinished()
+    }
+
+    /// Queues a request; refused now (with the reason) if it could never run.
+    pub fn add_request(&mut self, r: GenerateRequest) -> Result<(), EngineError> {
+        if r.id >= CHILD_BASE || self.requests.contains_key(&r.id) {
+            return Err(EngineError::BadRequest(format!(
+                "request id {} is taken or too large",
+                r.id
+            )));
+        }
+        if r.params.max_tokens == 0 || r.params.n == 0 {
+            return Err(EngineError::BadRequest(
+                "max_tokens and n must be at least 1".into(),
+            ));
+        }
+        let vocab = self.model.config.vocab_size as u32;
+        if let Some(&bad) = r.prompt.iter().find(|&&t| t >= vocab) {
+            return Err(EngineError::BadRequest(format!(
+                "token id {bad} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        let mut req = Request::new(r.id, r.prompt.clone(), r.params.max_tokens);
+        req.arrival_s = self.started.elapsed().as_secs_f64();
+        req.priority = r.priority;
+        req.cache_salt = r.cache_salt;
+        self.scheduler.add_request(req)?;
+        let seed = r
+            .params
+            .seed
+            .unwrap_or_else(|| r.id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        self.samples.insert(
+            r.id,
+            SampleState {
+                request: r.id,
+                index: 0,
+                params: Arc::new(r.params),
+                prompt: Arc::new(r.prompt),
+                output: vec![],
+                rng: StdRng::seed_from_u64(seed),
+                detok: IncrementalDecoder::new(),
+                text: StopText::default(),
+            },
+        );
+        self.requests.insert(r.id, vec![r.id]);
+        Ok(())
+    }
+
+    /// Aborts every sample of a request; its pages are freed at once.
+    pub fn abort(&mut self, request: u64) {
+        if let Some(seqs) = self.requests.remove(&request) {
+            for s in seqs {
+                self.samples.remove(&s);
+                let _ = self.scheduler.abort(s);
+            }
+        }
+    }
+
+    /// Runs one step; returns the tokens it produced.
+    pub fn step(&mut self) -> Result<Vec<TokenOutput>, EngineError> {
+        let now = self.started.elapsed().as_secs_f64();
+        let plan = self.scheduler.schedule(now)?;
+        run_copies(&self.backend, &plan, &mut self.cache, self.host.as_mut());
+        if plan.seqs.is_empty() {
+            return Ok(vec![]);
+        }
+        let batch = build_batch(&plan, self.cache.layout.block_size);
+        let mut logits = self.model.forward(&self.backend, &batch, &mut self.cache);
+        let vocab = self.model.config.vocab_size;
+        let mut result = StepResult::default();
+        let mut outputs = Vec::new();
+        let mut forks: Vec<(SeqId, Vec<f32>)> = Vec::new();
+        for (row, sc) in plan.seqs.iter().filter(|s| s.samples).enumerate() {
+            let l = &mut logits[row * vocab..(row + 1) * vocab];
+            let Some(st) = self.samples.get_mut(&sc.seq) else {
+                continue;
+            };
+            let wants_fork = st.index == 0 && st.output.is_empty() && st.params.n > 1;
+            let raw = wants_fork.then(|| l.to_vec());
+            let s = sample(l, &st.params, &st.prompt, &st.output, &mut st.rng);
+            let cached = self
+                .scheduler
+                .sequence(sc.seq)
+                .and_then(|q| q.num_cached_prompt_tokens)
+                .unwrap_or(0);
+            let out = emit(st, &s, self.tokenizer.as_deref(), &self.eos_ids, cached)?;
+            result.sampled.push((sc.seq, s.token));
+            if let Some(reason) = out.finish {
+                result.finished.push((sc.seq, reason));
+            }
+            if let (Some(raw), None) = (raw, out.finish) {
+                forks.push((sc.seq, raw));
+            }
+            outputs.push(out);
+        }
+        self.scheduler.update(&result)?;
+        for &(seq, _) in &result.finished {
+            self.samples.remove(&seq);
+        }
+        for (parent, raw) in forks {
+            self.fork_samples(parent, raw, &mut outputs)?;
+        }
+        self.requests.retain(|_, seqs| {
+            seqs.retain(|s| self.samples.contains_key(s));
+            !seqs.is_empty()
+        });
+        Ok(outputs)
+    }
+
+    /// Starts samples 1..n of a request from the logits its first token came from.
+    fn fork_samples(
+        &mut self,
+        parent: SeqId,
+        raw: Vec<f32>,
+        outputs: &mut Vec<TokenOutput>,
+    ) -> Result<(), EngineError> {
+        let (request, params, prompt) = {
+            let p = &self.samples[&parent];
+            (p.request, p.params.clone(), p.prompt.clone())
+        };
+        for index in 1..params.n {
+            let seed = params
+                .seed
+                .unwrap_or_else(|| request.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                .wrapping_add(index as u64);
+            let mut st = SampleState {
+                request,
+                index,
+                params: params.clone(),
+                prompt: prompt.clone(),
+                output: vec![],
+                rng: StdRng::seed_from_u64(seed),
+                detok: IncrementalDecoder::new(),
+                text: StopText::default(),
+            };
+            let s = sample(&mut raw.clone(), &params, &prompt, &[], &mut st.rng);
+            let out = emit(&mut st, &s, self.tokenizer.as_deref(), &self.eos_ids, 0)?;
+            if out.finish.is_none() {
+                let child = self.next_child;
+                self.next_child += 1;
+                self.scheduler.fork(parent, child, s.token)?;
+                self.samples.insert(child, st);
+                self.requests.entry(request).or_default().push(child);
+            }
+            outputs.push(out);
+        }
+        Ok(())
+    }
+}
+
+/// Appends a sampled token to a sample's state: stop checks, text, the output record.
+fn emit(
+    st: &mut SampleState,
+    s: &Sampled,
+    tok: Option<&Tokenizer>,
+    eos_ids: &[u32],
+    cached: usize,
+) -> Result<TokenOutput, EngineError> {
+    st.output.push(s.token);
+    let p = &st.params;
+    let mut finish = None;
+    let stop_token =
+        (!p.ignore_eos && eos_ids.contains(&s.token)) || p.stop_token_ids.contains(&s.token);
+    let mut text = String::new();
+    if stop_token {
+        finish = Some(FinishReason::Stop);
+    } else if let Some(t) = tok {
+        let delta = st.detok.push(t, s.token)?;
+        let (released, hit) = st.text.push(&delta, &p.stop);
+        text = released;
+        if hit {
+            finish = Some(FinishReason::Stop);
+        }
+    }
+    if finish.is_none() && st.output.len() >= p.max_tokens {
+        finish = Some(FinishReason::Length);
+    }
+    if finish == Some(FinishReason::Length) || (finish.is_some() && stop_token) {
+        if let Some(t) = tok {
+            let rest = st.detok.finish(t)?;
+            let (released, _) = st.text.push(&rest, &p.stop);
+            text.push_str(&released);
+            text.push_str(&st.text.flush());
+        }
+    }
+    Ok(TokenOutput {
+        request: st.request,
+        index: st.index,
+        token: s.token,
+        text,
+        logprob: s.logprob,
+        top_logprobs: s.top.clone(),
+        finish,
+        cached_prompt_tokens: cached,
+    })
+}
