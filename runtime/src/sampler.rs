@@ -127,6 +127,20 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Plain temperature sampling over the whole vocabulary: no sort, two passes.
+fn sample_full(logits: &[f32], temperature: f32, rng: &mut StdRng) -> u32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f32 = logits.iter().map(|&l| ((l - max) / temperature).exp()).sum();
+    let mut r = rng.random::<f32>() * total;
+    for (i, &l) in logits.iter().enumerate() {
+        r -= ((l - max) / temperature).exp();
+        if r <= 0.0 {
+            return i as u32;
+        }
+    }
+    argmax(logits)
+}
+
 fn apply_penalties(logits: &mut [f32], p: &SamplingParams, prompt: &[u32], output: &[u32]) {
     if p.repetition_penalty != 1.0 {
         let mut seen = vec![false; logits.len()];
@@ -159,6 +173,9 @@ fn apply_penalties(logits: &mut [f32], p: &SamplingParams, prompt: &[u32], outpu
 }
 
 fn sample_random(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
+    if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+        return sample_full(logits, p.temperature, rng);
+    }
     // Candidates sorted by logit, best first, cut by top-k.
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let k = if p.top_k > 0 {

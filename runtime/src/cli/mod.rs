@@ -1,5 +1,8 @@
 //! The `pagedrt` command line: one subcommand per module.
 
+mod bench_throughput;
+mod engine_args;
+mod generate;
 mod model_cmds;
 mod simulate;
 
@@ -21,10 +24,21 @@ pub struct Cli {
 pub enum Command {
     /// Run the real scheduler and block manager on a virtual clock with a cost model.
     Simulate(Box<simulate::SimulateArgs>),
+    /// Benchmarks: `throughput` (offline, this engine).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Generate text for one prompt (streamed) or a file of prompts (one batch).
+    Generate(Box<generate::GenerateArgs>),
     /// Fetch and prepare a model in the local cache (default: SmolLM2-135M-Instruct).
     Pull(model_cmds::PullArgs),
     /// Import a GGUF file into a Hugging Face model directory.
     Convert(model_cmds::ConvertArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Offline throughput: all requests queued at once, run to completion.
+    Throughput(Box<bench_throughput::ThroughputArgs>),
 }
 
 /// Parses the arguments, runs the subcommand, and turns its error into a message and exit
@@ -33,6 +47,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Simulate(args) => simulate::run(*args),
+        Command::Generate(args) => generate::run(*args),
+        Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(*args),
         Command::Pull(args) => model_cmds::run_pull(args),
         Command::Convert(args) => model_cmds::run_convert(args),
     };

@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod llama;
 pub mod pull;
+pub mod resolve;
 pub mod tokenizer;
 pub mod weights;
 

@@ -1,0 +1,62 @@
+//! CPU kernels at SmolLM2-135M shapes: the weight GEMMs in both weight layouts, and paged
+//! attention for a decode batch.
+//!
+//! Run: `cargo bench -p pagedrt-benches --bench cpu_kernels`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kernels::cpu::{self, SeqChunk};
+use kernels::KvLayout;
+
+fn gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("linear 576x1536 (gate/up of SmolLM2)");
+    let (k, n) = (576usize, 3072usize);
+    let w: Vec<f32> = (0..n * k).map(|i| (i % 97) as f32 * 1e-3).collect();
+    for m in [1usize, 8, 64, 512] {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
+        let mut out = vec![0f32; m * n];
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_with_input(BenchmarkId::new("w[n,k] (HF layout)", m), &m, |b, &m| {
+            b.iter(|| cpu::linear(&mut out, &x, &w, m, k, n))
+        });
+    }
+    g.finish();
+}
+
+fn attention(c: &mut Criterion) {
+    let layout = KvLayout {
+        num_blocks: 64 * 64 / 16 + 1,
+        num_kv_heads: 3,
+        block_size: 16,
+        head_dim: 64,
+    };
+    let kc = vec![0.01f32; layout.elems()];
+    let vc = vec![0.02f32; layout.elems()];
+    let heads = 9;
+    let mut g = c.benchmark_group("paged attention decode, 9/3 heads, hd 64");
+    for ctx in [64usize, 256, 1024] {
+        let batch = 64 * 64 / ctx.max(64);
+        let tables: Vec<Vec<u32>> = (0..batch)
+            .map(|s| ((s * ctx / 16) as u32..((s + 1) * ctx / 16) as u32).collect())
+            .collect();
+        let seqs: Vec<SeqChunk> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| SeqChunk {
+                query_start: i,
+                query_len: 1,
+                context_len: ctx,
+                block_table: t,
+            })
+            .collect();
+        let q = vec![0.1f32; batch * heads * 64];
+        let mut out = vec![0f32; batch * heads * 64];
+        g.throughput(Throughput::Bytes((batch * ctx * 2 * 3 * 64 * 4) as u64));
+        g.bench_with_input(BenchmarkId::new(format!("batch {batch}"), ctx), &ctx, |b, _| {
+            b.iter(|| cpu::paged_attention(&mut out, &q, &kc, &vc, &layout, heads, &seqs, 0.125))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, gemm, attention);
+criterion_main!(benches);

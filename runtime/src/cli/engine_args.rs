@@ -1,0 +1,112 @@
+//! Engine options shared by `generate`, `bench throughput` (and `serve`).
+
+use clap::Args;
+use scheduler::{PreemptionMode, SchedulerConfig};
+
+use crate::engine::{cpu_engine, EngineConfig, EngineCore};
+use crate::backend::cpu::CpuBackend;
+use crate::model::config::ModelConfig;
+use crate::model::llama::KvCache;
+use crate::model::resolve::resolve_model;
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// A model directory, a pulled model name, or nothing for the default model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Tokens per KV page.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// KV cache size in bytes (e.g. 2GiB, 512MiB).
+    #[arg(long, default_value = "2GiB")]
+    pub kv_cache_memory: String,
+    /// KV pages (overrides --kv-cache-memory).
+    #[arg(long)]
+    pub num_blocks: Option<usize>,
+    /// Host swap pages.
+    #[arg(long, default_value_t = 0)]
+    pub swap_blocks: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    #[arg(long, default_value = "fcfs")]
+    pub policy: String,
+    #[arg(long, default_value = "recompute")]
+    pub preemption_mode: PreemptionMode,
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+}
+
+/// Parses `2GiB`, `512MiB`, `1.5GB`, `1000000`.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a size"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("'{s}': unknown unit '{u}'")),
+    };
+    Ok((v * mult) as usize)
+}
+
+impl EngineArgs {
+    /// Resolves the model (pulling it if needed) and builds a CPU engine.
+    pub fn build(&self) -> Result<EngineCore<CpuBackend>, String> {
+        let dir = resolve_model(self.model.as_deref(), &mut |l| eprintln!("{l}"))
+            .map_err(|e| e.to_string())?;
+        let mc = ModelConfig::from_file(&dir.join("config.json")).map_err(|e| e.to_string())?;
+        let num_blocks = match self.num_blocks {
+            Some(n) => n,
+            None => {
+                let bytes = parse_bytes(&self.kv_cache_memory)?;
+                bytes / KvCache::<CpuBackend>::bytes_per_block(&mc, self.block_size)
+            }
+        };
+        if num_blocks == 0 {
+            return Err("the KV cache holds no page: raise --kv-cache-memory".into());
+        }
+        let cfg = EngineConfig {
+            block_size: self.block_size,
+            num_blocks,
+            num_host_blocks: self.swap_blocks,
+            watermark: 0.01,
+            enable_prefix_caching: !self.no_prefix_caching,
+            scheduler: SchedulerConfig {
+                max_num_batched_tokens: self.max_num_batched_tokens,
+                max_num_seqs: self.max_num_seqs,
+                preemption_mode: self.preemption_mode,
+                max_model_len: self.max_model_len,
+                ..SchedulerConfig::default()
+            },
+            policy: self.policy.clone(),
+        };
+        cpu_engine(&dir, cfg).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! `pagedrt generate`: one prompt streamed to the terminal, or a file of prompts as one batch.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::json;
+
+use super::engine_args::EngineArgs;
+use crate::engine::GenerateRequest;
+use crate::model::tokenizer::ChatMessage;
+use crate::sampler::SamplingParams;
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// The prompt.
+    #[arg(long, conflicts_with = "prompts_file")]
+    prompt: Option<String>,
+    /// One prompt per line (the two characters \n inside a line stand for a newline).
+    #[arg(long)]
+    prompts_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop strings.
+    #[arg(long)]
+    stop: Vec<String>,
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Wrap each prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// One JSON object per prompt, in order.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: GenerateArgs) -> Result<(), String> {
+    let prompts: Vec<String> = match (&a.prompt, &a.prompts_file) {
+        (Some(p), None) => vec![p.clone()],
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| format!("{}: {e}", f.display()))?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.replace("\\n", "\n"))
+            .collect(),
+        _ => return Err("give --prompt or --prompts-file".into()),
+    };
+    let mut engine = a.engine.build()?;
+    let tok = engine
+        .tokenizer()
+        .cloned()
+        .ok_or("this model has no tokenizer")?;
+    let params = SamplingParams {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        seed: a.seed,
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+        ..SamplingParams::default()
+    };
+    let mut prompt_ids = vec![];
+    for (i, p) in prompts.iter().enumerate() {
+        let text = if a.chat {
+            let msgs = [ChatMessage {
+                role: "user".into(),
+                content: p.clone(),
+            }];
+            tok.apply_chat_template(&msgs, true).map_err(|e| e.to_string())?
+        } else {
+            p.clone()
+        };
+        let ids = tok.encode(&text).map_err(|e| e.to_string())?;
+        engine
+            .add_request(GenerateRequest {
+                id: i as u64,
+                prompt: ids.clone(),
+                params: params.clone(),
+                priority: 0,
+                cache_salt: None,
+            })
+            .map_err(|e| format!("prompt {}: {e}", i + 1))?;
+        prompt_ids.push(ids);
+    }
+    let stream = prompts.len() == 1 && !a.json;
+    let start = Instant::now();
+    let mut done: BTreeMap<u64, (Vec<u32>, String, String, f64)> = BTreeMap::new();
+    let mut first: BTreeMap<u64, f64> = BTreeMap::new();
+    let mut stdout = std::io::stdout();
+    while engine.has_unfinished() {
+        for t in engine.step().map_err(|e| e.to_string())? {
+            let el = start.elapsed().as_secs_f64();
+            first.entry(t.request).or_insert(el);
+            let e = done.entry(t.request).or_default();
+            e.0.push(t.token);
+            e.1.push_str(&t.text);
+            if stream {
+                print!("{}", t.text);
+                let _ = stdout.flush();
+            }
+            if let Some(f) = t.finish {
+                e.2 = format!("{f:?}").to_lowercase();
+                e.3 = el;
+            }
+        }
+    }
+    if stream {
+        println!();
+        return Ok(());
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        let (ids, text, finish, end) = done.remove(&(i as u64)).unwrap_or_default();
+        if a.json {
+            let o = json!({
+                "prompt": p,
+                "prompt_token_ids": prompt_ids[i],
+                "generated_token_ids": ids,
+                "text": text,
+                "finish_reason": finish,
+                "ttft_s": first.get(&(i as u64)),
+                "e2e_s": end,
+            });
+            println!("{o}");
+        } else {
+            println!("=== prompt {}: {p:?}\n{text}\n[{finish}]", i + 1);
+        }
+    }
+    Ok(())
+}
