@@ -3,15 +3,18 @@
 use clap::Args;
 use scheduler::{PreemptionMode, SchedulerConfig};
 
-use crate::engine::{cpu_engine, EngineConfig, EngineCore};
+use crate::engine::{cpu_dummy_engine, cpu_engine, EngineConfig, EngineCore};
 use crate::backend::cpu::CpuBackend;
 use crate::model::config::ModelConfig;
 use crate::model::llama::KvCache;
-use crate::model::resolve::resolve_model;
+use crate::model::dummy::dummy_config;
+use crate::model::resolve::{resolve_source, ModelSource};
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// A model directory, a pulled model name, or nothing for the default model.
+    /// A model directory, a pulled model name, dummy:<preset> (random weights of a real
+    /// model's shape: llama-3-8b, llama-3.2-1b, qwen2-0.5b, smollm2-135m, or a config.json
+    /// path), or nothing for the default model.
     #[arg(long)]
     pub model: Option<String>,
     /// Tokens per KV page.
@@ -64,9 +67,13 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
 impl EngineArgs {
     /// Resolves the model (pulling it if needed) and builds a CPU engine.
     pub fn build(&self) -> Result<EngineCore<CpuBackend>, String> {
-        let dir = resolve_model(self.model.as_deref(), &mut |l| eprintln!("{l}"))
+        let source = resolve_source(self.model.as_deref(), &mut |l| eprintln!("{l}"))
             .map_err(|e| e.to_string())?;
-        let mc = ModelConfig::from_file(&dir.join("config.json")).map_err(|e| e.to_string())?;
+        let mc = match &source {
+            ModelSource::Dir(dir) => ModelConfig::from_file(&dir.join("config.json")),
+            ModelSource::Dummy(spec) => dummy_config(spec),
+        }
+        .map_err(|e| e.to_string())?;
         let num_blocks = match self.num_blocks {
             Some(n) => n,
             None => {
@@ -92,7 +99,11 @@ impl EngineArgs {
             },
             policy: self.policy.clone(),
         };
-        cpu_engine(&dir, cfg).map_err(|e| e.to_string())
+        match source {
+            ModelSource::Dir(dir) => cpu_engine(&dir, cfg),
+            ModelSource::Dummy(spec) => cpu_dummy_engine(&spec, cfg, 0),
+        }
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -39,6 +39,37 @@ pub fn cpu_engine(dir: &Path, cfg: EngineConfig) -> Result<EngineCore<CpuBackend
     EngineCore::new(CpuBackend, model, Some(tok), cfg)
 }
 
+/// A CPU engine with `dummy:` weights of `spec` (a preset or a config.json path).
+pub fn cpu_dummy_engine(
+    spec: &str,
+    cfg: EngineConfig,
+    seed: u64,
+) -> Result<EngineCore<CpuBackend>, EngineError> {
+    use crate::model::dummy;
+    let mc = dummy::dummy_config(spec)?;
+    let bytes = dummy::num_params(&mc) * 4;
+    if let Some(avail) = available_memory() {
+        if bytes > avail / 4 * 3 {
+            return Err(EngineError::Config(format!(
+                "dummy:{spec} needs {:.1} GiB of f32 weights but only {:.1} GiB of memory is available",
+                bytes as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+    let model = LlamaModel::from_parts(&CpuBackend, mc, |name, n| dummy::dummy_tensor(name, n, seed));
+    let tok = Arc::new(Tokenizer::byte_level()?);
+    EngineCore::new(CpuBackend, model, Some(tok), cfg)
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes (Linux only).
+fn available_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// What one sample of a request produced.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Completion {

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod dummy;
 pub mod error;
 pub mod gguf;
 pub mod gguf_tokenizer;

@@ -6,6 +6,25 @@ use std::path::{Path, PathBuf};
 use super::error::ModelError;
 use super::pull::{pull, DEFAULT_MODEL, KNOWN_MODELS};
 
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    Dir(PathBuf),
+    /// `dummy:<preset or config.json>`.
+    Dummy(String),
+}
+
+pub fn resolve_source(
+    spec: Option<&str>,
+    say: &mut dyn FnMut(&str),
+) -> Result<ModelSource, ModelError> {
+    match spec.and_then(|s| s.strip_prefix("dummy:")) {
+        Some(d) => Ok(ModelSource::Dummy(d.to_string())),
+        None => resolve_model(spec, say).map(ModelSource::Dir),
+    }
+}
+
+/// A model directory (pulling a known model on first use).
 pub fn resolve_model(spec: Option<&str>, say: &mut dyn FnMut(&str)) -> Result<PathBuf, ModelError> {
     let spec = spec.unwrap_or(DEFAULT_MODEL);
     let path = Path::new(spec);
@@ -14,11 +33,6 @@ pub fn resolve_model(spec: Option<&str>, say: &mut dyn FnMut(&str)) -> Result<Pa
     }
     if KNOWN_MODELS.iter().any(|m| m.name == spec) {
         return pull(spec, say);
-    }
-    if spec.starts_with("dummy:") {
-        return Err(ModelError::Other(format!(
-            "--model {spec}: dummy weights are not implemented yet"
-        )));
     }
     let known: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
     Err(ModelError::Other(format!(

@@ -100,6 +100,25 @@ impl Tokenizer {
         })
     }
 
+    /// The byte-level tokenizer of dummy models (see `model::dummy`), with ChatML specials
+    /// and a ChatML template.
+    pub fn byte_level() -> Result<Self, ModelError> {
+        let path = PathBuf::from("dummy:tokenizer");
+        let json = super::dummy::byte_level_tokenizer_json();
+        let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| tok_err(&path, e))?;
+        let template = r#"{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"#;
+        Ok(Tokenizer {
+            bos_id: inner.token_to_id("<|im_start|>"),
+            eos_ids: inner.token_to_id("<|im_end|>").into_iter().collect(),
+            inner,
+            path,
+            add_bos: false,
+            bos_token: Some("<|im_start|>".into()),
+            eos_token: Some("<|im_end|>".into()),
+            chat_template: Some(template.into()),
+        })
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -3,6 +3,7 @@
 pub mod dequant;
 pub mod reader;
 pub mod types;
+pub mod writer;
 
 pub use reader::{GgufFile, TensorInfo, Value};
 pub use types::GgmlType;

@@ -248,6 +248,17 @@ impl<B: AsRef<[u8]>> GgufFile<B> {
             let dims = (0..n_dims)
                 .map(|_| c.u64(&name))
                 .collect::<Result<Vec<_>, _>>()?;
+            if dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .is_none_or(|n| n > buf.len() as u64 * 8)
+            {
+                return Err(ModelError::tensor(
+                    path,
+                    &name,
+                    format!("dimensions {dims:?} cannot fit the file"),
+                ));
+            }
             let raw_ty = c.u32(&name)?;
             let ty = GgmlType::from_u32(raw_ty).ok_or_else(|| {
                 ModelError::tensor(path, &name, format!("unknown tensor type {raw_ty}"))
@@ -312,7 +323,7 @@ impl<B: AsRef<[u8]>> GgufFile<B> {
             )));
         }
         let len = n / t.ty.block_elems() as u64 * t.ty.block_bytes() as u64;
-        let start = self.data_offset as u64 + t.offset;
+        let start = (self.data_offset as u64).saturating_add(t.offset);
         let buf = self.bytes.as_ref();
         match start.checked_add(len) {
             Some(end) if end <= buf.len() as u64 => Ok(&buf[start as usize..end as usize]),
