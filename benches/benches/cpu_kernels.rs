@@ -51,9 +51,15 @@ fn attention(c: &mut Criterion) {
         let q = vec![0.1f32; batch * heads * 64];
         let mut out = vec![0f32; batch * heads * 64];
         g.throughput(Throughput::Bytes((batch * ctx * 2 * 3 * 64 * 4) as u64));
-        g.bench_with_input(BenchmarkId::new(format!("batch {batch}"), ctx), &ctx, |b, _| {
-            b.iter(|| cpu::paged_attention(&mut out, &q, &kc, &vc, &layout, heads, &seqs, 0.125))
-        });
+        g.bench_with_input(
+            BenchmarkId::new(format!("batch {batch}"), ctx),
+            &ctx,
+            |b, _| {
+                b.iter(|| {
+                    cpu::paged_attention(&mut out, &q, &kc, &vc, &layout, heads, &seqs, 0.125)
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -130,7 +130,10 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// Plain temperature sampling over the whole vocabulary: no sort, two passes.
 fn sample_full(logits: &[f32], temperature: f32, rng: &mut StdRng) -> u32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let total: f32 = logits.iter().map(|&l| ((l - max) / temperature).exp()).sum();
+    let total: f32 = logits
+        .iter()
+        .map(|&l| ((l - max) / temperature).exp())
+        .sum();
     let mut r = rng.random::<f32>() * total;
     for (i, &l) in logits.iter().enumerate() {
         r -= ((l - max) / temperature).exp();

@@ -78,9 +78,15 @@ struct Tiny {
 }
 
 fn tiny() -> Tiny {
-    let wq: Vec<f32> = (0..HIDDEN * HIDDEN).map(|i| ((i * 7) % 16) as f32).collect();
-    let wk: Vec<f32> = (0..HEAD_DIM * HIDDEN).map(|i| (i % 11) as f32 * 0.25).collect();
-    let embed: Vec<f32> = (0..VOCAB * HIDDEN).map(|i| ((i % 50) as f32 - 25.0) * 0.5).collect();
+    let wq: Vec<f32> = (0..HIDDEN * HIDDEN)
+        .map(|i| ((i * 7) % 16) as f32)
+        .collect();
+    let wk: Vec<f32> = (0..HEAD_DIM * HIDDEN)
+        .map(|i| (i % 11) as f32 * 0.25)
+        .collect();
+    let embed: Vec<f32> = (0..VOCAB * HIDDEN)
+        .map(|i| ((i % 50) as f32 - 25.0) * 0.5)
+        .collect();
     let t = |name: &str, dims: Vec<u64>, ty, data| RawTensor {
         name: name.into(),
         dims,
@@ -89,17 +95,72 @@ fn tiny() -> Tiny {
     };
     let h = HIDDEN as u64;
     let tensors = vec![
-        t("token_embd.weight", vec![h, VOCAB as u64], GgmlType::Q8_0, q8_0(&embed)),
-        t("output_norm.weight", vec![h], GgmlType::F32, f32_bytes(&[1.0; HIDDEN])),
-        t("blk.0.attn_norm.weight", vec![h], GgmlType::F32, f32_bytes(&[1.0; HIDDEN])),
-        t("blk.0.ffn_norm.weight", vec![h], GgmlType::F32, f32_bytes(&[1.0; HIDDEN])),
-        t("blk.0.attn_q.weight", vec![h, h], GgmlType::Q4_1, q4_1(&permute(&wq, HEADS, HIDDEN))),
-        t("blk.0.attn_k.weight", vec![h, HEAD_DIM as u64], GgmlType::F32, f32_bytes(&permute(&wk, 1, HIDDEN))),
-        t("blk.0.attn_v.weight", vec![h, HEAD_DIM as u64], GgmlType::F32, f32_bytes(&[0.01; HEAD_DIM * HIDDEN])),
-        t("blk.0.attn_output.weight", vec![h, h], GgmlType::F32, f32_bytes(&[0.01; HIDDEN * HIDDEN])),
-        t("blk.0.ffn_gate.weight", vec![h, INTER as u64], GgmlType::F32, f32_bytes(&[0.01; HIDDEN * INTER])),
-        t("blk.0.ffn_up.weight", vec![h, INTER as u64], GgmlType::F32, f32_bytes(&[0.01; HIDDEN * INTER])),
-        t("blk.0.ffn_down.weight", vec![INTER as u64, h], GgmlType::F32, f32_bytes(&[0.01; HIDDEN * INTER])),
+        t(
+            "token_embd.weight",
+            vec![h, VOCAB as u64],
+            GgmlType::Q8_0,
+            q8_0(&embed),
+        ),
+        t(
+            "output_norm.weight",
+            vec![h],
+            GgmlType::F32,
+            f32_bytes(&[1.0; HIDDEN]),
+        ),
+        t(
+            "blk.0.attn_norm.weight",
+            vec![h],
+            GgmlType::F32,
+            f32_bytes(&[1.0; HIDDEN]),
+        ),
+        t(
+            "blk.0.ffn_norm.weight",
+            vec![h],
+            GgmlType::F32,
+            f32_bytes(&[1.0; HIDDEN]),
+        ),
+        t(
+            "blk.0.attn_q.weight",
+            vec![h, h],
+            GgmlType::Q4_1,
+            q4_1(&permute(&wq, HEADS, HIDDEN)),
+        ),
+        t(
+            "blk.0.attn_k.weight",
+            vec![h, HEAD_DIM as u64],
+            GgmlType::F32,
+            f32_bytes(&permute(&wk, 1, HIDDEN)),
+        ),
+        t(
+            "blk.0.attn_v.weight",
+            vec![h, HEAD_DIM as u64],
+            GgmlType::F32,
+            f32_bytes(&[0.01; HEAD_DIM * HIDDEN]),
+        ),
+        t(
+            "blk.0.attn_output.weight",
+            vec![h, h],
+            GgmlType::F32,
+            f32_bytes(&[0.01; HIDDEN * HIDDEN]),
+        ),
+        t(
+            "blk.0.ffn_gate.weight",
+            vec![h, INTER as u64],
+            GgmlType::F32,
+            f32_bytes(&[0.01; HIDDEN * INTER]),
+        ),
+        t(
+            "blk.0.ffn_up.weight",
+            vec![h, INTER as u64],
+            GgmlType::F32,
+            f32_bytes(&[0.01; HIDDEN * INTER]),
+        ),
+        t(
+            "blk.0.ffn_down.weight",
+            vec![INTER as u64, h],
+            GgmlType::F32,
+            f32_bytes(&[0.01; HIDDEN * INTER]),
+        ),
     ];
     let s = |x: &str| Value::String(x.into());
     let tokens = ["<|endoftext|>", "a", "b", "ab", "Ġ"];
@@ -115,8 +176,20 @@ fn tiny() -> Tiny {
         ("llama.rope.freq_base", Value::F32(10000.0)),
         ("tokenizer.ggml.model", s("gpt2")),
         ("tokenizer.ggml.pre", s("smollm")),
-        ("tokenizer.ggml.tokens", Value::Array(tokens.iter().map(|x| s(x)).collect())),
-        ("tokenizer.ggml.token_type", Value::Array(vec![Value::I32(3), Value::I32(1), Value::I32(1), Value::I32(1), Value::I32(1)])),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(tokens.iter().map(|x| s(x)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(vec![
+                Value::I32(3),
+                Value::I32(1),
+                Value::I32(1),
+                Value::I32(1),
+                Value::I32(1),
+            ]),
+        ),
         ("tokenizer.ggml.merges", Value::Array(vec![s("a b")])),
         ("tokenizer.ggml.bos_token_id", Value::U32(0)),
         ("tokenizer.ggml.eos_token_id", Value::U32(0)),
@@ -138,14 +211,32 @@ fn a_synthetic_gguf_converts_exactly() {
     let out = dir.join("model");
     convert_gguf(&gguf, &out, OutDtype::F32, &mut |_, _| {}).unwrap();
     let cfg = ModelConfig::from_file(&out.join("config.json")).unwrap();
-    assert_eq!((cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), (HEADS, 1, HEAD_DIM));
+    assert_eq!(
+        (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
+        (HEADS, 1, HEAD_DIM)
+    );
     assert!(cfg.tie_word_embeddings);
     assert_eq!(cfg.rms_norm_eps, 1e-5);
     let w = WeightFiles::open(&out).unwrap();
     // Q4_1 dequantized and un-permuted back to Hugging Face order, exactly.
-    assert_eq!(w.f32("model.layers.0.self_attn.q_proj.weight", &[HIDDEN, HIDDEN]).unwrap(), t.wq);
-    assert_eq!(w.f32("model.layers.0.self_attn.k_proj.weight", &[HEAD_DIM, HIDDEN]).unwrap(), t.wk);
-    assert_eq!(w.f32("model.embed_tokens.weight", &[VOCAB, HIDDEN]).unwrap(), t.embed);
+    assert_eq!(
+        w.f32("model.layers.0.self_attn.q_proj.weight", &[HIDDEN, HIDDEN])
+            .unwrap(),
+        t.wq
+    );
+    assert_eq!(
+        w.f32(
+            "model.layers.0.self_attn.k_proj.weight",
+            &[HEAD_DIM, HIDDEN]
+        )
+        .unwrap(),
+        t.wk
+    );
+    assert_eq!(
+        w.f32("model.embed_tokens.weight", &[VOCAB, HIDDEN])
+            .unwrap(),
+        t.embed
+    );
     let tok = Tokenizer::from_dir(&out).unwrap();
     assert_eq!(tok.encode("ab").unwrap(), vec![3]);
     assert_eq!(tok.encode("<|endoftext|>a").unwrap(), vec![0, 1]);
@@ -155,7 +246,11 @@ fn a_synthetic_gguf_converts_exactly() {
     assert!(e.to_string().contains("already exists"), "{e}");
     convert_gguf(&gguf, &dir.join("bf16"), OutDtype::Bf16, &mut |_, _| {}).unwrap();
     let wb = WeightFiles::open(&dir.join("bf16")).unwrap();
-    assert_eq!(wb.f32("model.layers.0.self_attn.q_proj.weight", &[HIDDEN, HIDDEN]).unwrap(), t.wq);
+    assert_eq!(
+        wb.f32("model.layers.0.self_attn.q_proj.weight", &[HIDDEN, HIDDEN])
+            .unwrap(),
+        t.wq
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -174,7 +269,10 @@ fn corrupt_gguf_files_give_errors_naming_file_and_problem() {
     assert!(parse_err(&bad).contains("bad.gguf: bad magic"));
     for cut in [3, 10, 40, 300, t.bytes.len() - 1] {
         let e = parse_err(&t.bytes[..cut]);
-        assert!(e.contains("bad.gguf") && e.contains("truncated"), "cut {cut}: {e}");
+        assert!(
+            e.contains("bad.gguf") && e.contains("truncated"),
+            "cut {cut}: {e}"
+        );
     }
     // The last tensor's data runs past the end: the error names the tensor.
     let e = parse_err(&t.bytes[..t.bytes.len() - 40]);
@@ -194,7 +292,10 @@ fn corrupt_gguf_files_give_errors_naming_file_and_problem() {
     raw.extend(99u32.to_le_bytes());
     raw.extend(0u64.to_le_bytes());
     let e = parse_err(&raw);
-    assert!(e.contains("`odd`") && e.contains("unknown tensor type 99"), "{e}");
+    assert!(
+        e.contains("`odd`") && e.contains("unknown tensor type 99"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -215,7 +316,11 @@ fn random_mutations_of_a_gguf_never_panic_the_parser() {
             let i = (next() % b.len() as u64) as usize;
             b[i] = next() as u8;
         }
-        let cut = if next() % 4 == 0 { (next() % b.len() as u64) as usize } else { b.len() };
+        let cut = if next() % 4 == 0 {
+            (next() % b.len() as u64) as usize
+        } else {
+            b.len()
+        };
         if let Ok(g) = GgufFile::parse(Path::new("m.gguf"), &b[..cut]) {
             for ti in &g.tensors {
                 let _ = g.tensor_bytes(ti);
@@ -239,21 +344,36 @@ fn a_corrupt_safetensors_file_or_config_is_named() {
     v.as_object_mut().unwrap().remove("hidden_size");
     std::fs::write(&cfg_path, v.to_string()).unwrap();
     let e = ModelConfig::from_file(&cfg_path).unwrap_err().to_string();
-    assert!(e.contains("config.json") && e.contains("`hidden_size`") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("`hidden_size`") && e.contains("missing"),
+        "{e}"
+    );
     // A config whose shapes disagree with the weights: the tensor is named.
     let mut v: serde_json::Value = serde_json::from_str(&good_cfg).unwrap();
     v["intermediate_size"] = 48.into();
     std::fs::write(&cfg_path, v.to_string()).unwrap();
     let cfg = ModelConfig::from_file(&cfg_path).unwrap();
-    let e = LlamaModel::load(&CpuBackend, &out, cfg).err().unwrap().to_string();
-    assert!(e.contains("mlp.gate_proj.weight") && e.contains("shape"), "{e}");
+    let e = LlamaModel::load(&CpuBackend, &out, cfg)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("mlp.gate_proj.weight") && e.contains("shape"),
+        "{e}"
+    );
     // A safetensors file with a garbage header.
     std::fs::write(&cfg_path, good_cfg).unwrap();
     let st = out.join("model.safetensors");
     std::fs::write(&st, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
     let cfg = ModelConfig::from_file(&cfg_path).unwrap();
-    let e = LlamaModel::load(&CpuBackend, &out, cfg).err().unwrap().to_string();
-    assert!(e.contains("model.safetensors") && e.contains("header"), "{e}");
+    let e = LlamaModel::load(&CpuBackend, &out, cfg)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("header"),
+        "{e}"
+    );
     // An unsupported model type names the field.
     let e = ModelConfig::from_json(
         &serde_json::json!({"model_type": "gpt2"}),

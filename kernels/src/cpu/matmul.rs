@@ -110,8 +110,7 @@ fn dot_avx2_safe(a: &[f32], b: &[f32]) -> f32 {
 /// The fastest dot product this CPU supports (the binary itself targets baseline x86-64).
 pub fn dot_fn() -> fn(&[f32], &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    {
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         return dot_avx2_safe;
     }
     dot_portable

@@ -43,7 +43,9 @@ pub fn run(a: ThroughputArgs) -> Result<(), String> {
     // Random prompts over ordinary tokens (the first ids are special tokens in most vocabularies).
     let low = 100.min(vocab - 1);
     for i in 0..a.num_prompts {
-        let prompt = (0..a.input_len).map(|_| rng.random_range(low..vocab)).collect();
+        let prompt = (0..a.input_len)
+            .map(|_| rng.random_range(low..vocab))
+            .collect();
         engine
             .add_request(GenerateRequest {
                 id: i as u64,
@@ -114,8 +116,11 @@ pub fn run(a: ThroughputArgs) -> Result<(), String> {
         100.0 * peak_usage
     );
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&r).unwrap_or_default() + "\n")
-            .map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::write(
+            p,
+            serde_json::to_string_pretty(&r).unwrap_or_default() + "\n",
+        )
+        .map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(())
 }

@@ -3,11 +3,11 @@
 use clap::Args;
 use scheduler::{PreemptionMode, SchedulerConfig};
 
-use crate::engine::{cpu_dummy_engine, cpu_engine, EngineConfig, EngineCore};
 use crate::backend::cpu::CpuBackend;
+use crate::engine::{cpu_dummy_engine, cpu_engine, EngineConfig, EngineCore};
 use crate::model::config::ModelConfig;
-use crate::model::llama::KvCache;
 use crate::model::dummy::dummy_config;
+use crate::model::llama::KvCache;
 use crate::model::resolve::{resolve_source, ModelSource};
 
 #[derive(Args, Debug, Clone)]

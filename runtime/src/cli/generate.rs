@@ -79,7 +79,8 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
                 role: "user".into(),
                 content: p.clone(),
             }];
-            tok.apply_chat_template(&msgs, true).map_err(|e| e.to_string())?
+            tok.apply_chat_template(&msgs, true)
+                .map_err(|e| e.to_string())?
         } else {
             p.clone()
         };

@@ -57,7 +57,9 @@ pub fn cpu_dummy_engine(
             )));
         }
     }
-    let model = LlamaModel::from_parts(&CpuBackend, mc, |name, n| dummy::dummy_tensor(name, n, seed));
+    let model = LlamaModel::from_parts(&CpuBackend, mc, |name, n| {
+        dummy::dummy_tensor(name, n, seed)
+    });
     let tok = Arc::new(Tokenizer::byte_level()?);
     EngineCore::new(CpuBackend, model, Some(tok), cfg)
 }

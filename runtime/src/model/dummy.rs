@@ -15,7 +15,14 @@ use super::error::ModelError;
 
 /// The presets `dummy:` knows, as Hugging Face config fields.
 pub fn preset(name: &str) -> Option<Json> {
-    let llama = |hidden: usize, inter: usize, layers: usize, heads: usize, kv: usize, vocab: usize, theta: f64, tie: bool| {
+    let llama = |hidden: usize,
+                 inter: usize,
+                 layers: usize,
+                 heads: usize,
+                 kv: usize,
+                 vocab: usize,
+                 theta: f64,
+                 tie: bool| {
         json!({
             "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
             "num_hidden_layers": layers, "num_attention_heads": heads,
@@ -63,10 +70,18 @@ pub fn num_params(c: &ModelConfig) -> usize {
     let e = c.hidden_size;
     let per_layer = 2 * e
         + (c.q_dim() + 2 * c.kv_dim()) * e
-        + if c.qkv_bias { c.q_dim() + 2 * c.kv_dim() } else { 0 }
+        + if c.qkv_bias {
+            c.q_dim() + 2 * c.kv_dim()
+        } else {
+            0
+        }
         + e * c.q_dim()
         + 3 * e * c.intermediate_size;
-    let head = if c.tie_word_embeddings { 0 } else { c.vocab_size * e };
+    let head = if c.tie_word_embeddings {
+        0
+    } else {
+        c.vocab_size * e
+    };
     c.num_layers * per_layer + c.vocab_size * e + e + head
 }
 
@@ -95,7 +110,8 @@ pub fn byte_level_tokenizer_json() -> String {
     let mut vocab = serde_json::Map::new();
     let mut extra = 0u32;
     for b in 0u32..256 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         let ch = if printable {
             char::from_u32(b)
         } else {

@@ -105,7 +105,8 @@ impl Tokenizer {
     pub fn byte_level() -> Result<Self, ModelError> {
         let path = PathBuf::from("dummy:tokenizer");
         let json = super::dummy::byte_level_tokenizer_json();
-        let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| tok_err(&path, e))?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| tok_err(&path, e))?;
         let template = r#"{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"#;
         Ok(Tokenizer {
             bos_id: inner.token_to_id("<|im_start|>"),
