@@ -384,3 +384,59 @@ fn a_corrupt_safetensors_file_or_config_is_named() {
     assert!(e.contains("`model_type`") && e.contains("gpt2"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sharded_safetensors_load_like_one_file() {
+    let t = tiny();
+    let dir = tmpdir("sharded");
+    let gguf = dir.join("tiny.gguf");
+    std::fs::write(&gguf, &t.bytes).unwrap();
+    let one = dir.join("one");
+    convert_gguf(&gguf, &one, OutDtype::F32, &mut |_, _| {}).unwrap();
+    // Split the single file into two shards with an index, as Hugging Face does.
+    let sharded = dir.join("sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(one.join(f), sharded.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(one.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::tensor::serialize_to_file(views, &None, &sharded.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    let w = WeightFiles::open(&sharded).unwrap();
+    assert_eq!(
+        w.f32("model.layers.0.self_attn.q_proj.weight", &[HIDDEN, HIDDEN])
+            .unwrap(),
+        t.wq
+    );
+    assert_eq!(
+        w.f32("model.embed_tokens.weight", &[VOCAB, HIDDEN])
+            .unwrap(),
+        t.embed
+    );
+    let cfg = ModelConfig::from_file(&sharded.join("config.json")).unwrap();
+    LlamaModel::load(&CpuBackend, &sharded, cfg).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

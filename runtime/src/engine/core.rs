@@ -160,6 +160,11 @@ impl<B: Backend> EngineCore<B> {
         self.tokenizer.as_ref()
     }
 
+    /// Whether any sample of `request` is still running or queued.
+    pub fn is_active(&self, request: u64) -> bool {
+        self.requests.contains_key(&request)
+    }
+
     pub fn has_unfinished(&self) -> bool {
         self.scheduler.has_unfinished()
     }

@@ -4,6 +4,7 @@
 
 pub mod core;
 pub mod executor;
+pub mod handle;
 pub mod stop;
 
 pub use self::core::{EngineConfig, EngineCore, GenerateRequest, TokenOutput};

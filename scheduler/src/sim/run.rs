@@ -91,7 +91,16 @@ pub fn simulate(
             policy::POLICY_NAMES.join(", ")
         )
     })?;
-    let mut sched = Scheduler::new(cfg.scheduler.clone(), bm, pol).map_err(|e| e.to_string())?;
+    // `auto` preemption weighs recompute against swap with the same cost model as the steps.
+    let mut sched_cfg = cfg.scheduler.clone();
+    sched_cfg.preemption_costs = crate::PreemptionCosts {
+        recompute_s_per_token: cfg.cost_model.per_prefill_token_s,
+        swap_s_per_block: 2.0
+            * cfg.block_size as f64
+            * cfg.cost_model.kv_bytes_per_token
+            * cfg.cost_model.per_swap_byte_s,
+    };
+    let mut sched = Scheduler::new(sched_cfg, bm, pol).map_err(|e| e.to_string())?;
     let mut records: Vec<RequestRecord> = requests
         .iter()
         .enumerate()

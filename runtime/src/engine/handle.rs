@@ -1,0 +1,138 @@
+//! The engine core on its own OS thread, driven through channels (DESIGN.md: EngineHandle).
+//!
+//! Requests go in with a channel for their tokens; the core thread steps while there is work
+//! and sleeps on its command channel when there is none. Dropping a request's receiver aborts
+//! the request within one step (the next send fails) and frees its pages.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+use super::{EngineCore, EngineError, GenerateRequest, TokenOutput};
+use crate::backend::Backend;
+
+enum Command {
+    Add(
+        GenerateRequest,
+        tmpsc::UnboundedSender<TokenOutput>,
+        oneshot::Sender<Result<(), EngineError>>,
+    ),
+    Abort(u64),
+    Shutdown,
+}
+
+/// A cheap, cloneable handle to an engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    alive: Arc<AtomicBool>,
+}
+
+impl EngineHandle {
+    /// Moves `core` onto a new thread. `on_step` runs after every step with the core (for
+    /// metrics).
+    pub fn spawn<B>(
+        mut core: EngineCore<B>,
+        mut on_step: impl FnMut(&EngineCore<B>, &[TokenOutput]) + Send + 'static,
+    ) -> Self
+    where
+        B: Backend + Send + 'static,
+        B::Buf: Send,
+    {
+        let (tx, rx) = mpsc::channel::<Command>();
+        let alive = Arc::new(AtomicBool::new(true));
+        let alive2 = alive.clone();
+        std::thread::Builder::new()
+            .name("pagedrt-engine".into())
+            .spawn(move || {
+                let mut streams: HashMap<u64, tmpsc::UnboundedSender<TokenOutput>> = HashMap::new();
+                'outer: loop {
+                    // Block for work when idle; otherwise take whatever has arrived.
+                    let mut cmds = vec![];
+                    if !core.has_unfinished() {
+                        match rx.recv() {
+                            Ok(c) => cmds.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    cmds.extend(rx.try_iter());
+                    for c in cmds {
+                        match c {
+                            Command::Add(req, out, reply) => {
+                                let id = req.id;
+                                let res = core.add_request(req);
+                                if res.is_ok() {
+                                    streams.insert(id, out);
+                                }
+                                let _ = reply.send(res);
+                            }
+                            Command::Abort(id) => {
+                                core.abort(id);
+                                streams.remove(&id);
+                            }
+                            Command::Shutdown => break 'outer,
+                        }
+                    }
+                    if !core.has_unfinished() {
+                        continue;
+                    }
+                    let outputs = match core.step() {
+                        Ok(o) => o,
+                        Err(e) => {
+                            // An engine error ends the loop: requests see their streams close.
+                            eprintln!("engine step failed: {e}");
+                            break;
+                        }
+                    };
+                    for o in &outputs {
+                        let gone = match streams.get(&o.request) {
+                            Some(s) => s.send(o.clone()).is_err(),
+                            None => true,
+                        };
+                        if gone {
+                            core.abort(o.request);
+                            streams.remove(&o.request);
+                        }
+                    }
+                    // Metrics first, so a client that sees its stream end also sees them.
+                    on_step(&core, &outputs);
+                    streams.retain(|id, _| core.is_active(*id));
+                }
+                alive2.store(false, Ordering::SeqCst);
+            })
+            .expect("spawning the engine thread");
+        EngineHandle { tx, alive }
+    }
+
+    /// Whether the engine loop is running.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Queues a request; returns the stream of its tokens, or why it was refused.
+    pub async fn submit(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<tmpsc::UnboundedReceiver<TokenOutput>, EngineError> {
+        let (out_tx, out_rx) = tmpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx
+            .send(Command::Add(req, out_tx, reply_tx))
+            .map_err(|_| EngineError::Config("the engine has stopped".into()))?;
+        reply_rx
+            .await
+            .map_err(|_| EngineError::Config("the engine has stopped".into()))??;
+        Ok(out_rx)
+    }
+
+    pub fn abort(&self, request: u64) {
+        let _ = self.tx.send(Command::Abort(request));
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
