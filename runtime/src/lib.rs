@@ -7,3 +7,4 @@ pub mod engine;
 pub mod model;
 pub mod plot;
 pub mod sampler;
+pub mod server;

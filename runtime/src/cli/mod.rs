@@ -4,6 +4,7 @@ mod bench_throughput;
 mod engine_args;
 mod generate;
 mod model_cmds;
+mod serve;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the real scheduler and block manager on a virtual clock with a cost model.
     Simulate(Box<simulate::SimulateArgs>),
+    /// The OpenAI-compatible server (default model, pulled on first use).
+    Serve(Box<serve::ServeArgs>),
     /// Benchmarks: `throughput` (offline, this engine).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -48,6 +51,7 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Simulate(args) => simulate::run(*args),
         Command::Generate(args) => generate::run(*args),
+        Command::Serve(args) => serve::run(*args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(*args),
         Command::Pull(args) => model_cmds::run_pull(args),
         Command::Convert(args) => model_cmds::run_convert(args),

@@ -1,0 +1,55 @@
+//! `pagedrt serve`: the OpenAI-compatible server.
+
+use clap::Args;
+
+use super::engine_args::EngineArgs;
+use crate::server::{serve, state_for};
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The model name clients must send (default: the --model argument, or the default
+    /// model's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on /v1 and tokenizer endpoints.
+    #[arg(long, env = "PAGEDRT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+pub fn run(a: ServeArgs) -> Result<(), String> {
+    let core = a.engine.build()?;
+    let name = a.served_model_name.clone().unwrap_or_else(|| {
+        a.engine
+            .model
+            .clone()
+            .unwrap_or_else(|| crate::model::pull::DEFAULT_MODEL.to_string())
+    });
+    let kv = core.scheduler().kv_stats();
+    eprintln!(
+        "pagedrt: {} KV pages of {} tokens ({} tokens in all); serving `{name}` on http://{}:{}",
+        kv.device.total_blocks,
+        kv.block_size,
+        kv.device.total_blocks * kv.block_size,
+        a.host,
+        a.port
+    );
+    let state = state_for(core, name, a.api_key.clone())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        serve(listener, state).await.map_err(|e| e.to_string())
+    })
+}
