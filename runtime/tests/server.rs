@@ -117,6 +117,21 @@ fn completions_chat_streaming_and_bad_input() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["choices"].as_array().unwrap().len(), 2);
     assert_eq!(v["choices"][1]["message"]["role"], "assistant");
+    // Chat streaming: the first delta names the role, then content deltas, then [DONE].
+    let (st, body) = post(
+        port,
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi!"}],
+                "max_tokens": 3, "temperature": 0, "stream": true}),
+    );
+    assert_eq!(st, 200);
+    let data = sse_data(&body);
+    assert_eq!(data.len(), 4, "{body}");
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    let second: Value = serde_json::from_str(&data[1]).unwrap();
+    assert!(second["choices"][0]["delta"].get("role").is_none());
     let (st, body) = post(
         port,
         "/v1/completions",

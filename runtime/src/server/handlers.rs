@@ -271,6 +271,102 @@ fn prompts_of(st: &AppState, p: Prompt) -> Result<Vec<Vec<u32>>, ApiError> {
     })
 }
 
+/// The two OpenAI response families differ only in object names and choice shapes.
+#[derive(Clone, Copy)]
+enum Flavor {
+    Completion,
+    Chat,
+}
+
+impl Flavor {
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Flavor::Completion => "cmpl",
+            Flavor::Chat => "chatcmpl",
+        }
+    }
+    fn object(self, streaming: bool) -> &'static str {
+        match (self, streaming) {
+            (Flavor::Completion, _) => "text_completion",
+            (Flavor::Chat, false) => "chat.completion",
+            (Flavor::Chat, true) => "chat.completion.chunk",
+        }
+    }
+    fn choice(self, index: usize, c: &Choice) -> Json_ {
+        match self {
+            Flavor::Completion => json!({"index": index, "text": c.text, "logprobs": null,
+                                         "finish_reason": c.finish}),
+            Flavor::Chat => json!({"index": index, "logprobs": null, "finish_reason": c.finish,
+                                   "message": {"role": "assistant", "content": c.text}}),
+        }
+    }
+    /// One streamed token; a chat stream names the role in each choice's first delta.
+    fn chunk_choice(self, index: usize, t: &TokenOutput, first: bool) -> Json_ {
+        match self {
+            Flavor::Completion => json!({"index": index, "text": t.text, "logprobs": null,
+                                         "finish_reason": finish_str(t)}),
+            Flavor::Chat => {
+                let delta = if first {
+                    json!({"role": "assistant", "content": t.text})
+                } else {
+                    json!({"content": t.text})
+                };
+                json!({"index": index, "delta": delta, "logprobs": null,
+                       "finish_reason": finish_str(t)})
+            }
+        }
+    }
+}
+
+/// Submits the prompts and answers, streaming or not.
+async fn respond(
+    st: &AppState,
+    flavor: Flavor,
+    prompts: Vec<Vec<u32>>,
+    params: SamplingParams,
+    s: &Sampling,
+) -> Result<Response, ApiError> {
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    let n = params.n;
+    let rxs = submit_all(st, prompts, &params, s).await?;
+    let id = format!(
+        "{}-{}",
+        flavor.id_prefix(),
+        st.next_id.fetch_add(1, Ordering::Relaxed)
+    );
+    let (created, model) = (now(), st.served_model_name.clone());
+    if s.stream {
+        let include = s.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let object = flavor.object(true);
+        let (id2, model2) = (id.clone(), model.clone());
+        return Ok(sse_stream(
+            rxs,
+            n,
+            prompt_tokens,
+            include,
+            move |index, t, first| {
+                json!({"id": id, "object": object, "created": created, "model": model,
+                       "choices": [flavor.chunk_choice(index, t, first)]})
+            },
+            move |usage| {
+                json!({"id": id2, "object": object, "created": created, "model": model2,
+                       "choices": [], "usage": usage})
+            },
+        ));
+    }
+    let (choices, usage) = collect(rxs, n, prompt_tokens).await?;
+    let choices: Vec<Json_> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| flavor.choice(i, c))
+        .collect();
+    Ok(Json(
+        json!({"id": id, "object": flavor.object(false), "created": created,
+                   "model": model, "choices": choices, "usage": usage_json(&usage)}),
+    )
+    .into_response())
+}
+
 pub async fn completions(
     State(st): S,
     headers: HeaderMap,
@@ -281,45 +377,7 @@ pub async fn completions(
     check_model(&req.model, &st)?;
     let params = sampling_params(&req.sampling, 16, st.max_model_len)?;
     let prompts = prompts_of(&st, req.prompt)?;
-    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
-    let n = params.n;
-    let rxs = submit_all(&st, prompts, &params, &req.sampling).await?;
-    let id = format!("cmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
-    let (created, model) = (now(), st.served_model_name.clone());
-    if req.sampling.stream {
-        let include = req
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        let (id2, model2) = (id.clone(), model.clone());
-        return Ok(sse_stream(
-            rxs,
-            n,
-            prompt_tokens,
-            include,
-            move |index, t, _| {
-                json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                       "choices": [{"index": index, "text": t.text, "logprobs": null,
-                                    "finish_reason": finish_str(t)}]})
-            },
-            move |usage| {
-                json!({"id": id2, "object": "text_completion", "created": created,
-                       "model": model2, "choices": [], "usage": usage})
-            },
-        ));
-    }
-    let (choices, usage) = collect(rxs, n, prompt_tokens).await?;
-    let choices: Vec<Json_> = choices
-        .iter()
-        .enumerate()
-        .map(|(i, c)| json!({"index": i, "text": c.text, "logprobs": null, "finish_reason": c.finish}))
-        .collect();
-    Ok(Json(
-        json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                   "choices": choices, "usage": usage_json(&usage)}),
-    )
-    .into_response())
+    respond(&st, Flavor::Completion, prompts, params, &req.sampling).await
 }
 
 pub async fn chat_completions(
@@ -330,7 +388,7 @@ pub async fn chat_completions(
     authorize(&headers, &st)?;
     let req: ChatRequest = parse(&body)?;
     check_model(&req.model, &st)?;
-    let params = sampling_params(&req.sampling, st.max_model_len, st.max_model_len)?;
+    let mut params = sampling_params(&req.sampling, st.max_model_len, st.max_model_len)?;
     let msgs = chat_messages(&req.messages)?;
     let text = st
         .tokenizer
@@ -340,58 +398,11 @@ pub async fn chat_completions(
         .tokenizer
         .encode(&text)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
-    let mut params = params;
     if req.sampling.max_tokens.is_none() && req.sampling.max_completion_tokens.is_none() {
         // No limit given: whatever room the context leaves.
         params.max_tokens = st.max_model_len.saturating_sub(prompt.len()).max(1);
     }
-    let prompt_tokens = prompt.len();
-    let n = params.n;
-    let rxs = submit_all(&st, vec![prompt], &params, &req.sampling).await?;
-    let id = format!("chatcmpl-{}", st.next_id.fetch_add(1, Ordering::Relaxed));
-    let (created, model) = (now(), st.served_model_name.clone());
-    if req.sampling.stream {
-        let include = req
-            .sampling
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
-        let (id2, model2) = (id.clone(), model.clone());
-        return Ok(sse_stream(
-            rxs,
-            n,
-            prompt_tokens,
-            include,
-            move |index, t, first| {
-                let delta = if first {
-                    json!({"role": "assistant", "content": t.text})
-                } else {
-                    json!({"content": t.text})
-                };
-                json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                       "model": model, "choices": [{"index": index, "delta": delta,
-                       "logprobs": null, "finish_reason": finish_str(t)}]})
-            },
-            move |usage| {
-                json!({"id": id2, "object": "chat.completion.chunk", "created": created,
-                       "model": model2, "choices": [], "usage": usage})
-            },
-        ));
-    }
-    let (choices, usage) = collect(rxs, n, prompt_tokens).await?;
-    let choices: Vec<Json_> = choices
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            json!({"index": i, "message": {"role": "assistant", "content": c.text},
-                   "logprobs": null, "finish_reason": c.finish})
-        })
-        .collect();
-    Ok(Json(
-        json!({"id": id, "object": "chat.completion", "created": created, "model": model,
-                   "choices": choices, "usage": usage_json(&usage)}),
-    )
-    .into_response())
+    respond(&st, Flavor::Chat, vec![prompt], params, &req.sampling).await
 }
 
 pub async fn models(State(st): S, headers: HeaderMap) -> Result<Response, ApiError> {
