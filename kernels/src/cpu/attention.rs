@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use super::simd::{axpy_lanes, dot_lanes};
 use crate::layout::KvLayout;
 
 /// One sequence's part of the batch.
@@ -37,6 +38,14 @@ pub fn paged_attention(
 ) {
     let hd = layout.head_dim;
     let group = num_heads / layout.num_kv_heads;
+    assert!(
+        layout.block_size <= 256,
+        "block sizes above 256 are not supported"
+    );
+    assert!(
+        group <= MAX_GROUP,
+        "more than {MAX_GROUP} query heads per KV head"
+    );
     let row = num_heads * hd;
     // (sequence, position) of every query token.
     let mut tokens = Vec::new();
@@ -46,62 +55,101 @@ pub fn paged_attention(
         }
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
+    let avx2 = super::simd::has_avx2_fma();
     tokens.par_iter().for_each(|&(t, s, pos)| {
-        let table = seqs[s].block_table;
         // SAFETY: every token writes only its own row of `out`, and rows are distinct.
         let out_row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(t * row), row) };
-        let q_row = &q[t * row..(t + 1) * row];
-        let mut scores = vec![0f32; group];
-        for kvh in 0..layout.num_kv_heads {
-            let qs = &q_row[kvh * group * hd..(kvh + 1) * group * hd];
-            let acc = &mut out_row[kvh * group * hd..(kvh + 1) * group * hd];
-            acc.fill(0.0);
-            let mut max = vec![f32::NEG_INFINITY; group];
-            let mut sum = vec![0f32; group];
-            for p in 0..=pos {
-                let off = layout.offset(layout.slot(table, p), kvh);
-                let k = &k_cache[off..off + hd];
-                let v = &v_cache[off..off + hd];
-                for g in 0..group {
-                    scores[g] = dot(&qs[g * hd..(g + 1) * hd], k) * scale;
-                }
-                for g in 0..group {
-                    let a = &mut acc[g * hd..(g + 1) * hd];
-                    let sc = scores[g];
-                    if sc > max[g] {
-                        let r = (max[g] - sc).exp();
-                        sum[g] *= r;
-                        a.iter_mut().for_each(|x| *x *= r);
-                        max[g] = sc;
-                    }
-                    let w = (sc - max[g]).exp();
-                    sum[g] += w;
-                    a.iter_mut().zip(v).for_each(|(x, &vv)| *x += w * vv);
-                }
-            }
-            for g in 0..group {
-                let inv = 1.0 / sum[g];
-                acc[g * hd..(g + 1) * hd].iter_mut().for_each(|x| *x *= inv);
-            }
+        let job = TokenJob {
+            out: out_row,
+            q: &q[t * row..(t + 1) * row],
+            k_cache,
+            v_cache,
+            layout,
+            group,
+            table: seqs[s].block_table,
+            pos,
+            scale,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU reported AVX2 and FMA.
+            unsafe { attend_avx2(job) };
+            return;
         }
+        let _ = avx2;
+        attend(job);
     });
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorise.
-    let mut s = [0f32; 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
-        for j in 0..8 {
-            s[j] += a[i * 8 + j] * b[i * 8 + j];
+/// One query token's attention over its sequence.
+struct TokenJob<'a> {
+    out: &'a mut [f32],
+    q: &'a [f32],
+    k_cache: &'a [f32],
+    v_cache: &'a [f32],
+    layout: &'a KvLayout,
+    group: usize,
+    table: &'a [u32],
+    pos: usize,
+    scale: f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(job: TokenJob) {
+    attend(job)
+}
+
+/// Most query heads per KV head the CPU kernel handles (Llama 3 uses 4, Qwen2 up to 7).
+pub const MAX_GROUP: usize = 64;
+
+/// Page by page: the scores of a whole page (its K tile is contiguous), one rescale of the
+/// running sums per page rather than per key, then the weighted V rows. The query heads of
+/// the group take turns on each page while its K and V tiles are in L1.
+#[inline(always)]
+fn attend(j: TokenJob) {
+    let (hd, bs, group) = (j.layout.head_dim, j.layout.block_size, j.group);
+    let mut scores = [0f32; 256];
+    let mut max = [f32::NEG_INFINITY; MAX_GROUP];
+    let mut sum = [0f32; MAX_GROUP];
+    for kvh in 0..j.layout.num_kv_heads {
+        let qs = &j.q[kvh * group * hd..(kvh + 1) * group * hd];
+        let acc = &mut j.out[kvh * group * hd..(kvh + 1) * group * hd];
+        acc.fill(0.0);
+        max[..group].fill(f32::NEG_INFINITY);
+        sum[..group].fill(0.0);
+        for (b, &page) in j.table.iter().enumerate().take(j.pos / bs + 1) {
+            let n = (j.pos + 1 - b * bs).min(bs);
+            let tile = j.layout.tile(page as usize, kvh);
+            let kt = &j.k_cache[tile..tile + n * hd];
+            let vt = &j.v_cache[tile..tile + n * hd];
+            for g in 0..group {
+                let qg = &qs[g * hd..(g + 1) * hd];
+                let a = &mut acc[g * hd..(g + 1) * hd];
+                let sc = &mut scores[..n];
+                for (i, s) in sc.iter_mut().enumerate() {
+                    *s = dot_lanes(qg, &kt[i * hd..(i + 1) * hd]) * j.scale;
+                }
+                let page_max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if page_max > max[g] {
+                    // Rescale what was accumulated under the old maximum.
+                    let r = (max[g] - page_max).exp();
+                    sum[g] *= r;
+                    a.iter_mut().for_each(|x| *x *= r);
+                    max[g] = page_max;
+                }
+                for (i, &s) in sc.iter().enumerate() {
+                    let w = (s - max[g]).exp();
+                    sum[g] += w;
+                    axpy_lanes(a, w, &vt[i * hd..(i + 1) * hd]);
+                }
+            }
+        }
+        for g in 0..group {
+            let inv = 1.0 / sum[g];
+            acc[g * hd..(g + 1) * hd].iter_mut().for_each(|x| *x *= inv);
         }
     }
-    let mut total: f32 = s.iter().sum();
-    for i in chunks * 8..a.len() {
-        total += a[i] * b[i];
-    }
-    total
 }
 
 /// A raw pointer that may cross threads; used where disjoint rows are written in parallel.

@@ -53,7 +53,7 @@ pub fn linear(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usiz
 /// columns across threads.
 fn linear_small_m(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize) {
     const COLS: usize = 64;
-    let dot = dot_fn();
+    let dot = super::simd::dot_fn();
     let mut cols = vec![0f32; n * m];
     cols.par_chunks_mut(COLS * m)
         .enumerate()
@@ -71,47 +71,4 @@ fn linear_small_m(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: 
             out[i * n + j] = cols[j * m + i];
         }
     }
-}
-
-/// Sixteen independent lanes: with AVX2 that is two 8-wide FMA accumulators.
-#[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    let mut s = [0f32; 16];
-    let chunks = a.len() / 16;
-    for i in 0..chunks {
-        let (ac, bc) = (&a[i * 16..i * 16 + 16], &b[i * 16..i * 16 + 16]);
-        for j in 0..16 {
-            s[j] += ac[j] * bc[j];
-        }
-    }
-    let mut t: f32 = s.iter().sum();
-    for i in chunks * 16..a.len() {
-        t += a[i] * b[i];
-    }
-    t
-}
-
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn dot_avx2_safe(a: &[f32], b: &[f32]) -> f32 {
-    // SAFETY: only chosen by `dot_fn` after the CPU reported AVX2 and FMA.
-    unsafe { dot_avx2(a, b) }
-}
-
-/// The fastest dot product this CPU supports (the binary itself targets baseline x86-64).
-pub fn dot_fn() -> fn(&[f32], &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        return dot_avx2_safe;
-    }
-    dot_portable
 }

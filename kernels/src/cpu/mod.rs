@@ -5,6 +5,7 @@ pub mod attention;
 pub mod cache_ops;
 pub mod matmul;
 pub mod ops;
+pub mod simd;
 
 pub use attention::{paged_attention, SeqChunk};
 pub use cache_ops::{copy_blocks, swap_blocks, write_kv};
