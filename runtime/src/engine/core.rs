@@ -98,6 +98,8 @@ pub struct EngineCore<B: Backend> {
     next_child: u64,
     started: Instant,
     eos_ids: Vec<u32>,
+    /// Tokens computed in the last step (prefill chunks + decodes), for metrics.
+    pub last_step_tokens: usize,
 }
 
 impl<B: Backend> EngineCore<B> {
@@ -145,6 +147,7 @@ impl<B: Backend> EngineCore<B> {
             next_child: CHILD_BASE,
             started: Instant::now(),
             eos_ids,
+            last_step_tokens: 0,
         })
     }
 
@@ -229,6 +232,7 @@ impl<B: Backend> EngineCore<B> {
         let now = self.started.elapsed().as_secs_f64();
         let plan = self.scheduler.schedule(now)?;
         run_copies(&self.backend, &plan, &mut self.cache, self.host.as_mut());
+        self.last_step_tokens = plan.num_tokens();
         if plan.seqs.is_empty() {
             return Ok(vec![]);
         }

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -125,6 +125,7 @@ async fn submit_all(
             ));
         }
         let id = st.next_id.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!("pagedrt:prompt_tokens_total").increment(p.len() as u64);
         let rx = st
             .engine
             .submit(GenerateRequest {
@@ -139,6 +140,35 @@ async fn submit_all(
         out.push(rx);
     }
     Ok(out)
+}
+
+/// Client-side latencies of one request's streams, for the histograms.
+struct Latency {
+    started: Instant,
+    last: std::collections::HashMap<usize, Instant>,
+}
+
+impl Latency {
+    fn new(started: Instant) -> Self {
+        Latency {
+            started,
+            last: Default::default(),
+        }
+    }
+    fn token(&mut self, index: usize, finished: bool) {
+        let now = Instant::now();
+        match self.last.insert(index, now) {
+            None if index == 0 => ::metrics::histogram!("pagedrt:time_to_first_token_seconds")
+                .record((now - self.started).as_secs_f64()),
+            None => {}
+            Some(prev) => ::metrics::histogram!("pagedrt:inter_token_latency_seconds")
+                .record((now - prev).as_secs_f64()),
+        }
+        if finished && index == 0 {
+            ::metrics::histogram!("pagedrt:e2e_request_latency_seconds")
+                .record((now - self.started).as_secs_f64());
+        }
+    }
 }
 
 #[derive(Default, Clone)]
@@ -169,11 +199,14 @@ async fn collect(
     rxs: Vec<UnboundedReceiver<TokenOutput>>,
     n: usize,
     prompt_tokens: usize,
+    started: Instant,
 ) -> Result<(Vec<Choice>, Usage), ApiError> {
     let mut choices = vec![Choice::default(); rxs.len() * n];
     let mut cached = 0;
+    let mut lat = Latency::new(started);
     for (pi, mut rx) in rxs.into_iter().enumerate() {
         while let Some(t) = rx.recv().await {
+            lat.token(pi * n + t.index, t.finish.is_some());
             let c = &mut choices[pi * n + t.index];
             c.text.push_str(&t.text);
             c.tokens += 1;
@@ -200,11 +233,13 @@ async fn collect(
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sse_stream(
     rxs: Vec<UnboundedReceiver<TokenOutput>>,
     n: usize,
     prompt_tokens: usize,
     include_usage: bool,
+    started: Instant,
     chunk: impl Fn(usize, &TokenOutput, bool) -> Json_ + Send + Sync + 'static,
     usage_chunk: impl Fn(Json_) -> Json_ + Send + 'static,
 ) -> Response {
@@ -214,7 +249,8 @@ fn sse_stream(
         cached: 0,
     }));
     let u = usage.clone();
-    let started = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let lat = Mutex::new(Latency::new(started));
     let merged = stream::select_all(
         rxs.into_iter()
             .enumerate()
@@ -226,7 +262,10 @@ fn sse_stream(
             u.completion += 1;
             u.cached = u.cached.max(t.cached_prompt_tokens);
         }
-        let first = started.lock().map(|mut s| s.insert(index)).unwrap_or(false);
+        let first = seen.lock().map(|mut s| s.insert(index)).unwrap_or(false);
+        if let Ok(mut l) = lat.lock() {
+            l.token(index, t.finish.is_some());
+        }
         Ok::<Event, Infallible>(Event::default().data(chunk(index, &t, first).to_string()))
     });
     let tail = stream::once(async move {
@@ -328,6 +367,7 @@ async fn respond(
 ) -> Result<Response, ApiError> {
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
     let n = params.n;
+    let started = Instant::now();
     let rxs = submit_all(st, prompts, &params, s).await?;
     let id = format!(
         "{}-{}",
@@ -344,6 +384,7 @@ async fn respond(
             n,
             prompt_tokens,
             include,
+            started,
             move |index, t, first| {
                 json!({"id": id, "object": object, "created": created, "model": model,
                        "choices": [flavor.chunk_choice(index, t, first)]})
@@ -354,7 +395,7 @@ async fn respond(
             },
         ));
     }
-    let (choices, usage) = collect(rxs, n, prompt_tokens).await?;
+    let (choices, usage) = collect(rxs, n, prompt_tokens, started).await?;
     let choices: Vec<Json_> = choices
         .iter()
         .enumerate()
@@ -458,6 +499,15 @@ pub async fn detokenize(
         .decode(&req.tokens, false)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
     Ok(Json(json!({"prompt": prompt})).into_response())
+}
+
+/// Prometheus text format (open, like /health).
+pub async fn metrics() -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        super::metrics::handle().render(),
+    )
+        .into_response()
 }
 
 pub async fn health(State(st): S) -> Response {

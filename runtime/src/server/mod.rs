@@ -3,6 +3,7 @@
 mod api_types;
 mod error;
 mod handlers;
+pub mod metrics;
 mod validate;
 
 use std::sync::atomic::AtomicU64;
@@ -39,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(handlers::tokenize))
         .route("/detokenize", post(handlers::detokenize))
         .route("/health", get(handlers::health))
+        .route("/metrics", get(handlers::metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -63,7 +65,8 @@ where
         .max_model_len
         .unwrap_or_else(|| core.model().max_len());
     let vocab_size = core.model().config.vocab_size;
-    let engine = EngineHandle::spawn(core, |_, _| {});
+    let _ = metrics::handle();
+    let engine = EngineHandle::spawn(core, |c, o| metrics::record_step(c, o));
     Ok(Arc::new(AppState {
         engine,
         tokenizer,
