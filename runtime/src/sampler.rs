@@ -97,16 +97,7 @@ pub fn sample(
         sample_random(logits, p, rng)
     };
     let top = match p.logprobs {
-        Some(k) if k > 0 => {
-            let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-            let k = k.min(idx.len());
-            idx.select_nth_unstable_by(k - 1, |&a, &b| {
-                logits[b as usize].total_cmp(&logits[a as usize])
-            });
-            idx.truncate(k);
-            idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
-            log_softmax_of(logits, idx.into_iter())
-        }
+        Some(k) if k > 0 => log_softmax_of(logits, top_k_indices(logits, k).into_iter()),
         _ => vec![],
     };
     let logprob = log_softmax_of(logits, std::iter::once(token))[0].1;
@@ -115,6 +106,23 @@ pub fn sample(
         logprob,
         top,
     }
+}
+
+/// The `k` highest logits' ids, best first (ties by id).
+fn top_k_indices(logits: &[f32], k: usize) -> Vec<u32> {
+    let better = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = k.min(idx.len());
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, better);
+        idx.truncate(k);
+    }
+    idx.sort_unstable_by(better);
+    idx
 }
 
 pub fn argmax(logits: &[f32]) -> u32 {
@@ -180,23 +188,8 @@ fn sample_random(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
         return sample_full(logits, p.temperature, rng);
     }
     // Candidates sorted by logit, best first, cut by top-k.
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let k = if p.top_k > 0 {
-        p.top_k.min(idx.len())
-    } else {
-        idx.len()
-    };
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k - 1, |&a, &b| {
-            logits[b as usize].total_cmp(&logits[a as usize])
-        });
-        idx.truncate(k);
-    }
-    idx.sort_unstable_by(|&a, &b| {
-        logits[b as usize]
-            .total_cmp(&logits[a as usize])
-            .then(a.cmp(&b))
-    });
+    let k = if p.top_k > 0 { p.top_k } else { logits.len() };
+    let idx = top_k_indices(logits, k);
     let max = logits[idx[0] as usize];
     let mut probs: Vec<f32> = idx
         .iter()

@@ -45,6 +45,17 @@ pub enum FinishReason {
     Abort,
 }
 
+impl FinishReason {
+    /// The OpenAI API's name (`stop`, `length`, `abort`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
 /// A request inside the scheduler. `tokens` is prompt + generated; `num_computed` of them
 /// have their K/V in the cache. Every kind of work (prefill, chunked prefill, prefix hit,
 /// decode, recompute after preemption) just moves `num_computed` toward `tokens.len()`.

@@ -113,7 +113,7 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
                 let _ = stdout.flush();
             }
             if let Some(f) = t.finish {
-                e.2 = format!("{f:?}").to_lowercase();
+                e.2 = f.as_str().to_string();
                 e.3 = el;
             }
         }

@@ -83,6 +83,27 @@ struct SampleState {
     text: StopText,
 }
 
+impl SampleState {
+    /// Sample `index` of `request`. Its RNG is seeded from the request's seed (or its id)
+    /// plus the sample index, so every sample is reproducible on its own.
+    fn new(request: u64, index: usize, params: Arc<SamplingParams>, prompt: Arc<Vec<u32>>) -> Self {
+        let seed = params
+            .seed
+            .unwrap_or_else(|| request.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .wrapping_add(index as u64);
+        SampleState {
+            request,
+            index,
+            params,
+            prompt,
+            output: vec![],
+            rng: StdRng::seed_from_u64(seed),
+            detok: IncrementalDecoder::new(),
+            text: StopText::default(),
+        }
+    }
+}
+
 const CHILD_BASE: u64 = 1 << 62;
 
 pub struct EngineCore<B: Backend> {
@@ -196,22 +217,9 @@ impl<B: Backend> EngineCore<B> {
         req.priority = r.priority;
         req.cache_salt = r.cache_salt;
         self.scheduler.add_request(req)?;
-        let seed = r
-            .params
-            .seed
-            .unwrap_or_else(|| r.id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         self.samples.insert(
             r.id,
-            SampleState {
-                request: r.id,
-                index: 0,
-                params: Arc::new(r.params),
-                prompt: Arc::new(r.prompt),
-                output: vec![],
-                rng: StdRng::seed_from_u64(seed),
-                detok: IncrementalDecoder::new(),
-                text: StopText::default(),
-            },
+            SampleState::new(r.id, 0, Arc::new(r.params), Arc::new(r.prompt)),
         );
         self.requests.insert(r.id, vec![r.id]);
         Ok(())
@@ -291,20 +299,7 @@ impl<B: Backend> EngineCore<B> {
             (p.request, p.params.clone(), p.prompt.clone())
         };
         for index in 1..params.n {
-            let seed = params
-                .seed
-                .unwrap_or_else(|| request.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-                .wrapping_add(index as u64);
-            let mut st = SampleState {
-                request,
-                index,
-                params: params.clone(),
-                prompt: prompt.clone(),
-                output: vec![],
-                rng: StdRng::seed_from_u64(seed),
-                detok: IncrementalDecoder::new(),
-                text: StopText::default(),
-            };
+            let mut st = SampleState::new(request, index, params.clone(), prompt.clone());
             let s = sample(&mut raw.clone(), &params, &prompt, &[], &mut st.rng);
             let out = emit(&mut st, &s, self.tokenizer.as_deref(), &self.eos_ids, 0)?;
             if out.finish.is_none() {

@@ -79,11 +79,7 @@ fn engine_error(e: EngineError) -> ApiError {
 }
 
 fn finish_str(t: &TokenOutput) -> Option<&'static str> {
-    t.finish.map(|f| match f {
-        scheduler::FinishReason::Stop => "stop",
-        scheduler::FinishReason::Length => "length",
-        scheduler::FinishReason::Abort => "abort",
-    })
+    t.finish.map(scheduler::FinishReason::as_str)
 }
 
 /// Submits one engine request per prompt. On any refusal the ones already queued are

@@ -116,12 +116,7 @@ pub fn record_step<B: Backend>(core: &EngineCore<B>, outputs: &[TokenOutput]) {
     histogram!("pagedrt:iteration_tokens_total").record(core.last_step_tokens as f64);
     for o in outputs.iter().filter(|o| o.index == 0) {
         if let Some(f) = o.finish {
-            let reason = match f {
-                scheduler::FinishReason::Stop => "stop",
-                scheduler::FinishReason::Length => "length",
-                scheduler::FinishReason::Abort => "abort",
-            };
-            counter!("pagedrt:request_success_total", "finished_reason" => reason).increment(1);
+            counter!("pagedrt:request_success_total", "finished_reason" => f.as_str()).increment(1);
         }
     }
 }
