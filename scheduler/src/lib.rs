@@ -16,5 +16,6 @@ pub use config::{PreemptionCosts, PreemptionMode, SchedulerConfig};
 pub use error::SchedulerError;
 pub use plan::{ScheduledSeq, StepPlan, StepResult};
 pub use policy::Policy;
+pub mod frag;
 pub mod sim;
 pub use sequence::{FinishReason, OrderKey, Request, SeqStatus, Sequence};

@@ -118,6 +118,21 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// The record of request `id` before anything happened to it.
+    pub fn new(id: u64, r: &super::SimRequest) -> Self {
+        RequestRecord {
+            id,
+            arrival_s: r.arrival_s,
+            prompt_len: r.prompt_len,
+            output_len: 0,
+            n: r.n.max(1),
+            first_scheduled_s: None,
+            first_token_s: None,
+            finish_s: None,
+            preemptions: 0,
+            rejected: None,
+        }
+    }
     pub fn ttft(&self) -> Option<f64> {
         Some(self.first_token_s? - self.arrival_s)
     }

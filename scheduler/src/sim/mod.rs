@@ -9,5 +9,5 @@ mod workload;
 
 pub use cost_model::CostModel;
 pub use metrics::{percentile_sorted, RequestRecord, Slo, Summary};
-pub use run::{simulate, SimConfig, SimResult, TimePoint};
+pub use run::{simulate, simulate_observed, SimConfig, SimResult, StepView, TimePoint};
 pub use workload::{load_trace, prompt_tokens, Arrivals, LenDist, SimRequest, WorkloadSpec};

@@ -1,6 +1,6 @@
 //! The simulation loop: arrivals, schedule, advance the clock by the step's cost, record.
 
-use block_manager::{BlockManager, BlockManagerConfig};
+use block_manager::{BlockManager, BlockManagerConfig, KvStats};
 use serde::Serialize;
 
 use super::cost_model::CostModel;
@@ -72,12 +72,37 @@ pub struct SimResult {
     pub itls: Vec<f64>,
 }
 
+/// The KV cache during one step, as [`simulate_observed`] shows it to its observer: pages for
+/// the step's tokens are allocated and counted as filled, nothing has finished yet.
+#[derive(Debug, Clone, Copy)]
+pub struct StepView {
+    /// When the step ends.
+    pub now_s: f64,
+    /// How long it takes.
+    pub dt_s: f64,
+    pub kv: KvStats,
+    /// Sequences running in this step.
+    pub running: usize,
+    pub waiting: usize,
+}
+
 /// Runs `requests` (sorted by arrival) through the scheduler on a virtual clock.
 /// `progress` is called with the number of finished requests now and then.
 pub fn simulate(
     cfg: &SimConfig,
     requests: &[SimRequest],
     progress: &mut dyn FnMut(usize),
+) -> Result<SimResult, String> {
+    simulate_observed(cfg, requests, progress, &mut |_| {})
+}
+
+/// [`simulate`], calling `observe` once per step with the cache as the step sees it (the
+/// fragmentation study's view of memory).
+pub fn simulate_observed(
+    cfg: &SimConfig,
+    requests: &[SimRequest],
+    progress: &mut dyn FnMut(usize),
+    observe: &mut dyn FnMut(&StepView),
 ) -> Result<SimResult, String> {
     let bm_cfg = BlockManagerConfig::new(cfg.block_size, cfg.num_blocks)
         .with_host_blocks(cfg.num_host_blocks)
@@ -104,18 +129,7 @@ pub fn simulate(
     let mut records: Vec<RequestRecord> = requests
         .iter()
         .enumerate()
-        .map(|(i, r)| RequestRecord {
-            id: i as u64,
-            arrival_s: r.arrival_s,
-            prompt_len: r.prompt_len,
-            output_len: 0,
-            n: r.n.max(1),
-            first_scheduled_s: None,
-            first_token_s: None,
-            finish_s: None,
-            preemptions: 0,
-            rejected: None,
-        })
+        .map(|(i, r)| RequestRecord::new(i as u64, r))
         .collect();
     let mut itls: Vec<f64> = Vec::new();
     let nreq = requests.len();
@@ -173,6 +187,13 @@ pub fn simulate(
         let dt = cfg.cost_model.step_time(&plan, cfg.block_size);
         now += dt;
         step_no += 1;
+        observe(&StepView {
+            now_s: now,
+            dt_s: dt,
+            kv: sched.kv_stats(),
+            running: sched.num_running(),
+            waiting: sched.num_waiting(),
+        });
         let mut result = StepResult::default();
         let mut forks: Vec<usize> = Vec::new();
         for sc in &plan.seqs {
