@@ -97,3 +97,74 @@ pub fn cdf(sorted: &[f64], max_points: usize) -> Vec<(f64, f64)> {
     out.push((sorted[n - 1], 1.0));
     out
 }
+
+/// Draws one horizontal stacked bar per entry of `bars` (name, one value per layer, first
+/// bar on top), layers named by `layers` and stacked left to right, into an SVG at `path`.
+pub fn stacked_bars(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    layers: &[&str],
+    bars: &[(String, Vec<f64>)],
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let right = bars
+        .iter()
+        .map(|(_, v)| v.iter().sum::<f64>())
+        .fold(0.0f64, f64::max)
+        .max(f64::MIN_POSITIVE);
+    let n = bars.len();
+    let height = (120 + 34 * n).max(320) as u32;
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    // Room on the right for the legend, clear of the bars.
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(180)
+        .build_cartesian_2d(0.0..right * 1.4, -0.5f64..(n as f64 - 0.5))
+        .map_err(|e| err(&e))?;
+    let name_at = |y: &f64| -> String {
+        let y = *y;
+        let i = y.round();
+        if (y - i).abs() > 1e-6 || i < 0.0 {
+            return String::new();
+        }
+        n.checked_sub(1 + i as usize)
+            .and_then(|k| bars.get(k))
+            .map(|b| b.0.clone())
+            .unwrap_or_default()
+    };
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n.max(1))
+        .y_label_formatter(&name_at)
+        .x_desc(x_label)
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (k, layer) in layers.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        let rects = bars.iter().enumerate().map(|(i, (_, v))| {
+            let base: f64 = v[..k.min(v.len())].iter().sum();
+            let w = v.get(k).copied().unwrap_or(0.0);
+            let y = (n - 1 - i) as f64;
+            Rectangle::new([(base, y - 0.35), (base + w, y + 0.35)], color.filled())
+        });
+        chart
+            .draw_series(rects)
+            .map_err(|e| err(&e))?
+            .label(*layer)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

@@ -1,16 +1,8 @@
 //! The `pagedrt simulate` command-line contract: flags, JSON fields, files written, errors.
 
-use std::process::Command;
+mod common;
 
-fn pagedrt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pagedrt"))
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("pagedrt-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{pagedrt, tmp};
 
 #[test]
 fn simulate_writes_the_documented_json() {

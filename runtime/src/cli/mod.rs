@@ -2,10 +2,12 @@
 
 mod bench_throughput;
 mod engine_args;
+mod frag;
 mod generate;
 mod model_cmds;
 mod serve;
 mod simulate;
+mod workload_args;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the real scheduler and block manager on a virtual clock with a cost model.
     Simulate(Box<simulate::SimulateArgs>),
+    /// KV-cache fragmentation study: paged vs contiguous allocators on one workload.
+    Frag(Box<frag::FragArgs>),
     /// The OpenAI-compatible server (default model, pulled on first use).
     Serve(Box<serve::ServeArgs>),
     /// Benchmarks: `throughput` (offline, this engine).
@@ -50,6 +54,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Simulate(args) => simulate::run(*args),
+        Command::Frag(args) => frag::run(*args),
         Command::Generate(args) => generate::run(*args),
         Command::Serve(args) => serve::run(*args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(*args),

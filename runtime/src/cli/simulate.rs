@@ -2,47 +2,18 @@
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use scheduler::sim::{
-    load_trace, simulate, Arrivals, CostModel, LenDist, SimConfig, SimRequest, SimResult, Slo,
-    WorkloadSpec,
-};
+use scheduler::sim::{simulate, CostModel, SimConfig, SimResult, Slo};
 use scheduler::{policy::POLICY_NAMES, PreemptionMode, SchedulerConfig};
 use std::io::Write;
 use std::path::PathBuf;
 
+use super::workload_args::WorkloadArgs;
 use crate::plot::{cdf, line_chart, Line};
 
 #[derive(Args, Debug, Clone)]
 pub struct SimulateArgs {
-    /// sharegpt-like, fixed, prefix-sharing, or trace:PATH (.csv or .jsonl).
-    #[arg(long, default_value = "sharegpt-like")]
-    workload: String,
-    #[arg(long, default_value_t = 1000)]
-    num_requests: usize,
-    /// Requests per second ("inf": all at once).
-    #[arg(long, default_value = "inf")]
-    request_rate: f64,
-    /// Gamma shape of inter-arrival gaps: 1 = Poisson, < 1 burstier.
-    #[arg(long, default_value_t = 1.0)]
-    burstiness: f64,
-    /// Prompt lengths: N, uniform:LO:HI or lognormal:MEAN:SIGMA[:MAX] (not for sharegpt-like).
-    #[arg(long, default_value = "128")]
-    input_len: String,
-    /// Output lengths, same forms as --input-len.
-    #[arg(long, default_value = "128")]
-    output_len: String,
-    /// prefix-sharing: number of distinct system prompts.
-    #[arg(long, default_value_t = 4)]
-    prefix_groups: u32,
-    /// prefix-sharing: system prompt length in tokens.
-    #[arg(long, default_value_t = 512)]
-    prefix_len: usize,
-    /// Parallel samples per request (n), forked from the prompt with copy-on-write.
-    #[arg(long, default_value_t = 1)]
-    n: usize,
-    /// Priorities drawn uniformly from 0..N.
-    #[arg(long, default_value_t = 1)]
-    priority_levels: u32,
+    #[command(flatten)]
+    workload: WorkloadArgs,
     /// A preset (h100-llama3-8b, cpu-smollm2-135m) or a JSON file.
     #[arg(long, default_value = "h100-llama3-8b")]
     cost_model: String,
@@ -79,8 +50,6 @@ pub struct SimulateArgs {
     /// Run once per rate (comma-separated), for every policy given.
     #[arg(long, value_delimiter = ',')]
     sweep_rates: Vec<f64>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Write the summary as JSON (an array for sweeps).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -96,50 +65,6 @@ pub struct SimulateArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-}
-
-fn workload(a: &SimulateArgs, rate: f64) -> Result<(Vec<SimRequest>, usize), String> {
-    let arrivals = if !rate.is_finite() {
-        Arrivals::AllAtOnce
-    } else if rate <= 0.0 {
-        return Err(format!("--request-rate must be positive, got {rate}"));
-    } else if (a.burstiness - 1.0).abs() > 1e-12 {
-        Arrivals::Gamma {
-            rate,
-            burstiness: a.burstiness,
-        }
-    } else {
-        Arrivals::Poisson { rate }
-    };
-    let mut spec = WorkloadSpec {
-        num_requests: a.num_requests,
-        arrivals,
-        prompt_len: LenDist::parse(&a.input_len)?,
-        output_len: LenDist::parse(&a.output_len)?,
-        shared_prefix: None,
-        priority_levels: a.priority_levels.max(1),
-        parallel_samples: a.n.max(1),
-        seed: a.seed,
-    };
-    let mut prefix_len = 0;
-    match a.workload.as_str() {
-        "sharegpt-like" => {
-            spec.prompt_len = LenDist::SHAREGPT_PROMPT;
-            spec.output_len = LenDist::SHAREGPT_OUTPUT;
-        }
-        "fixed" => {}
-        "prefix-sharing" => {
-            spec.shared_prefix = Some((a.prefix_groups, a.prefix_len));
-            prefix_len = a.prefix_len;
-        }
-        w => {
-            let path = w.strip_prefix("trace:").ok_or_else(|| {
-                format!("unknown workload '{w}' (sharegpt-like, fixed, prefix-sharing, trace:PATH)")
-            })?;
-            return Ok((load_trace(path.as_ref())?, a.prefix_len));
-        }
-    }
-    Ok((spec.generate()?, prefix_len))
 }
 
 fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> Result<SimConfig, String> {
@@ -173,7 +98,7 @@ fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> Result<SimConfig
 }
 
 fn run_one(a: &SimulateArgs, policy: &str, rate: f64) -> Result<SimResult, String> {
-    let (reqs, prefix_len) = workload(a, rate)?;
+    let (reqs, prefix_len) = a.workload.generate(rate)?;
     let cfg = config(a, policy, prefix_len)?;
     let bar = if a.quiet {
         ProgressBar::hidden()
@@ -202,7 +127,7 @@ pub fn run(a: SimulateArgs) -> Result<(), String> {
         }
     }
     let rates = if a.sweep_rates.is_empty() {
-        vec![a.request_rate]
+        vec![a.workload.request_rate]
     } else {
         a.sweep_rates.clone()
     };

@@ -43,3 +43,15 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
+
+/// The `pagedrt` binary built for these tests.
+pub fn pagedrt() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pagedrt"))
+}
+
+/// A fresh scratch folder for one test of this process.
+pub fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pagedrt-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
