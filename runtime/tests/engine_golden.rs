@@ -67,6 +67,7 @@ fn config(blocks: usize, budget: usize, host: usize, mode: PreemptionMode) -> En
             ..SchedulerConfig::default()
         },
         policy: "fcfs".into(),
+        max_queue: None,
     }
 }
 

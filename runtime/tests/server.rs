@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use common::default_model;
+use common::http::{http, sse_data};
 use runtime::engine::{cpu_engine, EngineConfig};
-use runtime::server::{serve, state_for};
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -20,52 +17,11 @@ fn start() -> u16 {
         ..EngineConfig::default()
     };
     let core = cpu_engine(&default_model(), cfg).unwrap();
-    let state = state_for(core, MODEL.into(), Some("sekret".into())).unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            serve(l, state).await.unwrap();
-        });
-    });
-    port
-}
-
-/// One HTTP/1.1 request; returns (status, body).
-fn http(port: u16, method: &str, path: &str, body: &[u8], key: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
-    (status, body)
+    common::http::start(core, MODEL, Some("sekret"))
 }
 
 fn post(port: u16, path: &str, v: &Value) -> (u16, String) {
     http(port, "POST", path, v.to_string().as_bytes(), Some("sekret"))
-}
-
-/// The `data:` payloads of a (possibly chunked) SSE body.
-fn sse_data(body: &str) -> Vec<String> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]
@@ -146,6 +102,51 @@ fn completions_chat_streaming_and_bad_input() {
         2
     );
 
+    // Log-probabilities, greedy: each sampled token is the most likely of its top list,
+    // and the completion's pieces spell its text.
+    let (st, body) = post(
+        port,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4,
+                "temperature": 0, "logprobs": 3}),
+    );
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let c = &v["choices"][0];
+    let lp = &c["logprobs"];
+    let pieces: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(pieces.len(), 4);
+    assert_eq!(pieces.concat(), c["text"].as_str().unwrap());
+    for (i, tl) in lp["token_logprobs"].as_array().unwrap().iter().enumerate() {
+        let x = tl.as_f64().unwrap();
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert_eq!(top.len(), 3);
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(
+            x <= 0.0 && (x - best).abs() < 1e-5,
+            "token {i}: {x} vs {best}"
+        );
+    }
+    let (st, body) = post(
+        port,
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi!"}],
+                "max_tokens": 3, "temperature": 0, "logprobs": true, "top_logprobs": 2}),
+    );
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 3);
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert!(content[0]["bytes"].is_array());
     // Every bad input: a 4xx with an OpenAI-style error body.
     let good = json!({"model": MODEL, "prompt": "Hello", "max_tokens": 2});
     let with = |k: &str, v: Value| {
@@ -244,8 +245,10 @@ fn completions_chat_streaming_and_bad_input() {
     );
     assert_eq!(st, 401);
     let big = vec![b' '; 5 << 20];
-    let (st, _) = http(port, "POST", "/v1/completions", &big, Some("sekret"));
+    let (st, body) = http(port, "POST", "/v1/completions", &big, Some("sekret"));
     assert_eq!(st, 413);
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("413 body {e}: {body}"));
+    assert_eq!(v["error"]["code"], "request_too_large");
     // The server still serves.
     let (st, body) = post(port, "/v1/completions", &good);
     assert_eq!(st, 200, "{body}");

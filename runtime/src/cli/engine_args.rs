@@ -41,6 +41,12 @@ pub struct EngineArgs {
     pub preemption_mode: PreemptionMode,
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// Where the model runs: cpu (cuda is refused until the CUDA backend lands).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Refuse new requests (429, Retry-After) while this many are waiting.
+    #[arg(long)]
+    pub max_queue: Option<usize>,
 }
 
 /// Parses `2GiB`, `512MiB`, `1.5GB`, `1000000`.
@@ -67,6 +73,15 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
 impl EngineArgs {
     /// Resolves the model (pulling it if needed) and builds a CPU engine.
     pub fn build(&self) -> Result<EngineCore<CpuBackend>, String> {
+        match self.device.as_str() {
+            "cpu" => {}
+            "cuda" => {
+                return Err(
+                    "--device cuda: this build has no CUDA backend yet; use --device cpu".into(),
+                )
+            }
+            d => return Err(format!("--device '{d}': cpu or cuda")),
+        }
         let source = resolve_source(self.model.as_deref(), &mut |l| eprintln!("{l}"))
             .map_err(|e| e.to_string())?;
         let mc = match &source {
@@ -98,6 +113,7 @@ impl EngineArgs {
                 ..SchedulerConfig::default()
             },
             policy: self.policy.clone(),
+            max_queue: self.max_queue,
         };
         match source {
             ModelSource::Dir(dir) => cpu_engine(&dir, cfg),

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::engine_args::EngineArgs;
-use crate::server::{serve, state_for};
+use crate::server::{serve_with_grace, state_for};
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -20,9 +20,31 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1 and tokenizer endpoints.
     #[arg(long, env = "PAGEDRT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Log lines as text or as one JSON object per line (level from RUST_LOG, default info).
+    #[arg(long, default_value = "text")]
+    log_format: String,
+    /// Seconds in-flight requests may run after SIGINT/SIGTERM before they are aborted.
+    #[arg(long, default_value_t = 20.0)]
+    shutdown_grace_s: f64,
+}
+
+/// Installs the global log subscriber.
+fn init_logging(format: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = match format {
+        "text" => builder.try_init(),
+        "json" => builder.json().try_init(),
+        f => return Err(format!("--log-format '{f}': text or json")),
+    };
+    res.map_err(|e| format!("cannot install the logger: {e}"))
 }
 
 pub fn run(a: ServeArgs) -> Result<(), String> {
+    init_logging(&a.log_format)?;
     let core = a.engine.build()?;
     let name = a.served_model_name.clone().unwrap_or_else(|| {
         a.engine
@@ -31,8 +53,8 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
             .unwrap_or_else(|| crate::model::pull::DEFAULT_MODEL.to_string())
     });
     let kv = core.scheduler().kv_stats();
-    eprintln!(
-        "pagedrt: {} KV pages of {} tokens ({} tokens in all); serving `{name}` on http://{}:{}",
+    tracing::info!(
+        "{} KV pages of {} tokens ({} tokens in all); serving `{name}` on http://{}:{}",
         kv.device.total_blocks,
         kv.block_size,
         kv.device.total_blocks * kv.block_size,
@@ -50,6 +72,10 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        serve(listener, state).await.map_err(|e| e.to_string())
+        let grace = std::time::Duration::try_from_secs_f64(a.shutdown_grace_s)
+            .map_err(|e| format!("--shutdown-grace-s: {e}"))?;
+        serve_with_grace(listener, state, grace)
+            .await
+            .map_err(|e| e.to_string())
     })
 }

@@ -29,6 +29,8 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     pub scheduler: SchedulerConfig,
     pub policy: String,
+    /// Refuse new requests while this many are already waiting (backpressure).
+    pub max_queue: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +43,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             scheduler: SchedulerConfig::default(),
             policy: "fcfs".into(),
+            max_queue: None,
         }
     }
 }
@@ -119,8 +122,13 @@ pub struct EngineCore<B: Backend> {
     next_child: u64,
     started: Instant,
     eos_ids: Vec<u32>,
+    max_queue: Option<usize>,
+    /// Arrival time of requests not yet scheduled once.
+    unscheduled: HashMap<u64, f64>,
     /// Tokens computed in the last step (prefill chunks + decodes), for metrics.
     pub last_step_tokens: usize,
+    /// Seconds each request first scheduled in the last step had waited, for metrics.
+    pub last_step_queue_times: Vec<f64>,
 }
 
 impl<B: Backend> EngineCore<B> {
@@ -168,7 +176,10 @@ impl<B: Backend> EngineCore<B> {
             next_child: CHILD_BASE,
             started: Instant::now(),
             eos_ids,
+            max_queue: cfg.max_queue,
+            unscheduled: HashMap::new(),
             last_step_tokens: 0,
+            last_step_queue_times: Vec::new(),
         })
     }
 
@@ -206,6 +217,12 @@ impl<B: Backend> EngineCore<B> {
                 "max_tokens and n must be at least 1".into(),
             ));
         }
+        if let Some(max) = self.max_queue {
+            let waiting = self.scheduler.num_waiting();
+            if waiting >= max {
+                return Err(EngineError::QueueFull { waiting, max });
+            }
+        }
         let vocab = self.model.config.vocab_size as u32;
         if let Some(&bad) = r.prompt.iter().find(|&&t| t >= vocab) {
             return Err(EngineError::BadRequest(format!(
@@ -213,7 +230,8 @@ impl<B: Backend> EngineCore<B> {
             )));
         }
         let mut req = Request::new(r.id, r.prompt.clone(), r.params.max_tokens);
-        req.arrival_s = self.started.elapsed().as_secs_f64();
+        let req_arrival = self.started.elapsed().as_secs_f64();
+        req.arrival_s = req_arrival;
         req.priority = r.priority;
         req.cache_salt = r.cache_salt;
         self.scheduler.add_request(req)?;
@@ -222,11 +240,13 @@ impl<B: Backend> EngineCore<B> {
             SampleState::new(r.id, 0, Arc::new(r.params), Arc::new(r.prompt)),
         );
         self.requests.insert(r.id, vec![r.id]);
+        self.unscheduled.insert(r.id, req_arrival);
         Ok(())
     }
 
     /// Aborts every sample of a request; its pages are freed at once.
     pub fn abort(&mut self, request: u64) {
+        self.unscheduled.remove(&request);
         if let Some(seqs) = self.requests.remove(&request) {
             for s in seqs {
                 self.samples.remove(&s);
@@ -241,6 +261,12 @@ impl<B: Backend> EngineCore<B> {
         let plan = self.scheduler.schedule(now)?;
         run_copies(&self.backend, &plan, &mut self.cache, self.host.as_mut());
         self.last_step_tokens = plan.num_tokens();
+        self.last_step_queue_times.clear();
+        for sc in &plan.seqs {
+            if let Some(arrival) = self.unscheduled.remove(&sc.seq) {
+                self.last_step_queue_times.push(now - arrival);
+            }
+        }
         if plan.seqs.is_empty() {
             return Ok(vec![]);
         }

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::{EngineCore, EngineError, GenerateRequest, TokenOutput};
@@ -29,14 +31,16 @@ enum Command {
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     alive: Arc<AtomicBool>,
+    last_error: Arc<Mutex<Option<String>>>,
 }
 
 impl EngineHandle {
-    /// Moves `core` onto a new thread. `on_step` runs after every step with the core (for
-    /// metrics).
+    /// Moves `core` onto a new thread. `on_step` runs after every step with the core and the
+    /// step's outputs (for metrics), and with `None` when commands changed the state of an
+    /// engine that has no step to run (an abort that emptied it).
     pub fn spawn<B>(
         mut core: EngineCore<B>,
-        mut on_step: impl FnMut(&EngineCore<B>, &[TokenOutput]) + Send + 'static,
+        mut on_step: impl FnMut(&EngineCore<B>, Option<&[TokenOutput]>) + Send + 'static,
     ) -> Self
     where
         B: Backend + Send + 'static,
@@ -45,6 +49,8 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel::<Command>();
         let alive = Arc::new(AtomicBool::new(true));
         let alive2 = alive.clone();
+        let last_error = Arc::new(Mutex::new(None));
+        let last_error2 = last_error.clone();
         std::thread::Builder::new()
             .name("pagedrt-engine".into())
             .spawn(move || {
@@ -77,14 +83,22 @@ impl EngineHandle {
                         }
                     }
                     if !core.has_unfinished() {
+                        on_step(&core, None);
                         continue;
                     }
                     let outputs = match core.step() {
                         Ok(o) => o,
                         Err(e) => {
-                            // An engine error ends the loop: requests see their streams close.
-                            eprintln!("engine step failed: {e}");
-                            break;
+                            // The requests in flight end (their streams close with the
+                            // error); their pages are freed and the engine keeps serving.
+                            tracing::error!(
+                                "engine step failed: {e}; aborting the requests in flight"
+                            );
+                            for (id, _) in streams.drain() {
+                                core.abort(id);
+                            }
+                            *last_error2.lock() = Some(e.to_string());
+                            continue;
                         }
                     };
                     for o in &outputs {
@@ -98,13 +112,22 @@ impl EngineHandle {
                         }
                     }
                     // Metrics first, so a client that sees its stream end also sees them.
-                    on_step(&core, &outputs);
+                    on_step(&core, Some(&outputs));
                     streams.retain(|id, _| core.is_active(*id));
                 }
                 alive2.store(false, Ordering::SeqCst);
             })
             .expect("spawning the engine thread");
-        EngineHandle { tx, alive }
+        EngineHandle {
+            tx,
+            alive,
+            last_error,
+        }
+    }
+
+    /// The last step failure (whose requests were aborted), if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
     }
 
     /// Whether the engine loop is running.

@@ -15,6 +15,8 @@ pub enum EngineError {
     BadRequest(String),
     #[error("engine configuration: {0}")]
     Config(String),
+    #[error("the queue is full ({waiting} requests waiting, --max-queue {max})")]
+    QueueFull { waiting: usize, max: usize },
     #[error(transparent)]
     Scheduler(#[from] scheduler::SchedulerError),
     #[error(transparent)]

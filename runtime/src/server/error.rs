@@ -12,6 +12,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Seconds for a `Retry-After` header (backpressure).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: param.map(str::to_string),
             code: None,
+            retry_after: None,
         }
     }
     pub fn not_found_model(model: &str) -> Self {
@@ -31,6 +34,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some("model".into()),
             code: Some("model_not_found"),
+            retry_after: None,
         }
     }
     pub fn unauthorized() -> Self {
@@ -40,24 +44,45 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("invalid_api_key"),
+            retry_after: None,
         }
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: message.into(),
-            kind: "server_error",
-            param: None,
-            code: None,
-        }
+        Self::server_error(StatusCode::INTERNAL_SERVER_ERROR, message.into())
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::server_error(StatusCode::SERVICE_UNAVAILABLE, message.into())
+    }
+    fn server_error(status: StatusCode, message: String) -> Self {
         ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
+            status,
+            message,
             kind: "server_error",
             param: None,
             code: None,
+            retry_after: None,
+        }
+    }
+    /// 429: the queue is full; try again after `retry_after_s`.
+    pub fn queue_full(message: impl Into<String>, retry_after_s: u64) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: message.into(),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("queue_full"),
+            retry_after: Some(retry_after_s),
+        }
+    }
+    /// 413: the body is over the size limit.
+    pub fn too_large(limit: usize) -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the request body is over the limit of {limit} bytes"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_too_large"),
+            retry_after: None,
         }
     }
 }
@@ -67,6 +92,10 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {
             "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
         }});
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert("retry-after", s.into());
+        }
+        r
     }
 }

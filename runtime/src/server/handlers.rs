@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
@@ -21,9 +22,11 @@ use super::api_types::{
     ChatRequest, CompletionRequest, DetokenizeRequest, Prompt, Sampling, TokenizeRequest,
 };
 use super::error::ApiError;
+use super::logprobs::{self, TokenLogprob};
 use super::validate::{chat_messages, sampling_params};
 use super::AppState;
 use crate::engine::{EngineError, GenerateRequest, TokenOutput};
+use crate::model::tokenizer::Tokenizer;
 use crate::sampler::SamplingParams;
 
 type S = State<Arc<AppState>>;
@@ -34,8 +37,18 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
+/// The body, or why it could not be read (over the size limit: 413).
+type Body = Result<Bytes, BytesRejection>;
+
+fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(super::MAX_BODY_BYTES)
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"), None)
+        }
+    })?;
+    serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))
 }
 
@@ -74,6 +87,7 @@ fn engine_error(e: EngineError) -> ApiError {
         EngineError::BadRequest(m) => ApiError::bad_request(m, None),
         EngineError::Scheduler(s) => ApiError::bad_request(s.to_string(), None),
         EngineError::Config(m) => ApiError::unavailable(m),
+        e @ EngineError::QueueFull { .. } => ApiError::queue_full(e.to_string(), 1),
         other => ApiError::internal(other.to_string()),
     }
 }
@@ -172,7 +186,7 @@ struct Choice {
     text: String,
     tokens: usize,
     finish: Option<&'static str>,
-    logprobs: Vec<f32>,
+    logprobs: Vec<TokenLogprob>,
 }
 
 struct Usage {
@@ -196,6 +210,7 @@ async fn collect(
     n: usize,
     prompt_tokens: usize,
     started: Instant,
+    engine_error: &(dyn Fn() -> String + Sync),
 ) -> Result<(Vec<Choice>, Usage), ApiError> {
     let mut choices = vec![Choice::default(); rxs.len() * n];
     let mut cached = 0;
@@ -206,7 +221,7 @@ async fn collect(
             let c = &mut choices[pi * n + t.index];
             c.text.push_str(&t.text);
             c.tokens += 1;
-            c.logprobs.push(t.logprob);
+            c.logprobs.push(TokenLogprob::of(&t));
             c.finish = finish_str(&t).or(c.finish);
             if t.index == 0 {
                 cached = cached.max(t.cached_prompt_tokens);
@@ -214,9 +229,10 @@ async fn collect(
         }
     }
     if choices.iter().any(|c| c.finish.is_none()) {
-        return Err(ApiError::internal(
-            "the engine stopped before the request finished",
-        ));
+        return Err(ApiError::internal(format!(
+            "the engine stopped before the request finished: {}",
+            engine_error()
+        )));
     }
     let completion = choices.iter().map(|c| c.tokens).sum();
     Ok((
@@ -327,18 +343,26 @@ impl Flavor {
             (Flavor::Chat, true) => "chat.completion.chunk",
         }
     }
-    fn choice(self, index: usize, c: &Choice) -> Json_ {
+    /// The log-probabilities of `entries` in this flavor's shape (completion text offsets
+    /// start at `offset`).
+    fn logprobs(self, tok: &Tokenizer, entries: &[TokenLogprob], offset: usize) -> Json_ {
         match self {
-            Flavor::Completion => json!({"index": index, "text": c.text, "logprobs": null,
+            Flavor::Completion => logprobs::completion_json(tok, entries, offset),
+            Flavor::Chat => logprobs::chat_json(tok, entries),
+        }
+    }
+    fn choice(self, index: usize, c: &Choice, logprobs: Json_) -> Json_ {
+        match self {
+            Flavor::Completion => json!({"index": index, "text": c.text, "logprobs": logprobs,
                                          "finish_reason": c.finish}),
-            Flavor::Chat => json!({"index": index, "logprobs": null, "finish_reason": c.finish,
+            Flavor::Chat => json!({"index": index, "logprobs": logprobs, "finish_reason": c.finish,
                                    "message": {"role": "assistant", "content": c.text}}),
         }
     }
     /// One streamed token; a chat stream names the role in each choice's first delta.
-    fn chunk_choice(self, index: usize, t: &TokenOutput, first: bool) -> Json_ {
+    fn chunk_choice(self, index: usize, t: &TokenOutput, first: bool, logprobs: Json_) -> Json_ {
         match self {
-            Flavor::Completion => json!({"index": index, "text": t.text, "logprobs": null,
+            Flavor::Completion => json!({"index": index, "text": t.text, "logprobs": logprobs,
                                          "finish_reason": finish_str(t)}),
             Flavor::Chat => {
                 let delta = if first {
@@ -346,7 +370,7 @@ impl Flavor {
                 } else {
                     json!({"content": t.text})
                 };
-                json!({"index": index, "delta": delta, "logprobs": null,
+                json!({"index": index, "delta": delta, "logprobs": logprobs,
                        "finish_reason": finish_str(t)})
             }
         }
@@ -371,10 +395,14 @@ async fn respond(
         st.next_id.fetch_add(1, Ordering::Relaxed)
     );
     let (created, model) = (now(), st.served_model_name.clone());
+    let want_logprobs = params.logprobs.is_some();
     if s.stream {
         let include = s.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let object = flavor.object(true);
         let (id2, model2) = (id.clone(), model.clone());
+        let tok = st.tokenizer.clone();
+        // Completion text offsets per choice, for streamed logprobs.
+        let offsets = parking_lot::Mutex::new(std::collections::HashMap::<usize, usize>::new());
         return Ok(sse_stream(
             rxs,
             n,
@@ -382,8 +410,17 @@ async fn respond(
             include,
             started,
             move |index, t, first| {
+                let lp = if want_logprobs {
+                    let mut o = offsets.lock();
+                    let at = o.entry(index).or_insert(0);
+                    let v = flavor.logprobs(&tok, &[TokenLogprob::of(t)], *at);
+                    *at += t.text.len();
+                    v
+                } else {
+                    Json_::Null
+                };
                 json!({"id": id, "object": object, "created": created, "model": model,
-                       "choices": [flavor.chunk_choice(index, t, first)]})
+                       "choices": [flavor.chunk_choice(index, t, first, lp)]})
             },
             move |usage| {
                 json!({"id": id2, "object": object, "created": created, "model": model2,
@@ -391,11 +428,23 @@ async fn respond(
             },
         ));
     }
-    let (choices, usage) = collect(rxs, n, prompt_tokens, started).await?;
+    let last_error = || {
+        st.engine
+            .last_error()
+            .unwrap_or_else(|| "the engine loop has stopped".into())
+    };
+    let (choices, usage) = collect(rxs, n, prompt_tokens, started, &last_error).await?;
     let choices: Vec<Json_> = choices
         .iter()
         .enumerate()
-        .map(|(i, c)| flavor.choice(i, c))
+        .map(|(i, c)| {
+            let lp = if want_logprobs {
+                flavor.logprobs(&st.tokenizer, &c.logprobs, 0)
+            } else {
+                Json_::Null
+            };
+            flavor.choice(i, c, lp)
+        })
         .collect();
     Ok(Json(
         json!({"id": id, "object": flavor.object(false), "created": created,
@@ -407,10 +456,10 @@ async fn respond(
 pub async fn completions(
     State(st): S,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &st)?;
-    let req: CompletionRequest = parse(&body)?;
+    let req: CompletionRequest = parse(body)?;
     check_model(&req.model, &st)?;
     let params = sampling_params(&req.sampling, 16, st.max_model_len)?;
     let prompts = prompts_of(&st, req.prompt)?;
@@ -420,10 +469,10 @@ pub async fn completions(
 pub async fn chat_completions(
     State(st): S,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &st)?;
-    let req: ChatRequest = parse(&body)?;
+    let req: ChatRequest = parse(body)?;
     check_model(&req.model, &st)?;
     let mut params = sampling_params(&req.sampling, st.max_model_len, st.max_model_len)?;
     let msgs = chat_messages(&req.messages)?;
@@ -451,9 +500,9 @@ pub async fn models(State(st): S, headers: HeaderMap) -> Result<Response, ApiErr
     .into_response())
 }
 
-pub async fn tokenize(State(st): S, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn tokenize(State(st): S, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     authorize(&headers, &st)?;
-    let req: TokenizeRequest = parse(&body)?;
+    let req: TokenizeRequest = parse(body)?;
     let text = match (req.prompt, req.messages) {
         (Some(p), None) => p,
         (None, Some(m)) => st
@@ -480,10 +529,10 @@ pub async fn tokenize(State(st): S, headers: HeaderMap, body: Bytes) -> Result<R
 pub async fn detokenize(
     State(st): S,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&headers, &st)?;
-    let req: DetokenizeRequest = parse(&body)?;
+    let req: DetokenizeRequest = parse(body)?;
     if let Some(&bad) = req.tokens.iter().find(|&&t| t as usize >= st.vocab_size) {
         return Err(ApiError::bad_request(
             format!("token id {bad} is outside the vocabulary"),

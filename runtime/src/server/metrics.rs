@@ -25,6 +25,15 @@ pub fn handle() -> &'static PrometheusHandle {
                 PrometheusBuilder::new().build_recorder().handle()
             });
         describe();
+        // Histogram samples are buffered until upkeep drains them into their buckets; without
+        // it they grow without bound between scrapes (found by the soak test).
+        let upkeep = h.clone();
+        let _ = std::thread::Builder::new()
+            .name("pagedrt-metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                upkeep.run_upkeep();
+            });
         h
     })
 }
@@ -92,13 +101,18 @@ fn describe() {
         "Request latency, end to end."
     );
     describe_histogram!(
+        "pagedrt:request_queue_time_seconds",
+        "Time a request waited before its first step."
+    );
+    describe_histogram!(
         "pagedrt:iteration_tokens_total",
         "Tokens computed per engine step."
     );
 }
 
-/// Called by the engine thread after every step.
-pub fn record_step<B: Backend>(core: &EngineCore<B>, outputs: &[TokenOutput]) {
+/// Called by the engine thread after every step (with its outputs), and when the engine
+/// went idle (`None`: only the gauges change).
+pub fn record_step<B: Backend>(core: &EngineCore<B>, outputs: Option<&[TokenOutput]>) {
     let _ = handle();
     let s = core.scheduler();
     let kv = s.kv_stats();
@@ -112,6 +126,12 @@ pub fn record_step<B: Backend>(core: &EngineCore<B>, outputs: &[TokenOutput]) {
     counter!("pagedrt:prefix_cache_queries_total").absolute(kv.prefix_queries);
     counter!("pagedrt:prefix_cache_hits_total").absolute(kv.prefix_hits);
     counter!("pagedrt:num_preemptions_total").absolute(s.counters().preemptions);
+    let Some(outputs) = outputs else {
+        return;
+    };
+    for &q in &core.last_step_queue_times {
+        histogram!("pagedrt:request_queue_time_seconds").record(q);
+    }
     counter!("pagedrt:generation_tokens_total").increment(outputs.len() as u64);
     histogram!("pagedrt:iteration_tokens_total").record(core.last_step_tokens as f64);
     for o in outputs.iter().filter(|o| o.index == 0) {

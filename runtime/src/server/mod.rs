@@ -3,6 +3,7 @@
 mod api_types;
 mod error;
 mod handlers;
+mod logprobs;
 pub mod metrics;
 mod validate;
 
@@ -42,7 +43,29 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// One log line per request: method, path, status and time to the response head (a stream's
+/// body continues after it).
+async fn log_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if status >= 500 {
+        tracing::error!(%method, path, status, ms, "request");
+    } else if status >= 400 {
+        tracing::warn!(%method, path, status, ms, "request");
+    } else {
+        tracing::info!(%method, path, status, ms, "request");
+    }
+    res
 }
 
 /// Builds the shared state for a CPU engine core and starts its engine thread.
@@ -78,26 +101,61 @@ where
     }))
 }
 
-/// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
-    let engine = state.engine.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let ctrl_c = tokio::signal::ctrl_c();
-            #[cfg(unix)]
-            {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("installing a SIGTERM handler");
+/// How long in-flight requests may run after SIGINT/SIGTERM before they are cut off.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
                 tokio::select! {
                     _ = ctrl_c => {},
                     _ = term.recv() => {},
                 }
             }
-            #[cfg(not(unix))]
-            let _ = ctrl_c.await;
-        })
-        .await?;
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish for
+/// up to `grace`; whatever still runs then is aborted (its pages freed) and the call returns.
+pub async fn serve_with_grace(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let engine = state.engine.clone();
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let notify = stopping.clone();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections; in-flight requests have {grace:?}");
+        notify.notify_one();
+    });
+    let deadline = async {
+        stopping.notified().await;
+        tokio::time::sleep(grace).await;
+    };
+    let res = tokio::select! {
+        r = server => r,
+        _ = deadline => {
+            tracing::warn!("grace period over: aborting the requests still running");
+            Ok(())
+        }
+    };
     engine.shutdown();
-    Ok(())
+    res
+}
+
+/// [`serve_with_grace`] with [`SHUTDOWN_GRACE`].
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
+    serve_with_grace(listener, state, SHUTDOWN_GRACE).await
 }
