@@ -3,42 +3,10 @@
 
 mod common;
 
-use common::{default_model, golden_cases, ids};
+use common::{default_model, golden, Golden};
 use runtime::engine::{cpu_engine, run_to_completion, EngineConfig, GenerateRequest};
 use runtime::sampler::SamplingParams;
 use scheduler::{PreemptionMode, SchedulerConfig};
-
-struct Golden {
-    prompt: Vec<u32>,
-    want: Vec<u32>,
-    /// Steps up to which the reference's top-2 margin is safely above float32 noise.
-    trusted: usize,
-}
-
-fn golden() -> Vec<Golden> {
-    golden_cases()
-        .iter()
-        .map(|c| {
-            let margins: Vec<f64> = c["step_top1_top2_margin"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m.as_f64().unwrap())
-                .collect();
-            // Tokens are compared through the first step whose margin is below 0.02 (that
-            // token may legitimately flip; everything after it depends on it).
-            let trusted = margins
-                .iter()
-                .position(|&m| m < 0.02)
-                .map_or(margins.len(), |i| i + 1);
-            Golden {
-                prompt: ids(&c["prompt_token_ids"]),
-                want: ids(&c["generated_token_ids"]),
-                trusted,
-            }
-        })
-        .collect()
-}
 
 fn greedy_req(id: u64, prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
     GenerateRequest {

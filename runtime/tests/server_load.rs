@@ -165,32 +165,45 @@ fn disconnect_storm_leaks_no_page() {
 
 fn a_full_queue_answers_429_with_retry_after() {
     let mut cfg = EngineConfig {
-        num_blocks: 64,
+        num_blocks: 256,
         max_queue: Some(1),
         ..EngineConfig::default()
     };
     cfg.scheduler.max_num_seqs = 1;
     let port = tiny_server(cfg);
-    let handles: Vec<_> = (0..12)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let mut body = completion(i, false);
-                body["max_tokens"] = json!(200);
-                post_completion(port, &body)
-            })
+    let spawn = |i: usize, max_tokens: usize| {
+        std::thread::spawn(move || {
+            let mut body = completion(i, false);
+            body["max_tokens"] = json!(max_tokens);
+            post_completion(port, &body)
         })
-        .collect();
-    let replies: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let ok = replies.iter().filter(|r| r.status == 200).count();
-    let full: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
-    assert!(ok >= 2, "one running and one queued request must finish");
-    assert!(!full.is_empty(), "some request must be refused");
-    assert_eq!(ok + full.len(), 12);
-    for r in full {
+    };
+    let until = |name: &str, value: f64| {
+        for _ in 0..500 {
+            if metric(&metrics_text(port), name) == Some(value) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("{name} never reached {value}");
+    };
+    // One long request runs (the only sequence slot), one short one waits: the queue is full.
+    let running = spawn(0, 1500);
+    until("pagedrt:num_requests_running", 1.0);
+    let queued = spawn(1, 4);
+    until("pagedrt:num_requests_waiting", 1.0);
+    for i in 2..6 {
+        let mut body = completion(i, false);
+        body["max_tokens"] = json!(4);
+        let r = post_completion(port, &body);
+        assert_eq!(r.status, 429, "{}", r.body);
         assert!(r.headers.contains("\r\nretry-after: 1"), "{}", r.headers);
         let v: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["error"]["code"], "queue_full");
     }
+    // Nothing accepted was lost.
+    assert_eq!(running.join().unwrap().status, 200);
+    assert_eq!(queued.join().unwrap().status, 200);
     wait_until_drained(port);
 }
 

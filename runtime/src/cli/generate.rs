@@ -44,6 +44,10 @@ pub struct GenerateArgs {
     /// One JSON object per prompt, in order.
     #[arg(long)]
     json: bool,
+    /// Keep no KV cache: every step recomputes the whole sequence (the reference for the
+    /// cache, and the slow baseline of `bench context-scaling`). No stop strings.
+    #[arg(long)]
+    no_kv_cache: bool,
 }
 
 pub fn run(a: GenerateArgs) -> Result<(), String> {
@@ -85,6 +89,10 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
             p.clone()
         };
         let ids = tok.encode(&text).map_err(|e| e.to_string())?;
+        if a.no_kv_cache {
+            prompt_ids.push(ids);
+            continue;
+        }
         engine
             .add_request(GenerateRequest {
                 id: i as u64,
@@ -95,6 +103,9 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
             })
             .map_err(|e| format!("prompt {}: {e}", i + 1))?;
         prompt_ids.push(ids);
+    }
+    if a.no_kv_cache {
+        return run_without_cache(&a, &engine, &prompts, &prompt_ids, &params, &tok);
     }
     let stream = prompts.len() == 1 && !a.json;
     let start = Instant::now();
@@ -124,20 +135,89 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
     }
     for (i, p) in prompts.iter().enumerate() {
         let (ids, text, finish, end) = done.remove(&(i as u64)).unwrap_or_default();
-        if a.json {
+        let out = Generated {
+            prompt: p,
+            prompt_ids: &prompt_ids[i],
+            ids: &ids,
+            text: &text,
+            finish: &finish,
+            ttft_s: first.get(&(i as u64)).copied(),
+            e2e_s: end,
+        };
+        out.print(a.json, i, "");
+    }
+    Ok(())
+}
+
+/// `--no-kv-cache`: the same model and sampler, recomputing everything each step.
+fn run_without_cache<B: crate::backend::Backend>(
+    a: &GenerateArgs,
+    engine: &crate::engine::EngineCore<B>,
+    prompts: &[String],
+    prompt_ids: &[Vec<u32>],
+    params: &SamplingParams,
+    tok: &crate::model::tokenizer::Tokenizer,
+) -> Result<(), String> {
+    if !params.stop.is_empty() {
+        return Err("--no-kv-cache does not support stop strings".into());
+    }
+    let start = Instant::now();
+    let mut runner = crate::engine::no_cache::NoCacheRunner::new(engine.backend(), engine.model());
+    let outs = runner.generate(prompt_ids, params, &tok.eos_ids);
+    let secs = start.elapsed().as_secs_f64();
+    for (i, (p, ids)) in prompts.iter().zip(&outs).enumerate() {
+        let text = tok.decode(ids, true).map_err(|e| e.to_string())?;
+        let finish = if ids.len() >= params.max_tokens {
+            "length"
+        } else {
+            "stop"
+        };
+        let out = Generated {
+            prompt: p,
+            prompt_ids: &prompt_ids[i],
+            ids,
+            text: &text,
+            finish,
+            ttft_s: None,
+            e2e_s: secs,
+        };
+        out.print(a.json, i, " (no KV cache)");
+    }
+    Ok(())
+}
+
+/// One prompt's result, as a JSON line or as text.
+struct Generated<'a> {
+    prompt: &'a str,
+    prompt_ids: &'a [u32],
+    ids: &'a [u32],
+    text: &'a str,
+    finish: &'a str,
+    ttft_s: Option<f64>,
+    e2e_s: f64,
+}
+
+impl Generated<'_> {
+    fn print(&self, as_json: bool, index: usize, note: &str) {
+        if as_json {
             let o = json!({
-                "prompt": p,
-                "prompt_token_ids": prompt_ids[i],
-                "generated_token_ids": ids,
-                "text": text,
-                "finish_reason": finish,
-                "ttft_s": first.get(&(i as u64)),
-                "e2e_s": end,
+                "prompt": self.prompt,
+                "prompt_token_ids": self.prompt_ids,
+                "generated_token_ids": self.ids,
+                "text": self.text,
+                "finish_reason": self.finish,
+                "ttft_s": self.ttft_s,
+                "e2e_s": self.e2e_s,
             });
             println!("{o}");
         } else {
-            println!("=== prompt {}: {p:?}\n{text}\n[{finish}]", i + 1);
+            println!(
+                "=== prompt {}: {:?}{note}\n{}\n[{}]",
+                index + 1,
+                self.prompt,
+                self.text,
+                self.finish
+            );
         }
     }
-    Ok(())
 }

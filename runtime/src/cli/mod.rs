@@ -1,5 +1,6 @@
 //! The `pagedrt` command line: one subcommand per module.
 
+mod bench_context;
 mod bench_throughput;
 mod engine_args;
 mod frag;
@@ -31,7 +32,7 @@ pub enum Command {
     Frag(Box<frag::FragArgs>),
     /// The OpenAI-compatible server (default model, pulled on first use).
     Serve(Box<serve::ServeArgs>),
-    /// Benchmarks: `throughput` (offline, this engine).
+    /// Benchmarks: `throughput` (offline, this engine), `context-scaling` (KV cache vs none).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Generate text for one prompt (streamed) or a file of prompts (one batch).
@@ -46,6 +47,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Offline throughput: all requests queued at once, run to completion.
     Throughput(Box<bench_throughput::ThroughputArgs>),
+    /// One decode step's time vs context length, with and without the KV cache.
+    ContextScaling(Box<bench_context::ContextScalingArgs>),
 }
 
 /// Parses the arguments, runs the subcommand, and turns its error into a message and exit
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate::run(*args),
         Command::Serve(args) => serve::run(*args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(*args),
+        Command::Bench(BenchCommand::ContextScaling(args)) => bench_context::run(*args),
         Command::Pull(args) => model_cmds::run_pull(args),
         Command::Convert(args) => model_cmds::run_convert(args),
     };

@@ -187,6 +187,10 @@ impl<B: Backend> EngineCore<B> {
         &self.scheduler
     }
 
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     pub fn model(&self) -> &LlamaModel<B> {
         &self.model
     }

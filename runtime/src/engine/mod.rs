@@ -5,6 +5,7 @@
 pub mod core;
 pub mod executor;
 pub mod handle;
+pub mod no_cache;
 pub mod stop;
 
 pub use self::core::{EngineConfig, EngineCore, GenerateRequest, TokenOutput};
@@ -32,13 +33,12 @@ use std::sync::Arc;
 use crate::backend::cpu::CpuBackend;
 use crate::model::config::ModelConfig;
 use crate::model::llama::LlamaModel;
+use crate::model::resolve::ModelSource;
 use crate::model::tokenizer::Tokenizer;
 
 /// A CPU engine over a model directory.
 pub fn cpu_engine(dir: &Path, cfg: EngineConfig) -> Result<EngineCore<CpuBackend>, EngineError> {
-    let mc = ModelConfig::from_file(&dir.join("config.json"))?;
-    let model = LlamaModel::load(&CpuBackend, dir, mc)?;
-    let tok = Arc::new(Tokenizer::from_dir(dir)?);
+    let (model, tok) = cpu_model(&ModelSource::Dir(dir.to_path_buf()), 0)?;
     EngineCore::new(CpuBackend, model, Some(tok), cfg)
 }
 
@@ -48,23 +48,41 @@ pub fn cpu_dummy_engine(
     cfg: EngineConfig,
     seed: u64,
 ) -> Result<EngineCore<CpuBackend>, EngineError> {
-    use crate::model::dummy;
-    let mc = dummy::dummy_config(spec)?;
-    let bytes = dummy::num_params(&mc) * 4;
-    if let Some(avail) = available_memory() {
-        if bytes > avail / 4 * 3 {
-            return Err(EngineError::Config(format!(
-                "dummy:{spec} needs {:.1} GiB of f32 weights but only {:.1} GiB of memory is available",
-                bytes as f64 / (1u64 << 30) as f64,
-                avail as f64 / (1u64 << 30) as f64
-            )));
+    let (model, tok) = cpu_model(&ModelSource::Dummy(spec.to_string()), seed)?;
+    EngineCore::new(CpuBackend, model, Some(tok), cfg)
+}
+
+/// A model on the CPU and its tokenizer: loaded from a directory, or `dummy:` weights
+/// drawn from `seed` with the byte-level tokenizer.
+pub fn cpu_model(
+    source: &ModelSource,
+    seed: u64,
+) -> Result<(LlamaModel<CpuBackend>, Arc<Tokenizer>), EngineError> {
+    match source {
+        ModelSource::Dir(dir) => {
+            let mc = ModelConfig::from_file(&dir.join("config.json"))?;
+            let model = LlamaModel::load(&CpuBackend, dir, mc)?;
+            Ok((model, Arc::new(Tokenizer::from_dir(dir)?)))
+        }
+        ModelSource::Dummy(spec) => {
+            use crate::model::dummy;
+            let mc = dummy::dummy_config(spec)?;
+            let bytes = dummy::num_params(&mc) * 4;
+            if let Some(avail) = available_memory() {
+                if bytes > avail / 4 * 3 {
+                    return Err(EngineError::Config(format!(
+                        "dummy:{spec} needs {:.1} GiB of f32 weights but only {:.1} GiB of memory is available",
+                        bytes as f64 / (1u64 << 30) as f64,
+                        avail as f64 / (1u64 << 30) as f64
+                    )));
+                }
+            }
+            let model = LlamaModel::from_parts(&CpuBackend, mc, |name, n| {
+                dummy::dummy_tensor(name, n, seed)
+            });
+            Ok((model, Arc::new(Tokenizer::byte_level()?)))
         }
     }
-    let model = LlamaModel::from_parts(&CpuBackend, mc, |name, n| {
-        dummy::dummy_tensor(name, n, seed)
-    });
-    let tok = Arc::new(Tokenizer::byte_level()?);
-    EngineCore::new(CpuBackend, model, Some(tok), cfg)
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes (Linux only).

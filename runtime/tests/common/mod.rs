@@ -57,3 +57,37 @@ pub fn tmp(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A golden greedy case of the float64 reference.
+pub struct Golden {
+    pub prompt: Vec<u32>,
+    pub want: Vec<u32>,
+    /// Steps up to which the reference's top-2 margin is safely above float32 noise.
+    pub trusted: usize,
+}
+
+/// The golden cases, each with how many of its steps a float32 engine must reproduce.
+pub fn golden() -> Vec<Golden> {
+    golden_cases()
+        .iter()
+        .map(|c| {
+            let margins: Vec<f64> = c["step_top1_top2_margin"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_f64().unwrap())
+                .collect();
+            // Tokens are compared through the first step whose margin is below 0.02 (that
+            // token may legitimately flip; everything after it depends on it).
+            let trusted = margins
+                .iter()
+                .position(|&m| m < 0.02)
+                .map_or(margins.len(), |i| i + 1);
+            Golden {
+                prompt: ids(&c["prompt_token_ids"]),
+                want: ids(&c["generated_token_ids"]),
+                trusted,
+            }
+        })
+        .collect()
+}
