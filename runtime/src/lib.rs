@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cli;
 pub mod engine;
 pub mod fit;
+pub mod loadgen;
 pub mod model;
 pub mod plot;
 pub mod sampler;

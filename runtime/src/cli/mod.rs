@@ -1,6 +1,7 @@
 //! The `pagedrt` command line: one subcommand per module.
 
 mod bench_context;
+mod bench_serve;
 mod bench_throughput;
 mod engine_args;
 mod frag;
@@ -32,7 +33,8 @@ pub enum Command {
     Frag(Box<frag::FragArgs>),
     /// The OpenAI-compatible server (default model, pulled on first use).
     Serve(Box<serve::ServeArgs>),
-    /// Benchmarks: `throughput` (offline, this engine), `context-scaling` (KV cache vs none).
+    /// Benchmarks: `throughput` (offline), `context-scaling` (KV cache vs none), `serve`
+    /// (load generator for any OpenAI-compatible server).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Generate text for one prompt (streamed) or a file of prompts (one batch).
@@ -49,6 +51,8 @@ pub enum BenchCommand {
     Throughput(Box<bench_throughput::ThroughputArgs>),
     /// One decode step's time vs context length, with and without the KV cache.
     ContextScaling(Box<bench_context::ContextScalingArgs>),
+    /// Load-test any OpenAI-compatible server (TTFT, TPOT, ITL, throughput, goodput).
+    Serve(Box<bench_serve::BenchServeArgs>),
 }
 
 /// Parses the arguments, runs the subcommand, and turns its error into a message and exit
@@ -62,6 +66,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(*args),
         Command::Bench(BenchCommand::ContextScaling(args)) => bench_context::run(*args),
+        Command::Bench(BenchCommand::Serve(args)) => bench_serve::run(*args),
         Command::Pull(args) => model_cmds::run_pull(args),
         Command::Convert(args) => model_cmds::run_convert(args),
     };

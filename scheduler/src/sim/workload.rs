@@ -65,7 +65,8 @@ impl LenDist {
         max: 2048,
     };
 
-    fn sample(&self, rng: &mut StdRng) -> Result<usize, String> {
+    /// One length drawn from `rng`.
+    pub fn sample(&self, rng: &mut StdRng) -> Result<usize, String> {
         Ok(match *self {
             LenDist::Fixed(n) => n,
             LenDist::Uniform(lo, hi) => rng.random_range(lo..=hi),
