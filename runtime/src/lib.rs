@@ -2,6 +2,7 @@
 //! engine and server come next (see `../shared/DESIGN.md`).
 
 pub mod backend;
+pub mod calibrate;
 pub mod cli;
 pub mod engine;
 pub mod fit;

@@ -62,6 +62,14 @@ impl StepPlan {
             .map(|s| s.len)
             .sum()
     }
+    /// (query, key) pairs of the prefill chunks: n·s + n(n+1)/2 for n tokens after s.
+    pub fn num_prefill_attention_pairs(&self) -> usize {
+        self.seqs
+            .iter()
+            .filter(|s| !s.is_decode())
+            .map(|s| s.len * s.start + s.len * (s.len + 1) / 2)
+            .sum()
+    }
     /// Σ context tokens attended (what attention reads from the cache).
     pub fn num_context_tokens(&self) -> usize {
         self.seqs.iter().map(|s| s.context_len()).sum()

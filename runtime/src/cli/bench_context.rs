@@ -12,12 +12,13 @@ use std::time::Instant;
 use clap::Args;
 use serde::Serialize;
 
-use crate::backend::{Backend, Batch, BatchSeq};
+use crate::backend::Backend;
 use crate::engine::cpu_model;
 use crate::engine::no_cache::NoCacheRunner;
+use crate::engine::synthetic::synthetic_step;
 use crate::fit::{fit_relative, Fit};
 use crate::model::config::ModelConfig;
-use crate::model::llama::{KvCache, LayerCache, LlamaModel};
+use crate::model::llama::LlamaModel;
 use crate::model::resolve::resolve_source;
 use crate::plot::{log_log_chart, Line};
 
@@ -106,7 +107,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Times `f` `reps` times after one warm-up (once if a run takes over 3 s).
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+pub(super) fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     let t0 = Instant::now();
     f();
     let first = t0.elapsed().as_secs_f64();
@@ -122,56 +123,6 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
             })
             .collect(),
     )
-}
-
-/// A cache of `batch` sequences of `t` synthetic tokens each (plus room for one more), and
-/// the decode batch that adds token `t` to each.
-fn cached_setup<B: Backend>(
-    b: &B,
-    cfg: &ModelConfig,
-    batch: usize,
-    t: usize,
-    bs: usize,
-) -> (KvCache<B>, Batch) {
-    let pages = (t + 1).div_ceil(bs);
-    let mut cache = KvCache::new(b, cfg, 0, bs);
-    cache.layout.num_blocks = batch * pages;
-    let elems = cache.layout.elems();
-    // Distinct, touched values: untouched zero pages would be read from one shared page.
-    let fill = |seed: usize| -> Vec<f32> {
-        (0..elems)
-            .map(|i| {
-                ((i.wrapping_mul(2_654_435_761).wrapping_add(seed)) % 2001) as f32 * 1e-3 - 1.0
-            })
-            .collect()
-    };
-    cache.layers = (0..cfg.num_layers)
-        .map(|l| LayerCache {
-            k: b.upload(fill(2 * l)),
-            v: b.upload(fill(2 * l + 1)),
-        })
-        .collect();
-    let mut batch_in = Batch::default();
-    for s in 0..batch {
-        let first = s * pages;
-        batch_in
-            .block_tables
-            .extend((first..first + pages).map(|p| p as u32));
-        batch_in.input_ids.push(100 + s as u32);
-        batch_in.positions.push(t);
-        batch_in
-            .slot_mapping
-            .push(((first + t / bs) * bs + t % bs) as i64);
-        batch_in.seqs.push(BatchSeq {
-            query_start: s,
-            query_len: 1,
-            context_len: t + 1,
-            table_offset: s * pages,
-            table_len: pages,
-        });
-        batch_in.logit_rows.push(s);
-    }
-    (cache, batch_in)
 }
 
 fn measure<B: Backend>(
@@ -211,7 +162,7 @@ fn measure<B: Backend>(
     }
     for &batch in &a.batch_sizes {
         for &t in &contexts {
-            let (mut cache, input) = cached_setup(b, cfg, batch, t, a.block_size);
+            let (mut cache, input) = synthetic_step(b, cfg, batch, t, 0, a.block_size);
             let s = time(a.reps, || {
                 let _ = model.forward(b, &input, &mut cache);
             });

@@ -1,5 +1,6 @@
 //! The `pagedrt` command line: one subcommand per module.
 
+mod bench_calibrate;
 mod bench_context;
 mod bench_serve;
 mod bench_throughput;
@@ -53,6 +54,8 @@ pub enum BenchCommand {
     ContextScaling(Box<bench_context::ContextScalingArgs>),
     /// Load-test any OpenAI-compatible server (TTFT, TPOT, ITL, throughput, goodput).
     Serve(Box<bench_serve::BenchServeArgs>),
+    /// Fit the simulator's cost model to this engine's measured step times.
+    Calibrate(Box<bench_calibrate::CalibrateArgs>),
 }
 
 /// Parses the arguments, runs the subcommand, and turns its error into a message and exit
@@ -67,6 +70,7 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Throughput(args)) => bench_throughput::run(*args),
         Command::Bench(BenchCommand::ContextScaling(args)) => bench_context::run(*args),
         Command::Bench(BenchCommand::Serve(args)) => bench_serve::run(*args),
+        Command::Bench(BenchCommand::Calibrate(args)) => bench_calibrate::run(*args),
         Command::Pull(args) => model_cmds::run_pull(args),
         Command::Convert(args) => model_cmds::run_convert(args),
     };

@@ -7,6 +7,7 @@ pub mod executor;
 pub mod handle;
 pub mod no_cache;
 pub mod stop;
+pub mod synthetic;
 
 pub use self::core::{EngineConfig, EngineCore, GenerateRequest, TokenOutput};
 

@@ -1,7 +1,11 @@
 //! How long a step takes, as a function of its plan.
 //!
 //! `time = step_overhead + prefill_tokens × per_prefill_token + decode_seqs × per_decode_seq
-//!        + context_tokens × per_context_token + swap_bytes × per_swap_byte`
+//!        + context_tokens × per_context_token + prefill_pairs × per_prefill_attention_pair
+//!        + swap_bytes × per_swap_byte`
+//!
+//! `prefill_pairs` counts (query, key) pairs of prefill chunks: a chunk of n tokens after s
+//! cached ones attends n·s + n(n+1)/2 pairs, which dominates long prompts on a CPU.
 //!
 //! The presets are derived from rooflines (weights read once per step from memory, GEMM
 //! FLOPs at the measured tensor rate, K/V bytes read per attended token, swap over PCIe);
@@ -22,6 +26,10 @@ pub struct CostModel {
     pub per_decode_seq_s: f64,
     /// Attention time per context token read (K and V of every layer).
     pub per_context_token_s: f64,
+    /// Attention time per (query, key) pair of a prefill chunk (0 in the roofline presets,
+    /// where prefill attention hides under the GEMMs).
+    #[serde(default)]
+    pub per_prefill_attention_pair_s: f64,
     /// Swap transfer time per byte.
     pub per_swap_byte_s: f64,
     /// K/V bytes per token (all layers), to turn swapped pages into bytes.
@@ -40,6 +48,7 @@ impl CostModel {
             + plan.num_prefill_tokens() as f64 * self.per_prefill_token_s
             + plan.num_decode_seqs() as f64 * self.per_decode_seq_s
             + plan.num_context_tokens() as f64 * self.per_context_token_s
+            + plan.num_prefill_attention_pairs() as f64 * self.per_prefill_attention_pair_s
             + swap_bytes * self.per_swap_byte_s
     }
 
@@ -56,6 +65,7 @@ impl CostModel {
             per_prefill_token_s: per_token,
             per_decode_seq_s: per_token,
             per_context_token_s: kv / 3.0e12,
+            per_prefill_attention_pair_s: 0.0,
             per_swap_byte_s: 1.0 / 25e9,
             kv_bytes_per_token: kv,
             kv_capacity_tokens: Some(((80e9 * 0.9 - 16.06e9) / kv) as usize),
@@ -74,6 +84,7 @@ impl CostModel {
             per_prefill_token_s: per_token,
             per_decode_seq_s: per_token,
             per_context_token_s: kv / 27e9,
+            per_prefill_attention_pair_s: 0.0,
             per_swap_byte_s: 1.0 / 10e9,
             kv_bytes_per_token: kv,
             kv_capacity_tokens: Some((2.0 * 1024f64.powi(3) / kv) as usize),
@@ -88,6 +99,7 @@ impl CostModel {
             per_prefill_token_s: 0.0,
             per_decode_seq_s: 0.0,
             per_context_token_s: 0.0,
+            per_prefill_attention_pair_s: 0.0,
             per_swap_byte_s: 0.0,
             kv_bytes_per_token: 0.0,
             kv_capacity_tokens: None,

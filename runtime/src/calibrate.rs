@@ -1,0 +1,179 @@
+//! Fitting the simulator's cost model to measured engine steps (`pagedrt bench calibrate`).
+//!
+//! The cost model is linear in five features of a step (see `scheduler::sim::CostModel`):
+//! a constant, prefill tokens, decoding sequences, context tokens attended, and prefill
+//! attention pairs. The design
+//! below varies them independently (prefill-only steps of several sizes, decode-only steps
+//! over a grid of batch sizes and context lengths, and mixed steps), so the fit can tell
+//! them apart.
+
+use scheduler::sim::CostModel;
+use serde::Serialize;
+
+use crate::fit::{fit_relative, Fit};
+
+/// The shape of one step: `decodes` sequences adding one token to `context` cached ones,
+/// plus one prefill chunk of `prefill` tokens from position 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StepShape {
+    pub decodes: usize,
+    pub context: usize,
+    pub prefill: usize,
+}
+
+impl StepShape {
+    /// [1, prefill tokens, decoding sequences, context tokens attended, prefill attention
+    /// pairs], the cost model's features (a decode reads its `context` cached tokens and
+    /// itself; a chunk of n tokens from position 0 attends n(n+1)/2 pairs).
+    pub fn features(&self) -> Vec<f64> {
+        let n = self.prefill;
+        vec![
+            1.0,
+            n as f64,
+            self.decodes as f64,
+            (self.decodes * (self.context + 1) + n) as f64,
+            (n * (n + 1) / 2) as f64,
+        ]
+    }
+}
+
+/// The designed set of step shapes.
+pub fn design() -> Vec<StepShape> {
+    let mut v = Vec::new();
+    for prefill in [16, 64, 256, 512, 1024, 2048] {
+        v.push(StepShape {
+            decodes: 0,
+            context: 0,
+            prefill,
+        });
+    }
+    for decodes in [1, 4, 16, 64] {
+        for context in [64, 512, 2048] {
+            v.push(StepShape {
+                decodes,
+                context,
+                prefill: 0,
+            });
+        }
+    }
+    for (decodes, context, prefill) in [(8, 256, 256), (32, 128, 512), (4, 1024, 128)] {
+        v.push(StepShape {
+            decodes,
+            context,
+            prefill,
+        });
+    }
+    v
+}
+
+const FEATURES: usize = 5;
+
+/// Fits `base`'s five step coefficients to `(shape, seconds)` samples. A coefficient the
+/// data would make negative is fixed at 0 and the rest refitted (a step never gets cheaper
+/// with more work). Returns the model and the fit (over all five features).
+pub fn fit_cost_model(
+    samples: &[(StepShape, f64)],
+    base: &CostModel,
+) -> Result<(CostModel, Fit), String> {
+    let mut active = [true; FEATURES];
+    loop {
+        let idx: Vec<usize> = (0..FEATURES).filter(|&j| active[j]).collect();
+        let rows: Vec<Vec<f64>> = samples
+            .iter()
+            .map(|(s, _)| {
+                let f = s.features();
+                idx.iter().map(|&j| f[j]).collect()
+            })
+            .collect();
+        let y: Vec<f64> = samples.iter().map(|x| x.1).collect();
+        let fit = fit_relative(&rows, &y)?;
+        if let Some(k) = fit.coef.iter().position(|&c| c < 0.0) {
+            active[idx[k]] = false;
+            continue;
+        }
+        let mut coef = [0.0; FEATURES];
+        for (k, &j) in idx.iter().enumerate() {
+            coef[j] = fit.coef[k];
+        }
+        let model = CostModel {
+            step_overhead_s: coef[0],
+            per_prefill_token_s: coef[1],
+            per_decode_seq_s: coef[2],
+            per_context_token_s: coef[3],
+            per_prefill_attention_pair_s: coef[4],
+            ..base.clone()
+        };
+        let full = Fit {
+            coef: coef.to_vec(),
+            ..fit
+        };
+        return Ok((model, full));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scheduler::{ScheduledSeq, StepPlan};
+
+    /// The plan the simulator would cost for a shape (built independently of `features`).
+    fn plan_of(s: &StepShape) -> StepPlan {
+        let seq = |start, len| ScheduledSeq {
+            seq: 0,
+            start,
+            len,
+            samples: true,
+            table_offset: 0,
+            table_len: 0,
+        };
+        let mut p = StepPlan::default();
+        p.seqs.extend((0..s.decodes).map(|_| seq(s.context, 1)));
+        if s.prefill > 0 {
+            p.seqs.push(seq(0, s.prefill));
+        }
+        p
+    }
+
+    #[test]
+    fn calibration_recovers_known_coefficients_from_synthetic_timings() {
+        let truth = CostModel {
+            name: "truth".into(),
+            step_overhead_s: 0.02,
+            per_prefill_token_s: 2e-3,
+            per_decode_seq_s: 1.5e-3,
+            per_context_token_s: 2e-6,
+            per_prefill_attention_pair_s: 3e-8,
+            per_swap_byte_s: 1e-10,
+            kv_bytes_per_token: 46080.0,
+            kv_capacity_tokens: Some(1000),
+        };
+        let samples: Vec<(StepShape, f64)> = design()
+            .into_iter()
+            .map(|s| (s, truth.step_time(&plan_of(&s), 16)))
+            .collect();
+        let (got, fit) = fit_cost_model(&samples, &CostModel::constant(0.0)).unwrap();
+        let pairs = [
+            (got.step_overhead_s, truth.step_overhead_s),
+            (got.per_prefill_token_s, truth.per_prefill_token_s),
+            (got.per_decode_seq_s, truth.per_decode_seq_s),
+            (got.per_context_token_s, truth.per_context_token_s),
+            (
+                got.per_prefill_attention_pair_s,
+                truth.per_prefill_attention_pair_s,
+            ),
+        ];
+        for (g, w) in pairs {
+            assert!((g - w).abs() <= 1e-6 * w, "{g} vs {w}");
+        }
+        assert!(fit.max_rel_residual < 1e-9);
+        // With ±5 % noise the fit still lands near the truth and reports the noise.
+        let noisy: Vec<(StepShape, f64)> = samples
+            .iter()
+            .enumerate()
+            .map(|(i, (s, y))| (*s, y * if i % 2 == 0 { 1.05 } else { 0.95 }))
+            .collect();
+        let (got, fit) = fit_cost_model(&noisy, &CostModel::constant(0.0)).unwrap();
+        assert!((got.per_decode_seq_s / truth.per_decode_seq_s - 1.0).abs() < 0.25);
+        assert!(fit.rms_rel_residual > 0.01 && fit.rms_rel_residual < 0.06);
+    }
+}

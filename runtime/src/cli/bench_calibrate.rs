@@ -1,0 +1,115 @@
+//! `pagedrt bench calibrate`: time the real engine's forward pass over a designed set of step
+//! shapes and fit the simulator's cost model to them (`pagedrt simulate --cost-model F`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use scheduler::sim::CostModel;
+
+use super::bench_context::time;
+use super::engine_args::parse_bytes;
+use crate::calibrate::{design, fit_cost_model};
+use crate::engine::cpu_model;
+use crate::engine::synthetic::synthetic_step;
+use crate::model::llama::KvCache;
+use crate::model::resolve::resolve_source;
+
+#[derive(Args, Debug, Clone)]
+pub struct CalibrateArgs {
+    /// A model directory, a pulled model's name, dummy:<preset>, or nothing (default model).
+    #[arg(long)]
+    model: Option<String>,
+    /// Where to write the cost model (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// The KV cache the served engine will have (sets the model's capacity in tokens).
+    #[arg(long, default_value = "2GiB")]
+    kv_cache_memory: String,
+    /// Timed repetitions per shape (median); slow shapes run once.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+pub fn run(a: CalibrateArgs) -> Result<(), String> {
+    let source =
+        resolve_source(a.model.as_deref(), &mut |l| eprintln!("{l}")).map_err(|e| e.to_string())?;
+    let (model, _) = cpu_model(&source, 0).map_err(|e| e.to_string())?;
+    let b = crate::backend::cpu::CpuBackend;
+    let cfg = &model.config;
+    let mut samples = Vec::new();
+    for shape in design() {
+        let (mut cache, batch) = synthetic_step(
+            &b,
+            cfg,
+            shape.decodes,
+            shape.context,
+            shape.prefill,
+            a.block_size,
+        );
+        let s = time(a.reps, || {
+            let _ = model.forward(&b, &batch, &mut cache);
+        });
+        eprintln!(
+            "decodes {:>3} @ context {:>5} + prefill {:>5}: {:>9.2} ms",
+            shape.decodes,
+            shape.context,
+            shape.prefill,
+            s * 1e3
+        );
+        samples.push((shape, s));
+    }
+    let kv = 2.0 * (cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4) as f64;
+    let bytes = parse_bytes(&a.kv_cache_memory)?;
+    let blocks =
+        bytes / KvCache::<crate::backend::cpu::CpuBackend>::bytes_per_block(cfg, a.block_size);
+    let name = format!(
+        "calibrated:{}",
+        a.model
+            .as_deref()
+            .unwrap_or(crate::model::pull::DEFAULT_MODEL)
+    );
+    let base = CostModel {
+        name,
+        step_overhead_s: 0.0,
+        per_prefill_token_s: 0.0,
+        per_decode_seq_s: 0.0,
+        per_context_token_s: 0.0,
+        per_prefill_attention_pair_s: 0.0,
+        // Swapping on the CPU is a memory copy: ~10 GB/s here.
+        per_swap_byte_s: 1.0 / 10e9,
+        kv_bytes_per_token: kv,
+        kv_capacity_tokens: Some(blocks * a.block_size),
+    };
+    let (cm, fit) = fit_cost_model(&samples, &base)?;
+    println!("| decodes | context | prefill | measured ms | model ms | error |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (s, y) in &samples {
+        let p = fit.predict(&s.features());
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:+.1} % |",
+            s.decodes,
+            s.context,
+            s.prefill,
+            y * 1e3,
+            p * 1e3,
+            100.0 * (p - y) / y
+        );
+    }
+    println!(
+        "\nstep = {:.3e} + {:.3e}·prefill_tokens + {:.3e}·decode_seqs + {:.3e}·context_tokens \
+         + {:.3e}·prefill_pairs s; relative error RMS {:.1} %, max {:.1} %",
+        cm.step_overhead_s,
+        cm.per_prefill_token_s,
+        cm.per_decode_seq_s,
+        cm.per_context_token_s,
+        cm.per_prefill_attention_pair_s,
+        100.0 * fit.rms_rel_residual,
+        100.0 * fit.max_rel_residual
+    );
+    let j = serde_json::to_string_pretty(&cm).map_err(|e| e.to_string())?;
+    std::fs::write(&a.out, j + "\n").map_err(|e| format!("{}: {e}", a.out.display()))?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
