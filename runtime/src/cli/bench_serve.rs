@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use scheduler::sim::{LenDist, Slo};
 
 use crate::loadgen::arrivals::{arrival_times, Ramp};
@@ -80,6 +79,10 @@ pub struct BenchServeArgs {
     /// Run once per rate (comma-separated), overriding --request-rate.
     #[arg(long, value_delimiter = ',')]
     sweep_rates: Vec<f64>,
+    /// Write the requests as sent (time, prompt and output tokens as the server counted them)
+    /// as a trace for `pagedrt simulate --workload trace:PATH` (the last rate of a sweep).
+    #[arg(long)]
+    save_trace: Option<PathBuf>,
     /// Write SVG plots (latency CDFs; throughput and p99 TTFT/TPOT vs rate for sweeps).
     #[arg(long)]
     svg_dir: Option<PathBuf>,
@@ -121,16 +124,11 @@ fn run_once(
         seed: a.seed,
     })?;
     let arrivals = arrival_times(reqs.len(), rate, a.burstiness, ramp(a)?, a.seed)?;
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(reqs.len() as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} requests ({elapsed})")
-            .map_err(|e| e.to_string())?
-            .progress_chars("=> "),
-    );
+    let bar = super::progress_bar(
+        reqs.len(),
+        a.quiet,
+        "{msg} [{bar:40}] {pos}/{len} requests ({elapsed})",
+    )?;
     bar.set_message(format!("{rate} req/s"));
     let b2 = bar.clone();
     let (outcomes, secs) = rt.block_on(run_load(
@@ -202,10 +200,25 @@ pub fn run(a: BenchServeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         std::fs::write(p, j + "\n").map_err(|e| format!("{}: {e}", p.display()))?;
     }
+    if let (Some(p), Some((_, _, outcomes))) = (&a.save_trace, runs.last()) {
+        write_trace(p, outcomes)?;
+    }
     if let Some(d) = &a.svg_dir {
         plots(d, &runs)?;
     }
     Ok(())
+}
+
+/// The completed requests as simulator trace lines (JSONL).
+fn write_trace(path: &PathBuf, outcomes: &[Outcome]) -> Result<(), String> {
+    let mut text = String::new();
+    for o in outcomes.iter().filter(|o| o.ok()) {
+        let line = serde_json::json!({
+            "arrival_s": o.sent_s, "prompt_len": o.prompt_tokens, "output_len": o.output_tokens,
+        });
+        text += &format!("{line}\n");
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn plots(dir: &PathBuf, runs: &[(f64, BenchResult, Vec<Outcome>)]) -> Result<(), String> {

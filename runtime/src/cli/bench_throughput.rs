@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -61,16 +60,11 @@ pub fn run(a: ThroughputArgs) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())?;
     }
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(a.num_prompts as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("[{bar:40}] {pos}/{len} requests ({elapsed}, {msg})")
-            .map_err(|e| e.to_string())?
-            .progress_chars("=> "),
-    );
+    let bar = super::progress_bar(
+        a.num_prompts,
+        a.quiet,
+        "[{bar:40}] {pos}/{len} requests ({elapsed}, {msg})",
+    )?;
     let start = Instant::now();
     let (mut steps, mut out_tokens, mut finished, mut peak_usage) = (0u64, 0usize, 0u64, 0f64);
     while engine.has_unfinished() {

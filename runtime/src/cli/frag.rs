@@ -2,7 +2,6 @@
 //! budget), with a markdown table, JSON, CSV and SVG charts.
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use scheduler::frag::{
     final_len, prepare_workload, run_study, AllocatorReport, AllocatorSpec, Fit, FragConfig,
 };
@@ -144,18 +143,11 @@ pub fn run(a: FragArgs) -> Result<(), String> {
     if reqs.is_empty() {
         return Err("no request fits max_model_len with its max_tokens".into());
     }
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new((reqs.len() * specs.len()) as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} request replays ({elapsed}, eta {eta})",
-        )
-        .map_err(|e| e.to_string())?
-        .progress_chars("=> "),
-    );
+    let bar = super::progress_bar(
+        reqs.len() * specs.len(),
+        a.quiet,
+        "{msg} [{bar:40}] {pos}/{len} request replays ({elapsed}, eta {eta})",
+    )?;
     bar.set_message(format!("{} allocators", specs.len()));
     let reports = run_study(&cfg, &specs, &reqs, &|d| bar.inc(d as u64))?;
     bar.finish_and_clear();

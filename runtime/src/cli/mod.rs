@@ -58,6 +58,21 @@ pub enum BenchCommand {
     Calibrate(Box<bench_calibrate::CalibrateArgs>),
 }
 
+/// A progress bar of `len` steps with `template` (hidden when `quiet`).
+fn progress_bar(len: usize, quiet: bool, template: &str) -> Result<indicatif::ProgressBar, String> {
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(len as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    Ok(bar)
+}
+
 /// Parses the arguments, runs the subcommand, and turns its error into a message and exit
 /// code 1 (2 for bad arguments, as clap does).
 pub fn main() -> ExitCode {

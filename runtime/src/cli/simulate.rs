@@ -1,7 +1,6 @@
 //! `pagedrt simulate`: the scheduler on a virtual clock, with reports.
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use scheduler::sim::{simulate, CostModel, SimConfig, SimResult, Slo};
 use scheduler::{policy::POLICY_NAMES, PreemptionMode, SchedulerConfig};
 use std::io::Write;
@@ -100,16 +99,11 @@ fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> Result<SimConfig
 fn run_one(a: &SimulateArgs, policy: &str, rate: f64) -> Result<SimResult, String> {
     let (reqs, prefix_len) = a.workload.generate(rate)?;
     let cfg = config(a, policy, prefix_len)?;
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(reqs.len() as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} requests ({elapsed})")
-            .map_err(|e| e.to_string())?
-            .progress_chars("=> "),
-    );
+    let bar = super::progress_bar(
+        reqs.len(),
+        a.quiet,
+        "{msg} [{bar:40}] {pos}/{len} requests ({elapsed})",
+    )?;
     bar.set_message(format!("{policy} @ {rate} req/s"));
     let r = simulate(&cfg, &reqs, &mut |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
