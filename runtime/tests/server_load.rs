@@ -12,7 +12,8 @@ use std::io::Read;
 use std::sync::Arc;
 
 use common::http::{
-    metric, post_completion, request, send_completion, sse_data, start, tiny_model_config,
+    metric, post_completion, request, send_completion, sse_data, start, start_with_engine,
+    tiny_model_config,
 };
 use rand::{Rng, SeedableRng};
 use runtime::engine::{cpu_dummy_engine, EngineConfig};
@@ -212,7 +213,45 @@ fn server_under_load() {
     concurrent_streams_equal_sequential_requests();
     disconnect_storm_leaks_no_page();
     a_full_queue_answers_429_with_retry_after();
+    an_engine_error_is_a_500_and_the_engine_keeps_serving();
     metrics_pass_promtool();
+}
+
+fn an_engine_error_is_a_500_and_the_engine_keeps_serving() {
+    let spec = tiny_model_config();
+    let core = cpu_dummy_engine(
+        spec.to_str().unwrap(),
+        EngineConfig {
+            num_blocks: 256,
+            ..EngineConfig::default()
+        },
+        7,
+    )
+    .unwrap();
+    let (port, engine) = start_with_engine(core, MODEL, None);
+    let long = std::thread::spawn(move || {
+        let mut body = completion(0, false);
+        body["max_tokens"] = json!(1500);
+        post_completion(port, &body)
+    });
+    for _ in 0..500 {
+        if metric(&metrics_text(port), "pagedrt:num_requests_running") == Some(1.0) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    engine.fail_next_step();
+    let r = long.join().unwrap();
+    assert_eq!(r.status, 500, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("injected fault"), "{msg}");
+    assert_eq!(v["error"]["type"], "server_error");
+    // The failed request's pages are free, and the engine serves the next request.
+    wait_until_drained(port);
+    let r = post_completion(port, &completion(1, false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(request(port, "GET", "/health", b"", None).status, 200);
 }
 
 /// `promtool check metrics` (Debian package `prometheus`) on the live exposition. `.ci/run`

@@ -23,6 +23,8 @@ enum Command {
         oneshot::Sender<Result<(), EngineError>>,
     ),
     Abort(u64),
+    /// Fault injection: the next step fails as an engine error would.
+    FailNextStep,
     Shutdown,
 }
 
@@ -55,6 +57,7 @@ impl EngineHandle {
             .name("pagedrt-engine".into())
             .spawn(move || {
                 let mut streams: HashMap<u64, tmpsc::UnboundedSender<TokenOutput>> = HashMap::new();
+                let mut fail_next = false;
                 'outer: loop {
                     // Block for work when idle; otherwise take whatever has arrived.
                     let mut cmds = vec![];
@@ -79,6 +82,7 @@ impl EngineHandle {
                                 core.abort(id);
                                 streams.remove(&id);
                             }
+                            Command::FailNextStep => fail_next = true,
                             Command::Shutdown => break 'outer,
                         }
                     }
@@ -86,7 +90,14 @@ impl EngineHandle {
                         on_step(&core, None);
                         continue;
                     }
-                    let outputs = match core.step() {
+                    let step = if std::mem::take(&mut fail_next) {
+                        Err(EngineError::Config(
+                            "injected fault (EngineHandle::fail_next_step)".into(),
+                        ))
+                    } else {
+                        core.step()
+                    };
+                    let outputs = match step {
                         Ok(o) => o,
                         Err(e) => {
                             // The requests in flight end (their streams close with the
@@ -98,6 +109,7 @@ impl EngineHandle {
                                 core.abort(id);
                             }
                             *last_error2.lock() = Some(e.to_string());
+                            on_step(&core, None);
                             continue;
                         }
                     };
@@ -153,6 +165,12 @@ impl EngineHandle {
 
     pub fn abort(&self, request: u64) {
         let _ = self.tx.send(Command::Abort(request));
+    }
+
+    /// Makes the next step fail as an engine error would (for fault-injection tests): the
+    /// requests in flight end with the error, the engine keeps serving.
+    pub fn fail_next_step(&self) {
+        let _ = self.tx.send(Command::FailNextStep);
     }
 
     pub fn shutdown(&self) {

@@ -13,7 +13,21 @@ where
     B: runtime::backend::Backend + Send + 'static,
     B::Buf: Send,
 {
+    start_with_engine(core, model, api_key).0
+}
+
+/// [`start`], also returning the engine's handle (for fault injection).
+pub fn start_with_engine<B>(
+    core: EngineCore<B>,
+    model: &str,
+    api_key: Option<&str>,
+) -> (u16, runtime::engine::handle::EngineHandle)
+where
+    B: runtime::backend::Backend + Send + 'static,
+    B::Buf: Send,
+{
     let state = state_for(core, model.into(), api_key.map(str::to_string)).unwrap();
+    let engine = state.engine.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
@@ -28,7 +42,7 @@ where
             serve(l, state).await.unwrap();
         });
     });
-    port
+    (port, engine)
 }
 
 /// A response: status, header block (lower-case names) and body.
