@@ -113,20 +113,28 @@ fn measured_latencies_match_the_injected_delays() {
     let (ttft, itl) = (TTFT_MS as f64 / 1e3, ITL_MS as f64 / 1e3);
     for o in &out[..3] {
         assert!(o.ok(), "{:?}", o.error);
+        // A client can never see a token before the server sent it; late wake-ups on a
+        // busy 2-core machine only add, so the upper bounds are looser than the lower ones.
         let t = o.ttft_s.unwrap();
-        assert!(t >= ttft && t < ttft + 0.06, "TTFT {t}");
+        assert!(t >= ttft && t < ttft + 0.1, "TTFT {t}");
         assert_eq!(o.itls_s.len(), TOKENS - 1);
         for &g in &o.itls_s {
-            assert!(g >= itl * 0.9 && g < itl + 0.04, "ITL {g}");
+            assert!(g >= itl * 0.9 && g < itl + 0.1, "ITL {g}");
         }
+        let mean = o.itls_s.iter().sum::<f64>() / o.itls_s.len() as f64;
+        assert!(mean < itl + 0.02, "mean ITL {mean}");
         assert_eq!(o.output_tokens, TOKENS, "counted from usage");
         assert_eq!(o.prompt_tokens, 5, "the server's prompt count wins");
         let tpot = o.tpot_s().unwrap();
-        assert!(tpot >= itl * 0.9 && tpot < itl + 0.04, "TPOT {tpot}");
+        assert!(tpot >= itl * 0.9 && tpot < itl + 0.02, "TPOT {tpot}");
         assert!(o.e2e_s >= ttft + (TOKENS - 1) as f64 * itl * 0.9);
     }
     // Requests were sent at their times: the third one 50 ms after the first.
-    assert!((out[2].sent_s - 0.05).abs() < 0.03, "{}", out[2].sent_s);
+    assert!(
+        out[2].sent_s >= 0.045 && out[2].sent_s < 0.15,
+        "{}",
+        out[2].sent_s
+    );
     let e = out[3].error.as_deref().unwrap();
     assert!(
         e.contains("HTTP 400") && e.contains("max_tokens must be at least 1"),
