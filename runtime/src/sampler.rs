@@ -4,7 +4,7 @@
 //! whatever else shares the batch.
 
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 /// How a request wants its tokens chosen (OpenAI and vLLM semantics).
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +80,17 @@ fn log_softmax_of(logits: &[f32], ids: impl Iterator<Item = u32>) -> Vec<(u32, f
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
     ids.map(|i| (i, logits[i as usize] - lse)).collect()
+}
+
+/// The random generator of sample `index` of `request`: seeded from the request's seed
+/// (or its id) plus the sample index, so every sample is reproducible on its own, whatever
+/// else is in the batch. The engine and the no-cache reference both draw from it.
+pub fn sample_rng(params: &SamplingParams, request: u64, index: usize) -> StdRng {
+    let seed = params
+        .seed
+        .unwrap_or_else(|| request.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(index as u64);
+    StdRng::seed_from_u64(seed)
 }
 
 /// Samples one token from `logits` (modified in place by the penalties).

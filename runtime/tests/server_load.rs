@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use common::http::{
     metric, post_completion, request, send_completion, sse_data, start, start_with_engine,
-    tiny_model_config,
+    tiny_engine, tiny_model_config,
 };
 use rand::{Rng, SeedableRng};
 use runtime::engine::{cpu_dummy_engine, EngineConfig};
@@ -218,17 +218,7 @@ fn server_under_load() {
 }
 
 fn an_engine_error_is_a_500_and_the_engine_keeps_serving() {
-    let spec = tiny_model_config();
-    let core = cpu_dummy_engine(
-        spec.to_str().unwrap(),
-        EngineConfig {
-            num_blocks: 256,
-            ..EngineConfig::default()
-        },
-        7,
-    )
-    .unwrap();
-    let (port, engine) = start_with_engine(core, MODEL, None);
+    let (port, engine) = start_with_engine(tiny_engine(256, 7), MODEL, None);
     let long = std::thread::spawn(move || {
         let mut body = completion(0, false);
         body["max_tokens"] = json!(1500);

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use block_manager::{BlockManager, BlockManagerConfig, SeqId};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 use scheduler::{policy, FinishReason, Request, Scheduler, SchedulerConfig, StepResult};
 
 use super::executor::{build_batch, run_copies, HostCache};
@@ -17,7 +16,7 @@ use super::EngineError;
 use crate::backend::Backend;
 use crate::model::llama::{KvCache, LlamaModel};
 use crate::model::tokenizer::{IncrementalDecoder, Tokenizer};
-use crate::sampler::{sample, Sampled, SamplingParams};
+use crate::sampler::{sample, sample_rng, Sampled, SamplingParams};
 
 /// Sizing and policy of an engine.
 #[derive(Debug, Clone)]
@@ -87,20 +86,16 @@ struct SampleState {
 }
 
 impl SampleState {
-    /// Sample `index` of `request`. Its RNG is seeded from the request's seed (or its id)
-    /// plus the sample index, so every sample is reproducible on its own.
+    /// Sample `index` of `request`, with its own generator ([`sample_rng`]).
     fn new(request: u64, index: usize, params: Arc<SamplingParams>, prompt: Arc<Vec<u32>>) -> Self {
-        let seed = params
-            .seed
-            .unwrap_or_else(|| request.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            .wrapping_add(index as u64);
+        let rng = sample_rng(&params, request, index);
         SampleState {
             request,
             index,
             params,
             prompt,
             output: vec![],
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             detok: IncrementalDecoder::new(),
             text: StopText::default(),
         }

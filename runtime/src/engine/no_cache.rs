@@ -8,11 +8,10 @@
 //! are overwritten from position 0 at the next step, never reused across steps.
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 
 use crate::backend::{Backend, Batch, BatchSeq};
 use crate::model::llama::{KvCache, LlamaModel};
-use crate::sampler::{sample, SamplingParams};
+use crate::sampler::{sample, sample_rng, SamplingParams};
 
 /// A batch that computes every token of each sequence from position 0, sequence `i` in
 /// scratch pages laid out after those of sequence `i − 1`, with the logits of each
@@ -96,13 +95,7 @@ impl<'a, B: Backend> NoCacheRunner<'a, B> {
         let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
         let mut outs: Vec<Vec<u32>> = vec![vec![]; prompts.len()];
         let mut rngs: Vec<StdRng> = (0..prompts.len() as u64)
-            .map(|i| {
-                StdRng::seed_from_u64(
-                    params
-                        .seed
-                        .unwrap_or_else(|| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-                )
-            })
+            .map(|i| sample_rng(params, i, 0))
             .collect();
         let mut live: Vec<usize> = (0..prompts.len()).collect();
         while !live.is_empty() {
