@@ -105,10 +105,12 @@ impl EngineHandle {
                             tracing::error!(
                                 "engine step failed: {e}; aborting the requests in flight"
                             );
+                            // Record the error before closing the streams: a handler that
+                            // sees its stream end reads it at once.
+                            *last_error2.lock() = Some(e.to_string());
                             for (id, _) in streams.drain() {
                                 core.abort(id);
                             }
-                            *last_error2.lock() = Some(e.to_string());
                             on_step(&core, None);
                             continue;
                         }
