@@ -1,6 +1,7 @@
-//! The KV layout contract (`layout`) and the kernels that follow it (`cpu`; CUDA next).
+//! The KV layout contract (`layout`) and the kernels that follow it (`cpu`, `cuda`).
 
 pub mod cpu;
+pub mod cuda;
 pub mod layout;
 
 pub use layout::KvLayout;

@@ -1,0 +1,49 @@
+// Writing into and copying between pages of the KV cache (layout: kernels/src/layout.rs,
+// [num_blocks, num_kv_heads, block_size, head_dim] per layer for K and for V).
+
+/// Scatters each new token's K and V rows into its slot; slot -1 is padding and is skipped.
+/// Grid: one block per token. `k_stride`/`v_stride` are the distances between tokens' rows
+/// in elements, so K and V can be read straight out of a fused QKV projection.
+template <typename T>
+__device__ void write_kv(T* __restrict__ k_cache, T* __restrict__ v_cache,
+                         const T* __restrict__ k, const T* __restrict__ v,
+                         const i64* __restrict__ slot_mapping, int num_kv_heads, int head_dim,
+                         int block_size, int k_stride, int v_stride) {
+    const int t = blockIdx.x;
+    const i64 slot = slot_mapping[t];
+    if (slot < 0) return;
+    const i64 block = slot / block_size, off = slot % block_size;
+    const int n = num_kv_heads * head_dim;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int h = i / head_dim, d = i % head_dim;
+        const i64 dst = ((block * num_kv_heads + h) * block_size + off) * head_dim + d;
+        k_cache[dst] = k[(i64)t * k_stride + i];
+        v_cache[dst] = v[(i64)t * v_stride + i];
+    }
+}
+
+/// Copy-on-write for every layer at once. `caches` holds the K and V cache pointers of all
+/// layers (2 * num_layers); `pairs` holds (src, dst) block numbers. Grid: (pairs, caches).
+template <typename T>
+__device__ void copy_blocks(const unsigned long long* __restrict__ caches,
+                            const int* __restrict__ pairs, i64 block_elems) {
+    T* cache = reinterpret_cast<T*>(caches[blockIdx.y]);
+    const i64 src = (i64)pairs[2 * blockIdx.x] * block_elems;
+    const i64 dst = (i64)pairs[2 * blockIdx.x + 1] * block_elems;
+    for (i64 i = threadIdx.x; i < block_elems; i += blockDim.x) cache[dst + i] = cache[src + i];
+}
+
+#define CACHE_OPS(T, S)                                                                       \
+    extern "C" __global__ void write_kv_##S(T* kc, T* vc, const T* k, const T* v,            \
+                                            const i64* slots, int kvh, int hd, int bs,       \
+                                            int ks, int vs) {                                \
+        write_kv<T>(kc, vc, k, v, slots, kvh, hd, bs, ks, vs);                                \
+    }                                                                                         \
+    extern "C" __global__ void copy_blocks_##S(const unsigned long long* caches,             \
+                                               const int* pairs, i64 block_elems) {          \
+        copy_blocks<T>(caches, pairs, block_elems);                                           \
+    }
+
+CACHE_OPS(float, f32)
+CACHE_OPS(bf16, bf16)
+CACHE_OPS(f16, f16)

@@ -1,0 +1,133 @@
+// Paged attention for a mixed batch: each sequence's chunk of query tokens attends to its
+// cached context plus the causal part of the chunk (whose K/V write_kv stored first), so
+// prefill, chunked prefill and decode rows are one code path.
+//
+// Flash-attention style: a block owns PREFILL_ROWS (token, query head) rows of one KV group
+// (tokens_per_tile tokens x G heads), streams the context through shared memory KEYS keys at
+// a time, and keeps each row's running max, sum and output in registers (online softmax, f32).
+// The host lists the tiles (sequence, first token) so no block searches for its work.
+// Scores and the V update run on CUDA cores; tensor-core MMA is the next step.
+
+#define PREFILL_ROWS 32
+#define PREFILL_WARPS 4
+#define ROWS_PER_WARP (PREFILL_ROWS / PREFILL_WARPS)
+
+template <typename T, int HD>
+__device__ void paged_attention_prefill(
+    T* __restrict__ out, const T* __restrict__ q, const T* __restrict__ k_cache,
+    const T* __restrict__ v_cache, const int* __restrict__ block_tables, int max_blocks,
+    const int* __restrict__ cu_query, const int* __restrict__ context_lens,
+    const int* __restrict__ tile_seq, const int* __restrict__ tile_first, int tokens_per_tile,
+    int num_heads, int num_kv_heads, int block_size, float scale, int q_stride) {
+    // Keys per tile: 32 (one per lane) unless a K row is 512 bytes or more, to stay within
+    // 48 KiB of shared memory. Rows of k_s are padded to an odd number of words so lanes
+    // reading "their" key hit distinct banks.
+    constexpr int KEYS = HD * sizeof(T) >= 512 ? 16 : 32;
+    constexpr int PAD = 4 / sizeof(T);
+    constexpr int DPL = HD / 32;  // output dims per lane
+    __shared__ T q_s[PREFILL_ROWS][HD];
+    __shared__ T k_s[KEYS][HD + PAD];
+    __shared__ T v_s[KEYS][HD];
+
+    const int tile = blockIdx.x, kvh = blockIdx.y;
+    const int seq = tile_seq[tile];
+    const int G = num_heads / num_kv_heads;
+    const int q0 = cu_query[seq], qlen = cu_query[seq + 1] - q0;
+    const int past = context_lens[seq] - qlen;  // positions before the chunk
+    const int first = tile_first[tile];
+    const int ntok = min(tokens_per_tile, qlen - first);
+    const int rows = ntok * G;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int* table = block_tables + (i64)seq * max_blocks;
+    const T zero = from_f32<T>(0.f);
+
+    for (int i = tid; i < PREFILL_ROWS * HD; i += blockDim.x) {
+        const int r = i / HD, d = i % HD;
+        T v = zero;
+        if (r < rows)
+            v = q[(i64)(q0 + first + r / G) * q_stride + (kvh * G + r % G) * HD + d];
+        q_s[r][d] = v;
+    }
+
+    float m[ROWS_PER_WARP], l[ROWS_PER_WARP], acc[ROWS_PER_WARP][DPL];
+#pragma unroll
+    for (int k = 0; k < ROWS_PER_WARP; ++k) {
+        m[k] = NEG_INF;
+        l[k] = 0.f;
+#pragma unroll
+        for (int e = 0; e < DPL; ++e) acc[k][e] = 0.f;
+    }
+
+    const int last_pos = past + first + ntok - 1;  // the tile's last query position
+    for (int kt = 0; kt <= last_pos; kt += KEYS) {
+        __syncthreads();  // the previous tile's readers are done (and q_s is written)
+        for (int i = tid; i < KEYS * HD; i += blockDim.x) {
+            const int j = i / HD, d = i % HD, pos = kt + j;
+            T kv = zero, vv = zero;
+            if (pos <= last_pos) {
+                const i64 off = (((i64)table[pos / block_size] * num_kv_heads + kvh) * block_size +
+                                 pos % block_size) * HD + d;
+                kv = k_cache[off];
+                vv = v_cache[off];
+            }
+            k_s[j][d] = kv;
+            v_s[j][d] = vv;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < ROWS_PER_WARP; ++k) {
+            const int r = warp * ROWS_PER_WARP + k;
+            const int qpos = past + first + r / G;
+            // Uniform over the warp: r and qpos depend on warp and k only.
+            if (r < rows && kt <= qpos) {
+                float s = NEG_INF;
+                if (lane < KEYS && kt + lane <= qpos) {
+                    float d = 0.f;
+#pragma unroll 8
+                    for (int dd = 0; dd < HD; ++dd) d += to_f32(q_s[r][dd]) * to_f32(k_s[lane][dd]);
+                    s = d * scale;
+                }
+                const float mn = fmaxf(m[k], warp_max(s));  // finite: key kt is visible
+                const float alpha = __expf(m[k] - mn);
+                const float p = __expf(s - mn);
+                l[k] = l[k] * alpha + warp_sum(p);
+#pragma unroll
+                for (int e = 0; e < DPL; ++e) acc[k][e] *= alpha;
+                for (int j = 0; j < KEYS; ++j) {
+                    const float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+                    for (int e = 0; e < DPL; ++e) acc[k][e] += pj * to_f32(v_s[j][lane + 32 * e]);
+                }
+                m[k] = mn;
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < ROWS_PER_WARP; ++k) {
+        const int r = warp * ROWS_PER_WARP + k;
+        if (r < rows) {
+            const i64 row = ((i64)(q0 + first + r / G) * num_heads + kvh * G + r % G) * HD;
+#pragma unroll
+            for (int e = 0; e < DPL; ++e) out[row + lane + 32 * e] = from_f32<T>(acc[k][e] / l[k]);
+        }
+    }
+}
+
+#define PREFILL(T, S, HD)                                                                     \
+    extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32)                          \
+        paged_attention_prefill_##S##_hd##HD(                                                 \
+            T* out, const T* q, const T* kc, const T* vc, const int* bt, int mb,              \
+            const int* cu, const int* cl, const int* ts, const int* tf, int tpt, int nh,      \
+            int nkv, int bs, float sc, int qs) {                                              \
+        paged_attention_prefill<T, HD>(out, q, kc, vc, bt, mb, cu, cl, ts, tf, tpt, nh, nkv,  \
+                                       bs, sc, qs);                                           \
+    }
+
+PREFILL(float, f32, 64)
+PREFILL(float, f32, 128)
+PREFILL(bf16, bf16, 64)
+PREFILL(bf16, bf16, 128)
+PREFILL(bf16, bf16, 256)
+PREFILL(f16, f16, 64)
+PREFILL(f16, f16, 128)
+PREFILL(f16, f16, 256)
