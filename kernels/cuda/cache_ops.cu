@@ -1,17 +1,18 @@
 // Writing into and copying between pages of the KV cache (layout: kernels/src/layout.rs,
 // [num_blocks, num_kv_heads, block_size, head_dim] per layer for K and for V).
 
-/// Scatters each new token's K and V rows into its slot; slot -1 is padding and is skipped.
+/// Scatters each new token's K and V rows into its slot; slot -1 is padding and is skipped,
+/// and so is a slot past the cache's end (`num_slots`), which would otherwise corrupt memory.
 /// Grid: one block per token. `k_stride`/`v_stride` are the distances between tokens' rows
 /// in elements, so K and V can be read straight out of a fused QKV projection.
 template <typename T>
 __device__ void write_kv(T* __restrict__ k_cache, T* __restrict__ v_cache,
                          const T* __restrict__ k, const T* __restrict__ v,
                          const i64* __restrict__ slot_mapping, int num_kv_heads, int head_dim,
-                         int block_size, int k_stride, int v_stride) {
+                         int block_size, int k_stride, int v_stride, i64 num_slots) {
     const int t = blockIdx.x;
     const i64 slot = slot_mapping[t];
-    if (slot < 0) return;
+    if (slot < 0 || slot >= num_slots) return;
     const i64 block = slot / block_size, off = slot % block_size;
     const int n = num_kv_heads * head_dim;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -36,8 +37,8 @@ __device__ void copy_blocks(const unsigned long long* __restrict__ caches,
 #define CACHE_OPS(T, S)                                                                       \
     extern "C" __global__ void write_kv_##S(T* kc, T* vc, const T* k, const T* v,            \
                                             const i64* slots, int kvh, int hd, int bs,       \
-                                            int ks, int vs) {                                \
-        write_kv<T>(kc, vc, k, v, slots, kvh, hd, bs, ks, vs);                                \
+                                            int ks, int vs, i64 nslots) {                    \
+        write_kv<T>(kc, vc, k, v, slots, kvh, hd, bs, ks, vs, nslots);                        \
     }                                                                                         \
     extern "C" __global__ void copy_blocks_##S(const unsigned long long* caches,             \
                                                const int* pairs, i64 block_elems) {          \

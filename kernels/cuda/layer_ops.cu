@@ -70,13 +70,16 @@ __device__ void silu_and_mul(T* __restrict__ out, const T* __restrict__ gate_up,
     }
 }
 
-/// out[t] = table[ids[t]].
+/// out[t] = table[ids[t]]; an id outside the vocabulary gives a zero row, not a stray read.
 template <typename T>
 __device__ void embedding(T* __restrict__ out, const T* __restrict__ table,
-                          const int* __restrict__ ids, int dim) {
+                          const int* __restrict__ ids, int dim, int vocab) {
     const i64 t = blockIdx.x;
-    const T* src = table + (i64)ids[t] * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[t * dim + i] = src[i];
+    const int id = ids[t];
+    const bool ok = id >= 0 && id < vocab;
+    const T* src = table + (i64)(ok ? id : 0) * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        out[t * dim + i] = ok ? src[i] : from_f32<T>(0.f);
 }
 
 /// x += y, element-wise over n elements (grid-stride).
@@ -103,8 +106,8 @@ __device__ void add_inplace(T* __restrict__ x, const T* __restrict__ y, i64 n) {
         silu_and_mul<T>(out, gu, inter);                                                      \
     }                                                                                         \
     extern "C" __global__ void embedding_##S(T* out, const T* table, const int* ids,         \
-                                             int dim) {                                       \
-        embedding<T>(out, table, ids, dim);                                                   \
+                                             int dim, int vocab) {                            \
+        embedding<T>(out, table, ids, dim, vocab);                                            \
     }                                                                                         \
     extern "C" __global__ void add_inplace_##S(T* x, const T* y, i64 n) {                     \
         add_inplace<T>(x, y, n);                                                              \

@@ -8,6 +8,15 @@
 use kernels::cuda::libs::{locate, CudaLib};
 use kernels::cuda::{compile, nvrtc, source, Arch};
 
+/// Reports a skipped test on the terminal even while the harness captures output: a direct
+/// write to stderr bypasses the capture that `eprintln!` goes through.
+macro_rules! report_skip {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {}", format_args!($($arg)*));
+    }};
+}
+
 fn nvrtc_or_skip() -> bool {
     match locate(CudaLib::Nvrtc) {
         Ok(_) => true,
@@ -16,7 +25,7 @@ fn nvrtc_or_skip() -> bool {
                 std::env::var_os("PAGEDRT_REQUIRE_NVRTC").is_none(),
                 "NVRTC is required (PAGEDRT_REQUIRE_NVRTC is set): {e}"
             );
-            eprintln!("SKIPPED: NVRTC not found, CUDA kernels not compiled: {e}");
+            report_skip!("NVRTC not found, CUDA kernels not compiled: {e}");
             false
         }
     }

@@ -7,6 +7,15 @@ mod common;
 
 use common::http::{start, tiny_engine};
 
+/// Reports a skipped test on the terminal even while the harness captures output: a direct
+/// write to stderr bypasses the capture that `eprintln!` goes through.
+macro_rules! report_skip {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {}", format_args!($($arg)*));
+    }};
+}
+
 #[test]
 fn the_official_python_client_works_against_the_server() {
     let Some(python) = std::env::var_os("PAGEDRT_OPENAI_PYTHON") else {
@@ -14,8 +23,8 @@ fn the_official_python_client_works_against_the_server() {
             std::env::var_os("PAGEDRT_REQUIRE_OPENAI").is_none(),
             "PAGEDRT_REQUIRE_OPENAI is set but PAGEDRT_OPENAI_PYTHON is not"
         );
-        eprintln!(
-            "SKIPPED the_official_python_client_works_against_the_server: set \
+        report_skip!(
+            "the_official_python_client_works_against_the_server: set \
              PAGEDRT_OPENAI_PYTHON to a python with `openai` installed (.ci/run does)"
         );
         return;

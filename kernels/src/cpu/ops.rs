@@ -111,6 +111,17 @@ impl Rope {
         self.max_pos
     }
 
+    /// `[max_pos, 2 * half]`: per position the cosines, then the sines. The CUDA kernel reads
+    /// this table, so both backends rotate by the very same f32 values.
+    pub fn cos_sin_table(&self) -> Vec<f32> {
+        let mut t = Vec::with_capacity(self.max_pos * 2 * self.half);
+        for p in 0..self.max_pos {
+            t.extend_from_slice(&self.cos[p * self.half..(p + 1) * self.half]);
+            t.extend_from_slice(&self.sin[p * self.half..(p + 1) * self.half]);
+        }
+        t
+    }
+
     /// Rotates every head of `x` (`[num_tokens, num_heads, 2 * half]`) in place, Hugging Face
     /// `rotate_half` style: element `i` pairs with `i + half`.
     pub fn apply(&self, x: &mut [f32], positions: &[usize], num_heads: usize) {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
     #[error(
-        "the CUDA library {lib} was not found (searched the loader path and {searched:?}); \
-         install it, or set PAGEDRT_CUDA_LIB_DIR to the folder that holds it"
+        "the CUDA library {lib} was not found (searched the loader path and the existing \
+         folders {searched:?}); install it, or set PAGEDRT_CUDA_LIB_DIR to its folder"
     )]
     LibraryNotFound { lib: String, searched: Vec<PathBuf> },
     #[error("NVRTC failed to compile {file} for {arch}:\n{log}")]

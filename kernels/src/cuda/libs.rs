@@ -144,7 +144,7 @@ pub fn locate(lib: CudaLib) -> Result<Found, CudaError> {
             .find(|p| p.is_file() && load_with_companions(lib, p))
             .ok_or_else(|| CudaError::LibraryNotFound {
                 lib: lib.name().into(),
-                searched: dirs.clone(),
+                searched: existing(&dirs),
             })?;
         if !lib.loadable_by_cudarc() {
             return Err(CudaError::LibraryNotFound {
@@ -178,6 +178,11 @@ fn load_with_companions(lib: CudaLib, path: &Path) -> bool {
         }
     }
     load_globally(path)
+}
+
+/// The folders of `dirs` that exist: the ones worth naming in an error.
+fn existing(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter().filter(|d| d.is_dir()).cloned().collect()
 }
 
 /// Opens `path` with RTLD_GLOBAL and keeps it open for the life of the process.

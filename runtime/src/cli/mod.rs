@@ -2,8 +2,10 @@
 
 mod bench_calibrate;
 mod bench_context;
+mod bench_kernels;
 mod bench_serve;
 mod bench_throughput;
+mod doctor;
 mod engine_args;
 mod frag;
 mod generate;
@@ -44,6 +46,9 @@ pub enum Command {
     Pull(model_cmds::PullArgs),
     /// Import a GGUF file into a Hugging Face model directory.
     Convert(model_cmds::ConvertArgs),
+    /// CUDA readiness: libraries, devices, kernel compilation (--compile-kernels) and the
+    /// GPU self-test of every kernel (--selftest).
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,6 +61,8 @@ pub enum BenchCommand {
     Serve(Box<bench_serve::BenchServeArgs>),
     /// Fit the simulator's cost model to this engine's measured step times.
     Calibrate(Box<bench_calibrate::CalibrateArgs>),
+    /// CUDA kernel timings: copy bandwidth, decode attention, paging cost, prefill TFLOP/s.
+    Kernels(bench_kernels::BenchKernelsArgs),
 }
 
 /// A progress bar of `len` steps with `template` (hidden when `quiet`).
@@ -88,6 +95,8 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::Calibrate(args)) => bench_calibrate::run(*args),
         Command::Pull(args) => model_cmds::run_pull(args),
         Command::Convert(args) => model_cmds::run_convert(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Bench(BenchCommand::Kernels(args)) => bench_kernels::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

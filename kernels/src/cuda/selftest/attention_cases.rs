@@ -1,0 +1,306 @@
+//! Paged attention cases against a float64 attention that gathers each sequence's K/V
+//! position by position (no tiles, no online softmax: a different algorithm from both the
+//! CPU and the CUDA kernels).
+
+use super::{down, poisoned, to_f32, tolerance, twice, up, Check, Rng};
+use crate::cuda::attention::{
+    paged_attention_decode, paged_attention_prefill, AttentionInputs, DecodeWorkspace,
+};
+use crate::cuda::{Gpu, GpuElem};
+use crate::layout::KvLayout;
+
+/// One attention problem: sequences with (query length, context length), a cache with
+/// shuffled pages, queries.
+struct Problem<E> {
+    layout: KvLayout,
+    num_heads: usize,
+    seqs: Vec<(usize, usize)>,
+    max_blocks: usize,
+    tables: Vec<i32>,
+    k_cache: Vec<E>,
+    v_cache: Vec<E>,
+    q: Vec<E>,
+}
+
+impl<E: GpuElem> Problem<E> {
+    fn new(
+        rng: &mut Rng,
+        head_dim: usize,
+        num_kv_heads: usize,
+        group: usize,
+        block_size: usize,
+        seqs: Vec<(usize, usize)>,
+        contiguous: bool,
+    ) -> Self {
+        let max_blocks = seqs
+            .iter()
+            .map(|s| s.1.div_ceil(block_size))
+            .max()
+            .unwrap_or(1);
+        let total: usize = seqs.iter().map(|s| s.1.div_ceil(block_size)).sum();
+        let num_blocks = total + 3;
+        let mut pages: Vec<i32> = (0..num_blocks as i32).collect();
+        if !contiguous {
+            rng.shuffle(&mut pages);
+        }
+        let mut tables = vec![0i32; seqs.len() * max_blocks];
+        let mut next = 0;
+        for (s, &(_, ctx)) in seqs.iter().enumerate() {
+            for b in 0..ctx.div_ceil(block_size) {
+                tables[s * max_blocks + b] = pages[next];
+                next += 1;
+            }
+        }
+        let layout = KvLayout {
+            num_blocks,
+            num_kv_heads,
+            block_size,
+            head_dim,
+        };
+        let num_heads = num_kv_heads * group;
+        let tokens: usize = seqs.iter().map(|s| s.0).sum();
+        Problem {
+            layout,
+            num_heads,
+            max_blocks,
+            tables,
+            k_cache: rng.vec(layout.elems(), 1.0),
+            v_cache: rng.vec(layout.elems(), 1.0),
+            q: rng.vec(tokens * num_heads * head_dim, 1.0),
+            seqs,
+        }
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.layout.head_dim as f32).sqrt()
+    }
+
+    /// softmax(q·Kᵀ·scale)·V per query row, in f64, positions 0..=p.
+    fn reference(&self) -> Vec<f64> {
+        let l = &self.layout;
+        let hd = l.head_dim;
+        let group = self.num_heads / l.num_kv_heads;
+        let mut out = Vec::new();
+        let mut row = 0;
+        for (s, &(qlen, ctx)) in self.seqs.iter().enumerate() {
+            let table: Vec<u32> = self.tables[s * self.max_blocks..(s + 1) * self.max_blocks]
+                .iter()
+                .map(|&b| b as u32)
+                .collect();
+            for i in 0..qlen {
+                let pos = ctx - qlen + i;
+                for h in 0..self.num_heads {
+                    let kvh = h / group;
+                    let q = &self.q[((row + i) * self.num_heads + h) * hd..][..hd];
+                    let scores: Vec<f64> = (0..=pos)
+                        .map(|p| {
+                            let k = &self.k_cache[l.offset(l.slot(&table, p), kvh)..][..hd];
+                            let dot: f64 = q
+                                .iter()
+                                .zip(k)
+                                .map(|(a, b)| a.to_f32() as f64 * b.to_f32() as f64)
+                                .sum();
+                            dot * self.scale() as f64
+                        })
+                        .collect();
+                    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                    let z: f64 = w.iter().sum();
+                    let mut o = vec![0.0; hd];
+                    for (p, wp) in w.iter().enumerate() {
+                        let v = &self.v_cache[l.offset(l.slot(&table, p), kvh)..][..hd];
+                        for (od, vd) in o.iter_mut().zip(v) {
+                            *od += wp / z * vd.to_f32() as f64;
+                        }
+                    }
+                    out.extend(o);
+                }
+            }
+            row += qlen;
+        }
+        out
+    }
+
+    fn describe(&self) -> String {
+        let ctx: Vec<usize> = self.seqs.iter().map(|s| s.1).collect();
+        let q: Vec<usize> = self.seqs.iter().map(|s| s.0).collect();
+        format!(
+            "hd {} heads {}/{} bs {} queries {:?} contexts {:?}",
+            self.layout.head_dim,
+            self.num_heads,
+            self.layout.num_kv_heads,
+            self.layout.block_size,
+            abbreviate(&q),
+            abbreviate(&ctx)
+        )
+    }
+
+    /// Runs the decode or the mixed-batch kernel on this problem, twice, against `reference`.
+    fn check(&self, gpu: &Gpu, decode: bool, reference: &[f64]) -> Check {
+        let kernel = if decode {
+            "paged_attention_decode"
+        } else {
+            "paged_attention_prefill"
+        };
+        twice(
+            kernel,
+            E::SUFFIX,
+            self.describe(),
+            tolerance::<E>(),
+            reference,
+            || self.run(gpu, decode),
+        )
+    }
+
+    fn run(&self, gpu: &Gpu, decode: bool) -> Result<Vec<f32>, crate::cuda::CudaError> {
+        let ctx: Vec<i32> = self.seqs.iter().map(|s| s.1 as i32).collect();
+        let (q, kc, vc) = (
+            up(gpu, &self.q)?,
+            up(gpu, &self.k_cache)?,
+            up(gpu, &self.v_cache)?,
+        );
+        let (bt, cl) = (up(gpu, &self.tables)?, up(gpu, &ctx)?);
+        let inp = AttentionInputs {
+            q: &q,
+            q_stride: self.num_heads * self.layout.head_dim,
+            k_cache: &kc,
+            v_cache: &vc,
+            layout: self.layout,
+            num_heads: self.num_heads,
+            scale: self.scale(),
+            block_tables: &bt,
+            max_blocks: self.max_blocks,
+            context_lens: &cl,
+        };
+        let mut out = poisoned::<E>(gpu, self.q.len())?;
+        if decode {
+            let max_ctx = self.seqs.iter().map(|s| s.1).max().unwrap_or(0);
+            let mut ws = DecodeWorkspace::default();
+            paged_attention_decode(gpu, &mut out, &inp, max_ctx, &mut ws)?;
+        } else {
+            let qlens: Vec<usize> = self.seqs.iter().map(|s| s.0).collect();
+            paged_attention_prefill(gpu, &mut out, &inp, &qlens)?;
+        }
+        Ok(to_f32(&down(gpu, &out)?))
+    }
+}
+
+fn abbreviate(v: &[usize]) -> String {
+    if v.len() <= 6 {
+        format!("{v:?}")
+    } else {
+        format!("{:?}.. ({} seqs)", &v[..4], v.len())
+    }
+}
+
+/// (head_dim, KV heads, group, block size, one entry per sequence).
+type Shape<S> = (usize, usize, usize, usize, Vec<S>);
+
+pub fn run<E: GpuElem>(gpu: &Gpu, quick: bool, push: &mut impl FnMut(Check)) {
+    let mut rng = Rng::new(11);
+    // Decode: head dims, GQA ratios, block sizes, short and long contexts, split-K or not.
+    // (head_dim, KV heads, group, block size, per-sequence shape)
+    let mut decode: Vec<Shape<usize>> = vec![
+        (64, 3, 3, 16, vec![1, 17, 300, 64]),
+        (128, 8, 4, 16, vec![2048; 16]),
+        (128, 8, 4, 16, vec![256; 64]),
+        (128, 2, 8, 8, vec![5000, 1, 33]),
+        (256, 1, 1, 32, vec![700, 3]),
+        (64, 4, 2, 256, vec![1000, 257, 256]),
+    ];
+    if !quick {
+        decode.push((128, 8, 4, 16, vec![32768]));
+        decode.push((128, 4, 8, 64, vec![9000, 4096, 1, 100]));
+        decode.push((64, 2, 5, 128, vec![3000; 8]));
+    }
+    let hds: &[usize] = if E::SUFFIX == "f32" {
+        &[64, 128]
+    } else {
+        &[64, 128, 256]
+    };
+    for (hd, kvh, g, bs, ctxs) in decode {
+        let seqs = ctxs.iter().map(|&c| (1, c)).collect();
+        let p = Problem::<E>::new(&mut rng, hd, kvh, g, bs, seqs, false);
+        let reference = p.reference();
+        push(p.check(gpu, true, &reference));
+        if !hds.contains(&hd) {
+            continue;
+        }
+        // The mixed-batch kernel must agree on decode rows too.
+        push(p.check(gpu, false, &reference));
+    }
+    // Mixed batches: prefill chunks with and without cached context, next to decodes.
+    let mut mixed: Vec<Shape<(usize, usize)>> = vec![
+        (64, 3, 3, 16, vec![(7, 7), (1, 40), (33, 100), (300, 300)]),
+        (128, 8, 4, 16, vec![(128, 128), (16, 2000), (1, 1)]),
+        (128, 2, 8, 1, vec![(50, 60), (5, 5)]),
+        (
+            64,
+            1,
+            1,
+            8,
+            vec![(1, 1), (2, 9), (31, 31), (32, 32), (33, 33)],
+        ),
+    ];
+    if !quick {
+        mixed.push((128, 8, 4, 16, vec![(1024, 1024), (512, 3000)]));
+        if E::SUFFIX != "f32" {
+            mixed.push((256, 2, 2, 32, vec![(100, 400), (9, 9)]));
+        }
+    }
+    for (hd, kvh, g, bs, seqs) in mixed {
+        let p = Problem::<E>::new(&mut rng, hd, kvh, g, bs, seqs, false);
+        let reference = p.reference();
+        push(p.check(gpu, false, &reference));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu;
+
+    /// The GPU self-test's float64 reference agrees with the CPU kernel on the same pages, so
+    /// a GPU failure points at the GPU kernel, not at the test's bookkeeping.
+    #[test]
+    fn the_f64_reference_agrees_with_the_cpu_kernel() {
+        let mut rng = Rng::new(1);
+        for (hd, kvh, g, bs, seqs) in [
+            (64, 3, 3, 16, vec![(7, 7), (1, 40), (33, 100)]),
+            (128, 2, 4, 1, vec![(5, 9), (1, 1)]),
+        ] {
+            let p = Problem::<half::bf16>::new(&mut rng, hd, kvh, g, bs, seqs, false);
+            let reference = p.reference();
+            let tables: Vec<Vec<u32>> = p
+                .tables
+                .chunks(p.max_blocks)
+                .map(|t| t.iter().map(|&b| b as u32).collect())
+                .collect();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for (s, &(qlen, ctx)) in p.seqs.iter().enumerate() {
+                chunks.push(cpu::SeqChunk {
+                    query_start: start,
+                    query_len: qlen,
+                    context_len: ctx,
+                    block_table: &tables[s],
+                });
+                start += qlen;
+            }
+            let mut out = vec![0.0; p.q.len()];
+            let (kc, vc) = (to_f32(&p.k_cache), to_f32(&p.v_cache));
+            cpu::paged_attention(
+                &mut out,
+                &to_f32(&p.q),
+                &kc,
+                &vc,
+                &p.layout,
+                p.num_heads,
+                &chunks,
+                p.scale(),
+            );
+            let err = super::super::rel_err(&out, &reference);
+            assert!(err < 1e-5, "{}: {err}", p.describe());
+        }
+    }
+}

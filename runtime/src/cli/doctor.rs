@@ -1,0 +1,204 @@
+//! `pagedrt doctor`: what a user needs to know before serving on a GPU, and the GPU checks.
+//!
+//! - no flags: the CUDA libraries (found where, or not) and the devices; exit 0 when a GPU
+//!   is ready to serve (driver, NVRTC, cuBLAS and at least one device).
+//! - `--compile-kernels [--arch sm_90]`: compile every kernel with NVRTC (no GPU needed) and
+//!   print each kernel's status with its `ptxas` resource usage; exit 0 when all compile.
+//! - `--selftest [--full]`: run every CUDA kernel against its CPU twin or a float64
+//!   reference on device 0; exit 0 when every case passes.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use kernels::cuda::libs::{locate, CudaLib};
+use kernels::cuda::{self, nvrtc, selftest, source, Arch, Gpu};
+use serde_json::{json, Value};
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Compile every CUDA kernel with NVRTC and print each one's status (no GPU needed).
+    #[arg(long)]
+    pub compile_kernels: bool,
+    /// Target of --compile-kernels: sm_XY or compute_XY (default: device 0's, else sm_90).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Run every CUDA kernel against its CPU twin / float64 reference on device 0.
+    #[arg(long)]
+    pub selftest: bool,
+    /// With --selftest: more and larger shapes (contexts up to 32k).
+    #[arg(long)]
+    pub full: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn run(args: DoctorArgs) -> Result<(), String> {
+    let mut report = json!({});
+    let mut ok = true;
+    println!("CUDA libraries:");
+    let mut libs = serde_json::Map::new();
+    for lib in CudaLib::ALL {
+        let found = locate(lib);
+        match &found {
+            Ok(f) => println!("  {:<28} found {f}", lib.name()),
+            Err(e) => println!("  {:<28} NOT FOUND\n    {e}", lib.name()),
+        }
+        libs.insert(
+            lib.name().into(),
+            json!(found.as_ref().map(|f| f.to_string()).ok()),
+        );
+    }
+    report["libraries"] = Value::Object(libs);
+    if let Ok((a, b)) = nvrtc::version() {
+        println!("  NVRTC version {a}.{b}");
+        report["nvrtc_version"] = json!(format!("{a}.{b}"));
+    }
+    let devices = list_devices(&mut report);
+    let gpu_ready = devices > 0 && CudaLib::ALL.iter().all(|l| locate(*l).is_ok());
+    if !args.compile_kernels && !args.selftest {
+        ok = gpu_ready;
+        if !gpu_ready {
+            println!("not ready to serve on a GPU (use --device cpu, or install what is missing)");
+        }
+    }
+    if args.compile_kernels {
+        ok &= compile_all(&args, &mut report)?;
+    }
+    if args.selftest {
+        ok &= run_selftest(args.full, &mut report);
+    }
+    report["ok"] = json!(ok);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err("doctor: something asked for did not succeed (see above)".into())
+    }
+}
+
+/// Prints the devices; returns how many there are.
+fn list_devices(report: &mut Value) -> usize {
+    println!("Devices:");
+    let n = match cuda::device_count() {
+        Ok(n) => n,
+        Err(e) => {
+            println!("  none ({})", short(&e));
+            report["devices"] = json!([]);
+            return 0;
+        }
+    };
+    if n == 0 {
+        println!("  none: the driver reports no CUDA device");
+    }
+    let mut list = Vec::new();
+    for i in 0..n {
+        match Gpu::open(i) {
+            Ok(g) => {
+                let d = g.info();
+                println!(
+                    "  {i}: {} ({}, {} SMs), {:.1} GiB, {:.1} GiB free",
+                    d.name,
+                    d.arch,
+                    d.multiprocessors,
+                    d.total_bytes as f64 / (1u64 << 30) as f64,
+                    d.free_bytes as f64 / (1u64 << 30) as f64
+                );
+                list.push(
+                    json!({"ordinal": i, "name": d.name, "arch": d.arch.to_string(),
+                    "multiprocessors": d.multiprocessors, "total_bytes": d.total_bytes,
+                    "free_bytes": d.free_bytes}),
+                );
+            }
+            Err(e) => println!("  {i}: cannot open: {e}"),
+        }
+    }
+    report["devices"] = json!(list);
+    n
+}
+
+fn compile_all(args: &DoctorArgs, report: &mut Value) -> Result<bool, String> {
+    let arch: Arch = match &args.arch {
+        Some(a) => a.parse().map_err(|e: cuda::CudaError| e.to_string())?,
+        None => Gpu::open(0)
+            .map(|g| g.info().arch.clone())
+            .unwrap_or_else(|_| "sm_90".parse().expect("a valid arch")),
+    };
+    println!("Compiling every kernel for {arch}:");
+    let mut ok = true;
+    let mut rows = Vec::new();
+    for src in source::ALL {
+        match nvrtc::compile(&src, &arch, true) {
+            Ok(out) => {
+                for entry in src.entry_points() {
+                    let defined = out.defines(&entry);
+                    ok &= defined;
+                    let usage = out.resource_usage(&entry).unwrap_or_default();
+                    let status = if defined { "ok" } else { "MISSING" };
+                    println!("  {status:<7} {entry:<40} {usage}");
+                    rows.push(json!({"kernel": entry, "file": src.file_name(),
+                        "ok": defined, "resources": usage}));
+                }
+            }
+            Err(e) => {
+                ok = false;
+                println!("  FAILED  {}: {e}", src.file_name());
+                rows.push(json!({"file": src.file_name(), "ok": false, "error": e.to_string()}));
+            }
+        }
+    }
+    report["compile"] = json!({"arch": arch.to_string(), "kernels": rows});
+    Ok(ok)
+}
+
+fn run_selftest(full: bool, report: &mut Value) -> bool {
+    let gpu = match Gpu::open(0) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("selftest SKIPPED: no usable GPU ({})", short(&e));
+            report["selftest"] = json!({"skipped": e.to_string()});
+            return false;
+        }
+    };
+    println!("Self-test on {} ({}):", gpu.info().name, gpu.info().arch);
+    let started = std::time::Instant::now();
+    let checks = selftest::run_all(&gpu, !full, |c| {
+        let status = if c.passed() { "ok" } else { "FAILED" };
+        let extra = match (&c.error, c.deterministic) {
+            (Some(e), _) => format!(" error: {e}"),
+            (None, false) => " NOT DETERMINISTIC".into(),
+            _ => String::new(),
+        };
+        println!(
+            "  {status:<6} {:<24} {:<5} rel_err {:>9.2e} (tol {:.0e}) {}{extra}",
+            c.kernel, c.dtype, c.rel_err, c.tol, c.case
+        );
+    });
+    let failed = checks.iter().filter(|c| !c.passed()).count();
+    println!(
+        "{} cases, {failed} failed, {:.1} s",
+        checks.len(),
+        started.elapsed().as_secs_f64()
+    );
+    report["selftest"] = json!(checks
+        .iter()
+        .map(
+            |c| json!({"kernel": c.kernel, "dtype": c.dtype, "case": c.case,
+            "rel_err": if c.rel_err.is_finite() { json!(c.rel_err) } else { json!("inf") },
+            "tol": c.tol, "deterministic": c.deterministic, "error": c.error,
+            "passed": c.passed()})
+        )
+        .collect::<Vec<_>>());
+    failed == 0 && !checks.is_empty()
+}
+
+/// An error without the list of searched folders (printed once, under the libraries).
+fn short(e: &cuda::CudaError) -> String {
+    match e {
+        cuda::CudaError::LibraryNotFound { lib, .. } => format!("{lib} not found"),
+        e => e.to_string(),
+    }
+}
