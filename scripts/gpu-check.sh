@@ -8,7 +8,9 @@
 # Runs, in this order, each with a time limit so the whole stays under 5 minutes:
 #   1. pagedrt doctor --compile-kernels   (libraries, devices, every kernel compiled for the GPU)
 #   2. pagedrt doctor --selftest --full   (every kernel vs its CPU twin / float64 reference)
-#   3. pagedrt bench kernels              (copy bandwidth, decode attention, paging, prefill)
+#   3. pagedrt doctor --engine-check      (the CUDA engine's greedy tokens vs the CPU engine's)
+#   4. pagedrt bench kernels              (copy bandwidth, decode attention, paging, prefill)
+#   5. pagedrt bench throughput --device cuda (SmolLM2-135M shape, dummy weights, f32)
 # Results (text and JSON) go to OUT_DIR; the exit code is non-zero if any step failed.
 set -uo pipefail
 BIN=${1:-target/release/pagedrt}
@@ -26,7 +28,11 @@ step() {
     [ "$rc" = 0 ] || status=1
 }
 (nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
-step doctor 120 "$BIN" doctor --compile-kernels --json "$OUT/doctor.json"
-step selftest 150 "$BIN" doctor --selftest --full --json "$OUT/selftest.json"
-step bench-kernels 120 "$BIN" bench kernels --json "$OUT/bench-kernels.json"
+step doctor 60 "$BIN" doctor --compile-kernels --json "$OUT/doctor.json"
+step selftest 120 "$BIN" doctor --selftest --full --json "$OUT/selftest.json"
+step engine-check 90 "$BIN" doctor --engine-check --json "$OUT/engine-check.json"
+step bench-kernels 90 "$BIN" bench kernels --json "$OUT/bench-kernels.json"
+step throughput 60 "$BIN" bench throughput --device cuda --model dummy:smollm2-135m \
+    --num-prompts 256 --input-len 128 --output-len 128 --ignore-eos --quiet \
+    --json "$OUT/throughput.json"
 exit $status

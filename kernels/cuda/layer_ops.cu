@@ -89,6 +89,13 @@ __device__ void add_inplace(T* __restrict__ x, const T* __restrict__ y, i64 n) {
         x[i] = from_f32<T>(to_f32(x[i]) + to_f32(y[i]));
 }
 
+/// x[r, i] += b[i] for rows of n (grid-stride over all elements).
+template <typename T>
+__device__ void add_bias(T* __restrict__ x, const T* __restrict__ b, i64 total, int n) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x)
+        x[i] = from_f32<T>(to_f32(x[i]) + to_f32(b[i % n]));
+}
+
 #define LAYER_OPS(T, S)                                                                       \
     extern "C" __global__ void rms_norm_##S(T* out, const T* x, const T* w, int dim,          \
                                             float eps) {                                      \
@@ -111,6 +118,9 @@ __device__ void add_inplace(T* __restrict__ x, const T* __restrict__ y, i64 n) {
     }                                                                                         \
     extern "C" __global__ void add_inplace_##S(T* x, const T* y, i64 n) {                     \
         add_inplace<T>(x, y, n);                                                              \
+    }                                                                                         \
+    extern "C" __global__ void add_bias_##S(T* x, const T* b, i64 total, int n) {             \
+        add_bias<T>(x, b, total, n);                                                          \
     }
 
 LAYER_OPS(float, f32)

@@ -1,11 +1,11 @@
 //! Launching paged attention: the decode kernel (one query per sequence, split-K when that
 //! fills the GPU better) and the mixed-batch kernel (chunks of queries per sequence).
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::device::{driver_err, Gpu};
 use super::elem::GpuElem;
-use super::ops::check;
+use super::ops::{addr, addr_mut, check};
 use super::source::{self, PAGED_ATTENTION_DECODE, PAGED_ATTENTION_PREFILL};
 use super::CudaError;
 use crate::layout::KvLayout;
@@ -22,18 +22,18 @@ const DECODE_STATIC_SMEM: usize = 2 * DECODE_MAX_GROUP * 4;
 /// What both attention kernels read: the queries, the caches, and per-sequence metadata.
 pub struct AttentionInputs<'a, E: GpuElem> {
     /// `[tokens, num_heads, head_dim]` rows, `q_stride` elements apart.
-    pub q: &'a CudaSlice<E>,
+    pub q: CudaView<'a, E>,
     pub q_stride: usize,
-    pub k_cache: &'a CudaSlice<E>,
-    pub v_cache: &'a CudaSlice<E>,
+    pub k_cache: CudaView<'a, E>,
+    pub v_cache: CudaView<'a, E>,
     pub layout: KvLayout,
     pub num_heads: usize,
     pub scale: f32,
     /// `[num_seqs, max_blocks]` block numbers.
-    pub block_tables: &'a CudaSlice<i32>,
+    pub block_tables: CudaView<'a, i32>,
     pub max_blocks: usize,
     /// Tokens in the cache per sequence, this step's included.
-    pub context_lens: &'a CudaSlice<i32>,
+    pub context_lens: CudaView<'a, i32>,
 }
 
 impl<E: GpuElem> AttentionInputs<'_, E> {
@@ -133,7 +133,7 @@ fn prev_pow2(n: usize) -> usize {
 /// sequence `s` (row `s` of q). `max_context` bounds every context length.
 pub fn paged_attention_decode<E: GpuElem>(
     gpu: &Gpu,
-    out: &mut CudaSlice<E>,
+    out: &mut impl DevicePtrMut<E>,
     inp: &AttentionInputs<E>,
     max_context: usize,
     ws: &mut DecodeWorkspace,
@@ -180,14 +180,20 @@ pub fn paged_attention_decode<E: GpuElem>(
     );
     let (psz, qs) = (ps as i32, inp.q_stride as i32);
     let stream = gpu.stream();
+    let o = addr_mut(out, stream);
+    let (q, kc, vc) = (
+        addr(&inp.q, stream),
+        addr(&inp.k_cache, stream),
+        addr(&inp.v_cache, stream),
+    );
+    let (bt, cl) = (
+        addr(&inp.block_tables, stream),
+        addr(&inp.context_lens, stream),
+    );
     let mut b = stream.launch_builder(&f);
-    b.arg(&mut *out).arg(&mut *po).arg(&mut *pm).arg(&mut *psum);
-    b.arg(inp.q)
-        .arg(inp.k_cache)
-        .arg(inp.v_cache)
-        .arg(inp.block_tables)
-        .arg(&mb);
-    b.arg(inp.context_lens)
+    b.arg(&o).arg(&mut *po).arg(&mut *pm).arg(&mut *psum);
+    b.arg(&q).arg(&kc).arg(&vc).arg(&bt).arg(&mb);
+    b.arg(&cl)
         .arg(&nh)
         .arg(&nkv)
         .arg(&bs)
@@ -210,11 +216,7 @@ pub fn paged_attention_decode<E: GpuElem>(
         )?;
         let p = parts as i32;
         let mut b = stream.launch_builder(&f);
-        b.arg(out)
-            .arg(&*po)
-            .arg(&*pm)
-            .arg(&*psum)
-            .arg(inp.context_lens);
+        b.arg(&o).arg(&*po).arg(&*pm).arg(&*psum).arg(&cl);
         b.arg(&nh).arg(&psz).arg(&p);
         let cfg = LaunchConfig {
             grid_dim: (inp.num_heads as u32, num_seqs as u32, 1),
@@ -231,7 +233,7 @@ pub fn paged_attention_decode<E: GpuElem>(
 /// order), the last at position `context_len - 1`. `out` is `[tokens, num_heads, head_dim]`.
 pub fn paged_attention_prefill<E: GpuElem>(
     gpu: &Gpu,
-    out: &mut CudaSlice<E>,
+    out: &mut impl DevicePtrMut<E>,
     inp: &AttentionInputs<E>,
     query_lens: &[usize],
 ) -> Result<(), CudaError> {
@@ -283,15 +285,20 @@ pub fn paged_attention_prefill<E: GpuElem>(
         inp.layout.block_size as i32,
         inp.q_stride as i32,
     );
+    let o = addr_mut(out, stream);
+    let (q, kc, vc) = (
+        addr(&inp.q, stream),
+        addr(&inp.k_cache, stream),
+        addr(&inp.v_cache, stream),
+    );
+    let (bt, cl) = (
+        addr(&inp.block_tables, stream),
+        addr(&inp.context_lens, stream),
+    );
     let mut b = stream.launch_builder(&f);
-    b.arg(out)
-        .arg(inp.q)
-        .arg(inp.k_cache)
-        .arg(inp.v_cache)
-        .arg(inp.block_tables)
-        .arg(&mb);
+    b.arg(&o).arg(&q).arg(&kc).arg(&vc).arg(&bt).arg(&mb);
     b.arg(&cu)
-        .arg(inp.context_lens)
+        .arg(&cl)
         .arg(&ts)
         .arg(&tf)
         .arg(&tpt)

@@ -77,16 +77,16 @@ fn inputs<'a>(
     context_lens: &'a CudaSlice<i32>,
 ) -> AttentionInputs<'a, half::bf16> {
     AttentionInputs {
-        q,
+        q: q.as_view(),
         q_stride: num_heads * layout.head_dim,
-        k_cache,
-        v_cache,
+        k_cache: k_cache.as_view(),
+        v_cache: v_cache.as_view(),
         layout,
         num_heads,
         scale: 1.0 / (layout.head_dim as f32).sqrt(),
-        block_tables,
+        block_tables: block_tables.as_view(),
         max_blocks,
-        context_lens,
+        context_lens: context_lens.as_view(),
     }
 }
 

@@ -2,13 +2,24 @@
 //! Every function queues work on the GPU's stream and returns; errors from the launch itself
 //! come back at once, faults inside a kernel at the next synchronisation.
 
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::device::{driver_err, Gpu};
 use super::elem::GpuElem;
 use super::source::{CACHE_OPS, LAYER_OPS, SAMPLING};
 use super::CudaError;
 use crate::layout::KvLayout;
+
+/// The device address of a buffer, passed to a kernel as a plain u64. cudarc's guard
+/// (`SyncOnDrop`) records events only with event tracking on, which `Gpu::open` turns off
+/// (one stream), so dropping it at once is correct.
+pub(crate) fn addr<E>(x: &impl DevicePtr<E>, s: &CudaStream) -> u64 {
+    x.device_ptr(s).0
+}
+
+pub(crate) fn addr_mut<E>(x: &mut impl DevicePtrMut<E>, s: &CudaStream) -> u64 {
+    x.device_ptr_mut(s).0
+}
 
 /// Threads per block for the row kernels: enough for a row, at most 1024.
 fn row_threads(n: usize) -> u32 {
@@ -42,14 +53,14 @@ pub(crate) fn check(
 #[allow(clippy::too_many_arguments)]
 pub fn write_kv<E: GpuElem>(
     gpu: &Gpu,
-    k_cache: &mut CudaSlice<E>,
-    v_cache: &mut CudaSlice<E>,
+    k_cache: &mut impl DevicePtrMut<E>,
+    v_cache: &mut impl DevicePtrMut<E>,
     layout: &KvLayout,
-    k: &CudaSlice<E>,
-    v: &CudaSlice<E>,
+    k: &impl DevicePtr<E>,
+    v: &impl DevicePtr<E>,
     k_stride: usize,
     v_stride: usize,
-    slot_mapping: &CudaSlice<i64>,
+    slot_mapping: &impl DevicePtr<i64>,
 ) -> Result<(), CudaError> {
     let n = slot_mapping.len();
     let row = layout.num_kv_heads * layout.head_dim;
@@ -75,7 +86,10 @@ pub fn write_kv<E: GpuElem>(
     let (ks, vs) = (k_stride as i32, v_stride as i32);
     let slots = (layout.num_blocks * layout.block_size) as i64;
     let mut b = gpu.stream().launch_builder(&f);
-    b.arg(k_cache).arg(v_cache).arg(k).arg(v).arg(slot_mapping);
+    let s = gpu.stream();
+    let (kc, vc) = (addr_mut(k_cache, s), addr_mut(v_cache, s));
+    let (kp, vp, sp) = (addr(k, s), addr(v, s), addr(slot_mapping, s));
+    b.arg(&kc).arg(&vc).arg(&kp).arg(&vp).arg(&sp);
     b.arg(&kvh).arg(&hd).arg(&bs).arg(&ks).arg(&vs).arg(&slots);
     // SAFETY: cache sizes match the layout, k/v cover every token's row, slots are bounds
     // checked in the kernel.
@@ -86,7 +100,7 @@ pub fn write_kv<E: GpuElem>(
 /// Copy-on-write of whole pages, in every given cache (all layers' K and V) in one launch.
 pub fn copy_blocks<E: GpuElem>(
     gpu: &Gpu,
-    caches: &mut [&mut CudaSlice<E>],
+    caches: &mut [&mut impl DevicePtrMut<E>],
     layout: &KvLayout,
     pairs: &[(u32, u32)],
 ) -> Result<(), CudaError> {
@@ -107,11 +121,8 @@ pub fn copy_blocks<E: GpuElem>(
     )?;
     let stream = gpu.stream();
     let ptrs: Vec<u64> = caches
-        .iter()
-        .map(|c| {
-            let (p, _sync) = c.device_ptr(stream);
-            p
-        })
+        .iter_mut()
+        .map(|c| addr_mut(&mut **c, stream))
         .collect();
     let ptrs = stream.memcpy_stod(&ptrs).map_err(driver_err)?;
     let flat: Vec<i32> = pairs
@@ -137,9 +148,9 @@ pub fn copy_blocks<E: GpuElem>(
 /// `out = rms_norm(x) * w` per row of `w.len()`.
 pub fn rms_norm<E: GpuElem>(
     gpu: &Gpu,
-    out: &mut CudaSlice<E>,
-    x: &CudaSlice<E>,
-    w: &CudaSlice<E>,
+    out: &mut impl DevicePtrMut<E>,
+    x: &impl DevicePtr<E>,
+    w: &impl DevicePtr<E>,
     eps: f32,
 ) -> Result<(), CudaError> {
     let dim = w.len();
@@ -155,7 +166,9 @@ pub fn rms_norm<E: GpuElem>(
     let f = gpu.function(&LAYER_OPS, &format!("rms_norm_{}", E::SUFFIX))?;
     let d = dim as i32;
     let mut b = gpu.stream().launch_builder(&f);
-    b.arg(out).arg(x).arg(w).arg(&d).arg(&eps);
+    let s = gpu.stream();
+    let (o, xp, wp) = (addr_mut(out, s), addr(x, s), addr(w, s));
+    b.arg(&o).arg(&xp).arg(&wp).arg(&d).arg(&eps);
     // SAFETY: shapes checked above.
     unsafe { b.launch(rows_cfg(rows, row_threads(dim))) }.map_err(driver_err)?;
     Ok(())
@@ -164,9 +177,9 @@ pub fn rms_norm<E: GpuElem>(
 /// `residual += x; x = rms_norm(residual) * w`.
 pub fn fused_add_rms_norm<E: GpuElem>(
     gpu: &Gpu,
-    x: &mut CudaSlice<E>,
-    residual: &mut CudaSlice<E>,
-    w: &CudaSlice<E>,
+    x: &mut impl DevicePtrMut<E>,
+    residual: &mut impl DevicePtrMut<E>,
+    w: &impl DevicePtr<E>,
     eps: f32,
 ) -> Result<(), CudaError> {
     let dim = w.len();
@@ -182,7 +195,9 @@ pub fn fused_add_rms_norm<E: GpuElem>(
     let f = gpu.function(&LAYER_OPS, &format!("fused_add_rms_norm_{}", E::SUFFIX))?;
     let d = dim as i32;
     let mut b = gpu.stream().launch_builder(&f);
-    b.arg(x).arg(residual).arg(w).arg(&d).arg(&eps);
+    let s = gpu.stream();
+    let (xp, rp, wp) = (addr_mut(x, s), addr_mut(residual, s), addr(w, s));
+    b.arg(&xp).arg(&rp).arg(&wp).arg(&d).arg(&eps);
     // SAFETY: shapes checked above.
     unsafe { b.launch(rows_cfg(rows, row_threads(dim))) }.map_err(driver_err)?;
     Ok(())
@@ -203,10 +218,10 @@ pub struct RopeShape {
 /// Rotary embedding in place on q and k; `cos_sin` is `Rope::cos_sin_table()`.
 pub fn rope<E: GpuElem>(
     gpu: &Gpu,
-    q: &mut CudaSlice<E>,
-    k: &mut CudaSlice<E>,
-    positions: &CudaSlice<i32>,
-    cos_sin: &CudaSlice<f32>,
+    q: &mut impl DevicePtrMut<E>,
+    k: &mut impl DevicePtrMut<E>,
+    positions: &impl DevicePtr<i32>,
+    cos_sin: &impl DevicePtr<f32>,
     s: RopeShape,
 ) -> Result<(), CudaError> {
     let n = s.num_tokens;
@@ -227,7 +242,10 @@ pub fn rope<E: GpuElem>(
     let (nh, nkv, hd) = (s.num_heads as i32, s.num_kv_heads as i32, s.head_dim as i32);
     let (qs, ks) = (s.q_stride as i32, s.k_stride as i32);
     let mut b = gpu.stream().launch_builder(&f);
-    b.arg(q).arg(k).arg(positions).arg(cos_sin);
+    let st = gpu.stream();
+    let (qp, kp) = (addr_mut(q, st), addr_mut(k, st));
+    let (pp, cp) = (addr(positions, st), addr(cos_sin, st));
+    b.arg(&qp).arg(&kp).arg(&pp).arg(&cp);
     b.arg(&nh).arg(&nkv).arg(&hd).arg(&qs).arg(&ks);
     let threads = row_threads((s.num_heads + s.num_kv_heads) * s.head_dim / 2).min(256);
     // SAFETY: shapes checked above; positions must be below the table's max position (the
@@ -239,8 +257,8 @@ pub fn rope<E: GpuElem>(
 /// `out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i]`.
 pub fn silu_and_mul<E: GpuElem>(
     gpu: &Gpu,
-    out: &mut CudaSlice<E>,
-    gate_up: &CudaSlice<E>,
+    out: &mut impl DevicePtrMut<E>,
+    gate_up: &impl DevicePtr<E>,
     inter: usize,
 ) -> Result<(), CudaError> {
     check(
@@ -255,7 +273,9 @@ pub fn silu_and_mul<E: GpuElem>(
     let f = gpu.function(&LAYER_OPS, &format!("silu_and_mul_{}", E::SUFFIX))?;
     let i = inter as i32;
     let mut b = gpu.stream().launch_builder(&f);
-    b.arg(out).arg(gate_up).arg(&i);
+    let s = gpu.stream();
+    let (o, g) = (addr_mut(out, s), addr(gate_up, s));
+    b.arg(&o).arg(&g).arg(&i);
     // SAFETY: shapes checked above.
     unsafe { b.launch(rows_cfg(rows, row_threads(inter).min(512))) }.map_err(driver_err)?;
     Ok(())
@@ -264,9 +284,9 @@ pub fn silu_and_mul<E: GpuElem>(
 /// `out[t] = table[ids[t]]` for a `[vocab, dim]` table.
 pub fn embedding<E: GpuElem>(
     gpu: &Gpu,
-    out: &mut CudaSlice<E>,
-    table: &CudaSlice<E>,
-    ids: &CudaSlice<i32>,
+    out: &mut impl DevicePtrMut<E>,
+    table: &impl DevicePtr<E>,
+    ids: &impl DevicePtr<i32>,
     dim: usize,
 ) -> Result<(), CudaError> {
     check(
@@ -280,7 +300,9 @@ pub fn embedding<E: GpuElem>(
     let f = gpu.function(&LAYER_OPS, &format!("embedding_{}", E::SUFFIX))?;
     let (d, vocab) = (dim as i32, (table.len() / dim) as i32);
     let mut b = gpu.stream().launch_builder(&f);
-    b.arg(out).arg(table).arg(ids).arg(&d).arg(&vocab);
+    let s = gpu.stream();
+    let (o, t, ip) = (addr_mut(out, s), addr(table, s), addr(ids, s));
+    b.arg(&o).arg(&t).arg(&ip).arg(&d).arg(&vocab);
     // SAFETY: shapes checked above; ids are bounds-checked in the kernel.
     unsafe { b.launch(rows_cfg(ids.len(), row_threads(dim).min(256))) }.map_err(driver_err)?;
     Ok(())
@@ -289,8 +311,8 @@ pub fn embedding<E: GpuElem>(
 /// `x += y`.
 pub fn add_inplace<E: GpuElem>(
     gpu: &Gpu,
-    x: &mut CudaSlice<E>,
-    y: &CudaSlice<E>,
+    x: &mut impl DevicePtrMut<E>,
+    y: &impl DevicePtr<E>,
 ) -> Result<(), CudaError> {
     check("add_inplace", x.len() == y.len(), || {
         "x and y differ in length".into()
@@ -302,7 +324,9 @@ pub fn add_inplace<E: GpuElem>(
     let n = x.len() as i64;
     let blocks = x.len().div_ceil(256).min(65535) as u32;
     let mut b = gpu.stream().launch_builder(&f);
-    b.arg(x).arg(y).arg(&n);
+    let s = gpu.stream();
+    let (xp, yp) = (addr_mut(x, s), addr(y, s));
+    b.arg(&xp).arg(&yp).arg(&n);
     // SAFETY: equal lengths; the kernel is grid-stride over n.
     unsafe { b.launch(rows_cfg(blocks as usize, 256)) }.map_err(driver_err)?;
     Ok(())
@@ -311,8 +335,8 @@ pub fn add_inplace<E: GpuElem>(
 /// The index of each row's largest logit (lowest index among equals).
 pub fn argmax<E: GpuElem>(
     gpu: &Gpu,
-    out: &mut CudaSlice<i32>,
-    logits: &CudaSlice<E>,
+    out: &mut impl DevicePtrMut<i32>,
+    logits: &impl DevicePtr<E>,
     vocab: usize,
 ) -> Result<(), CudaError> {
     check(
@@ -327,8 +351,104 @@ pub fn argmax<E: GpuElem>(
     let v = vocab as i32;
     let rows = out.len();
     let mut b = gpu.stream().launch_builder(&f);
-    b.arg(out).arg(logits).arg(&v);
+    let s = gpu.stream();
+    let (o, l) = (addr_mut(out, s), addr(logits, s));
+    b.arg(&o).arg(&l).arg(&v);
     // SAFETY: shapes checked above; 1024 threads, a power of two as the kernel requires.
     unsafe { b.launch(rows_cfg(rows, 1024)) }.map_err(driver_err)?;
+    Ok(())
+}
+
+/// The shapes of [`qkv_rope_write_kv`].
+#[derive(Debug, Clone, Copy)]
+pub struct QkvShape {
+    pub num_tokens: usize,
+    pub num_heads: usize,
+}
+
+/// Splits fused `[q | k | v]` rows, rotates q into `q_out` and k on the way into the cache,
+/// and writes k and v into each token's slot (`-1`: q only).
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_write_kv<E: GpuElem>(
+    gpu: &Gpu,
+    q_out: &mut impl DevicePtrMut<E>,
+    qkv: &impl DevicePtr<E>,
+    positions: &impl DevicePtr<i32>,
+    cos_sin: &impl DevicePtr<f32>,
+    k_cache: &mut impl DevicePtrMut<E>,
+    v_cache: &mut impl DevicePtrMut<E>,
+    layout: &KvLayout,
+    slot_mapping: &impl DevicePtr<i64>,
+    shape: QkvShape,
+) -> Result<(), CudaError> {
+    let (n, nh, hd) = (shape.num_tokens, shape.num_heads, layout.head_dim);
+    let kvd = layout.num_kv_heads * hd;
+    check(
+        "qkv_rope_write_kv",
+        positions.len() == n
+            && slot_mapping.len() == n
+            && hd % 2 == 0
+            && cos_sin.len() % hd == 0
+            && q_out.len() >= n * nh * hd
+            && qkv.len() >= n * (nh * hd + 2 * kvd)
+            && k_cache.len() == layout.elems()
+            && v_cache.len() == layout.elems(),
+        || "q, qkv, positions, slots, the cos/sin table or a cache has the wrong shape".into(),
+    )?;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&CACHE_OPS, &format!("qkv_rope_write_kv_{}", E::SUFFIX))?;
+    let s = gpu.stream();
+    let (q, x, p, c) = (
+        addr_mut(q_out, s),
+        addr(qkv, s),
+        addr(positions, s),
+        addr(cos_sin, s),
+    );
+    let (kc, vc, sl) = (
+        addr_mut(k_cache, s),
+        addr_mut(v_cache, s),
+        addr(slot_mapping, s),
+    );
+    let (nh32, nkv, hd32, bs) = (
+        nh as i32,
+        layout.num_kv_heads as i32,
+        hd as i32,
+        layout.block_size as i32,
+    );
+    let slots = (layout.num_blocks * layout.block_size) as i64;
+    let mut b = s.launch_builder(&f);
+    b.arg(&q).arg(&x).arg(&p).arg(&c).arg(&kc).arg(&vc).arg(&sl);
+    b.arg(&nh32).arg(&nkv).arg(&hd32).arg(&bs).arg(&slots);
+    let threads = row_threads(nh * hd / 2).min(256);
+    // SAFETY: shapes checked above; slots are bounds-checked in the kernel; positions must be
+    // below the table's max position (max_model_len sizes the table).
+    unsafe { b.launch(rows_cfg(n, threads)) }.map_err(driver_err)?;
+    Ok(())
+}
+
+/// `x[r] += bias` for every row of `bias.len()`.
+pub fn add_bias<E: GpuElem>(
+    gpu: &Gpu,
+    x: &mut impl DevicePtrMut<E>,
+    bias: &impl DevicePtr<E>,
+) -> Result<(), CudaError> {
+    let n = bias.len();
+    check("add_bias", n > 0 && x.len().is_multiple_of(n), || {
+        "x must be whole rows of the bias's length".into()
+    })?;
+    if x.len() == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&LAYER_OPS, &format!("add_bias_{}", E::SUFFIX))?;
+    let (total, n32) = (x.len() as i64, n as i32);
+    let blocks = x.len().div_ceil(256).min(65535);
+    let s = gpu.stream();
+    let (xp, bp) = (addr_mut(x, s), addr(bias, s));
+    let mut b = s.launch_builder(&f);
+    b.arg(&xp).arg(&bp).arg(&total).arg(&n32);
+    // SAFETY: whole rows checked above; the kernel is grid-stride over total.
+    unsafe { b.launch(rows_cfg(blocks, 256)) }.map_err(driver_err)?;
     Ok(())
 }

@@ -92,7 +92,7 @@ impl KernelSource {
                 .collect()
         };
         match self.name {
-            "cache_ops" => per_dtype(&["write_kv", "copy_blocks"]),
+            "cache_ops" => per_dtype(&["write_kv", "copy_blocks", "qkv_rope_write_kv"]),
             "layer_ops" => per_dtype(&[
                 "rms_norm",
                 "fused_add_rms_norm",
@@ -100,6 +100,7 @@ impl KernelSource {
                 "silu_and_mul",
                 "embedding",
                 "add_inplace",
+                "add_bias",
             ]),
             "sampling" => per_dtype(&["argmax"]),
             "paged_attention_decode" => DTYPES

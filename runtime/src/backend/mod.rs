@@ -3,6 +3,7 @@
 //! NVRTC kernels and cuBLAS, so the model code does not change.
 
 pub mod cpu;
+pub mod cuda;
 
 use kernels::cpu::Rope;
 use kernels::KvLayout;
@@ -42,6 +43,11 @@ pub trait Backend {
     type Buf;
 
     fn name(&self) -> &str;
+    /// The first error of the operations since the last call, if any (a device backend's
+    /// kernels fail asynchronously; see `cuda`). The engine checks it after every step.
+    fn take_error(&self) -> Option<String> {
+        None
+    }
     fn zeros(&self, n: usize) -> Self::Buf;
     fn upload(&self, data: Vec<f32>) -> Self::Buf;
     fn download(&self, buf: &Self::Buf, n: usize) -> Vec<f32>;

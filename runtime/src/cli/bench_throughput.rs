@@ -9,7 +9,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::engine_args::EngineArgs;
+use super::engine_args::{with_engine, EngineArgs};
+use crate::backend::Backend;
+use crate::engine::EngineCore;
 use crate::engine::GenerateRequest;
 use crate::sampler::SamplingParams;
 
@@ -36,7 +38,10 @@ pub struct ThroughputArgs {
 }
 
 pub fn run(a: ThroughputArgs) -> Result<(), String> {
-    let mut engine = a.engine.build()?;
+    with_engine!(a.engine.build()?, engine => run_on(a, engine))
+}
+
+fn run_on<B: Backend>(a: ThroughputArgs, mut engine: EngineCore<B>) -> Result<(), String> {
     let vocab = engine.model().config.vocab_size as u32;
     let mut rng = StdRng::seed_from_u64(a.seed);
     // Random prompts over ordinary tokens (the first ids are special tokens in most vocabularies).

@@ -28,6 +28,13 @@ pub struct DoctorArgs {
     /// With --selftest: more and larger shapes (contexts up to 32k).
     #[arg(long)]
     pub full: bool,
+    /// Greedy parity of the CUDA engine with the CPU engine on --model's weights (default
+    /// dummy:smollm2-135m): same tokens except at near-ties, matching log-probabilities.
+    #[arg(long)]
+    pub engine_check: bool,
+    /// The model of --engine-check (a directory, a pulled name, or dummy:<preset>).
+    #[arg(long, default_value = "dummy:smollm2-135m")]
+    pub model: String,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -56,7 +63,7 @@ pub fn run(args: DoctorArgs) -> Result<(), String> {
     }
     let devices = list_devices(&mut report);
     let gpu_ready = devices > 0 && CudaLib::ALL.iter().all(|l| locate(*l).is_ok());
-    if !args.compile_kernels && !args.selftest {
+    if !args.compile_kernels && !args.selftest && !args.engine_check {
         ok = gpu_ready;
         if !gpu_ready {
             println!("not ready to serve on a GPU (use --device cpu, or install what is missing)");
@@ -67,6 +74,9 @@ pub fn run(args: DoctorArgs) -> Result<(), String> {
     }
     if args.selftest {
         ok &= run_selftest(args.full, &mut report);
+    }
+    if args.engine_check {
+        ok &= engine_check(&args.model, &mut report);
     }
     report["ok"] = json!(ok);
     if let Some(path) = &args.json {
@@ -200,5 +210,64 @@ fn short(e: &cuda::CudaError) -> String {
     match e {
         cuda::CudaError::LibraryNotFound { lib, .. } => format!("{lib} not found"),
         e => e.to_string(),
+    }
+}
+
+/// CPU vs CUDA greedy parity on `model` (see runtime::engine::parity).
+fn engine_check(model: &str, report: &mut Value) -> bool {
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::cuda::CudaBackend;
+    use crate::engine::parity::{compare, parity_engine, test_prompts};
+    let cuda = match CudaBackend::new(0) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("engine check SKIPPED: no usable GPU ({})", short(&e));
+            report["engine_check"] = json!({"skipped": e.to_string()});
+            return false;
+        }
+    };
+    let source = match crate::model::resolve::resolve_source(Some(model), &mut |l| eprintln!("{l}"))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            println!("engine check: {e}");
+            return false;
+        }
+    };
+    let started = std::time::Instant::now();
+    let run = || -> Result<_, crate::engine::EngineError> {
+        let mut cpu = parity_engine(CpuBackend, &source, 7)?;
+        let mut gpu = parity_engine(cuda, &source, 7)?;
+        let prompts = test_prompts(cpu.model().config.vocab_size as u32, 3);
+        let r = compare(&mut cpu, &mut gpu, &prompts, 24, 1e-3, 1e-2)?;
+        let leaked = gpu.scheduler().kv_stats().device.used_blocks;
+        Ok((r, leaked))
+    };
+    match run() {
+        Ok((r, leaked)) => {
+            let ok = r.ok() && leaked == 0;
+            println!(
+                "Engine check ({model}, CPU vs CUDA, f32): {} requests, {} steps compared, \
+                 {} divergences ({} not at a near-tie), max |logprob diff| {:.2e}, \
+                 {leaked} pages left in use, {:.1} s: {}",
+                r.requests,
+                r.steps_compared,
+                r.divergences.len(),
+                r.bad_divergences,
+                r.max_logprob_diff,
+                started.elapsed().as_secs_f64(),
+                if ok { "ok" } else { "FAILED" }
+            );
+            report["engine_check"] = json!({"model": model, "requests": r.requests,
+                "steps_compared": r.steps_compared, "divergences": r.divergences,
+                "bad_divergences": r.bad_divergences, "max_logprob_diff": r.max_logprob_diff,
+                "pages_in_use_after": leaked, "ok": ok});
+            ok
+        }
+        Err(e) => {
+            println!("engine check FAILED: {e}");
+            report["engine_check"] = json!({"error": e.to_string()});
+            false
+        }
     }
 }

@@ -4,7 +4,8 @@ use clap::Args;
 use scheduler::{PreemptionMode, SchedulerConfig};
 
 use crate::backend::cpu::CpuBackend;
-use crate::engine::{cpu_dummy_engine, cpu_engine, EngineConfig, EngineCore};
+use crate::backend::cuda::CudaBackend;
+use crate::engine::{load_model, EngineConfig, EngineCore, EngineError};
 use crate::model::config::ModelConfig;
 use crate::model::dummy::dummy_config;
 use crate::model::llama::KvCache;
@@ -41,7 +42,8 @@ pub struct EngineArgs {
     pub preemption_mode: PreemptionMode,
     #[arg(long)]
     pub no_prefix_caching: bool,
-    /// Where the model runs: cpu (cuda is refused until the CUDA backend lands).
+    /// Where the model runs: cpu, cuda (GPU 0, f32 weights), or auto (cuda when a GPU and
+    /// its libraries are present, else cpu).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Refuse new requests (429, Retry-After) while this many are waiting.
@@ -71,17 +73,23 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
 }
 
 impl EngineArgs {
-    /// Resolves the model (pulling it if needed) and builds a CPU engine.
-    pub fn build(&self) -> Result<EngineCore<CpuBackend>, String> {
-        match self.device.as_str() {
-            "cpu" => {}
-            "cuda" => {
-                return Err(
-                    "--device cuda: this build has no CUDA backend yet; use --device cpu".into(),
-                )
-            }
-            d => return Err(format!("--device '{d}': cpu or cuda")),
-        }
+    /// Resolves the model (pulling it if needed) and builds an engine on `--device`.
+    pub fn build(&self) -> Result<AnyEngine, String> {
+        let cuda = match self.device.as_str() {
+            "cpu" => None,
+            "cuda" => Some(
+                CudaBackend::new(0)
+                    .map_err(|e| format!("--device cuda: {e} (pagedrt doctor says more)"))?,
+            ),
+            "auto" => match CudaBackend::new(0) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    eprintln!("--device auto: using the CPU ({e})");
+                    None
+                }
+            },
+            d => return Err(format!("--device '{d}': cpu, cuda or auto")),
+        };
         let source = resolve_source(self.model.as_deref(), &mut |l| eprintln!("{l}"))
             .map_err(|e| e.to_string())?;
         let mc = match &source {
@@ -115,13 +123,45 @@ impl EngineArgs {
             policy: self.policy.clone(),
             max_queue: self.max_queue,
         };
-        match source {
-            ModelSource::Dir(dir) => cpu_engine(&dir, cfg),
-            ModelSource::Dummy(spec) => cpu_dummy_engine(&spec, cfg, 0),
-        }
-        .map_err(|e| e.to_string())
+        let any = match cuda {
+            None => load_model(&CpuBackend, &source, 0).and_then(|(model, tok)| {
+                EngineCore::new(CpuBackend, model, Some(tok), cfg)
+                    .map(|e| AnyEngine::Cpu(Box::new(e)))
+            }),
+            Some(b) => {
+                eprintln!("device: {} ({})", b.gpu().info().name, b.gpu().info().arch);
+                load_model(&b, &source, 0).and_then(|(model, tok)| {
+                    EngineCore::new(b, model, Some(tok), cfg).map(|e| AnyEngine::Cuda(Box::new(e)))
+                })
+            }
+        };
+        any.map_err(|e: EngineError| e.to_string())
     }
 }
+
+/// An engine on whichever device `--device` chose (boxed: engines are large and moved).
+pub enum AnyEngine {
+    Cpu(Box<EngineCore<CpuBackend>>),
+    Cuda(Box<EngineCore<CudaBackend>>),
+}
+
+/// Runs `$body` with `$e` bound to the engine inside an [`AnyEngine`], whatever its backend
+/// (the body is compiled once per backend).
+macro_rules! with_engine {
+    ($any:expr, $e:ident => $body:expr) => {
+        match $any {
+            $crate::cli::engine_args::AnyEngine::Cpu($e) => {
+                let $e = *$e;
+                $body
+            }
+            $crate::cli::engine_args::AnyEngine::Cuda($e) => {
+                let $e = *$e;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_engine;
 
 #[cfg(test)]
 mod tests {

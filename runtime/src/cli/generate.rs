@@ -8,7 +8,9 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
-use super::engine_args::EngineArgs;
+use super::engine_args::{with_engine, EngineArgs};
+use crate::backend::Backend;
+use crate::engine::EngineCore;
 use crate::engine::GenerateRequest;
 use crate::model::tokenizer::ChatMessage;
 use crate::sampler::SamplingParams;
@@ -61,7 +63,14 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
             .collect(),
         _ => return Err("give --prompt or --prompts-file".into()),
     };
-    let mut engine = a.engine.build()?;
+    with_engine!(a.engine.build()?, engine => run_on(a, prompts, engine))
+}
+
+fn run_on<B: Backend>(
+    a: GenerateArgs,
+    prompts: Vec<String>,
+    mut engine: EngineCore<B>,
+) -> Result<(), String> {
     let tok = engine
         .tokenizer()
         .cloned()

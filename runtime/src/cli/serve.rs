@@ -2,7 +2,9 @@
 
 use clap::Args;
 
-use super::engine_args::EngineArgs;
+use super::engine_args::{with_engine, EngineArgs};
+use crate::backend::Backend;
+use crate::engine::EngineCore;
 use crate::server::{serve_with_grace, state_for};
 
 #[derive(Args, Debug, Clone)]
@@ -45,7 +47,14 @@ fn init_logging(format: &str) -> Result<(), String> {
 
 pub fn run(a: ServeArgs) -> Result<(), String> {
     init_logging(&a.log_format)?;
-    let core = a.engine.build()?;
+    with_engine!(a.engine.build()?, core => run_on(a, core))
+}
+
+fn run_on<B>(a: ServeArgs, core: EngineCore<B>) -> Result<(), String>
+where
+    B: Backend + Send + 'static,
+    B::Buf: Send,
+{
     let name = a.served_model_name.clone().unwrap_or_else(|| {
         a.engine
             .model

@@ -271,6 +271,10 @@ impl<B: Backend> EngineCore<B> {
         }
         let batch = build_batch(&plan, self.cache.layout.block_size);
         let mut logits = self.model.forward(&self.backend, &batch, &mut self.cache);
+        // A device error (this step's copies or forward) fails the step with its message.
+        if let Some(e) = self.backend.take_error() {
+            return Err(EngineError::Backend(e));
+        }
         let vocab = self.model.config.vocab_size;
         let mut result = StepResult::default();
         let mut outputs = Vec::new();

@@ -6,6 +6,7 @@ pub mod core;
 pub mod executor;
 pub mod handle;
 pub mod no_cache;
+pub mod parity;
 pub mod stop;
 pub mod synthetic;
 
@@ -25,6 +26,9 @@ pub enum EngineError {
     Block(#[from] block_manager::BlockError),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    /// The device failed (a CUDA error); the step's requests end with this message.
+    #[error("device error: {0}")]
+    Backend(String),
 }
 
 use std::collections::BTreeMap;
@@ -59,10 +63,19 @@ pub fn cpu_model(
     source: &ModelSource,
     seed: u64,
 ) -> Result<(LlamaModel<CpuBackend>, Arc<Tokenizer>), EngineError> {
+    load_model(&CpuBackend, source, seed)
+}
+
+/// A model on `backend` and its tokenizer (see [`cpu_model`]).
+pub fn load_model<B: crate::backend::Backend>(
+    backend: &B,
+    source: &ModelSource,
+    seed: u64,
+) -> Result<(LlamaModel<B>, Arc<Tokenizer>), EngineError> {
     match source {
         ModelSource::Dir(dir) => {
             let mc = ModelConfig::from_file(&dir.join("config.json"))?;
-            let model = LlamaModel::load(&CpuBackend, dir, mc)?;
+            let model = LlamaModel::load(backend, dir, mc)?;
             Ok((model, Arc::new(Tokenizer::from_dir(dir)?)))
         }
         ModelSource::Dummy(spec) => {
@@ -78,9 +91,8 @@ pub fn cpu_model(
                     )));
                 }
             }
-            let model = LlamaModel::from_parts(&CpuBackend, mc, |name, n| {
-                dummy::dummy_tensor(name, n, seed)
-            });
+            let model =
+                LlamaModel::from_parts(backend, mc, |name, n| dummy::dummy_tensor(name, n, seed));
             Ok((model, Arc::new(Tokenizer::byte_level()?)))
         }
     }

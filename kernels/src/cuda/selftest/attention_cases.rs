@@ -161,16 +161,16 @@ impl<E: GpuElem> Problem<E> {
         );
         let (bt, cl) = (up(gpu, &self.tables)?, up(gpu, &ctx)?);
         let inp = AttentionInputs {
-            q: &q,
+            q: q.as_view(),
             q_stride: self.num_heads * self.layout.head_dim,
-            k_cache: &kc,
-            v_cache: &vc,
+            k_cache: kc.as_view(),
+            v_cache: vc.as_view(),
             layout: self.layout,
             num_heads: self.num_heads,
             scale: self.scale(),
-            block_tables: &bt,
+            block_tables: bt.as_view(),
             max_blocks: self.max_blocks,
-            context_lens: &cl,
+            context_lens: cl.as_view(),
         };
         let mut out = poisoned::<E>(gpu, self.q.len())?;
         if decode {

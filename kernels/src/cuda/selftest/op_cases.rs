@@ -229,7 +229,97 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
         Ok(to_f32(&down(gpu, &xd)?))
     }));
 
+    push(qkv_rope_write_kv_case::<E>(gpu, &mut rng));
+
+    let (rows, n) = (5, 96);
+    let x: Vec<E> = rng.vec(rows * n, 1.0);
+    let bias: Vec<E> = rng.vec(n, 1.0);
+    let r: Vec<f64> = (0..rows * n)
+        .map(|i| (x[i].to_f32() + bias[i % n].to_f32()) as f64)
+        .collect();
+    push(twice(
+        "add_bias",
+        d,
+        format!("{rows} x {n}"),
+        tol,
+        &r,
+        || {
+            let mut xd = up(gpu, &x)?;
+            ops::add_bias(gpu, &mut xd, &up(gpu, &bias)?)?;
+            Ok(to_f32(&down(gpu, &xd)?))
+        },
+    ));
+
     push(argmax_case::<E>(gpu, &mut rng));
+}
+
+/// The fused split + RoPE + cache write against the CPU backend's three steps.
+fn qkv_rope_write_kv_case<E: GpuElem>(gpu: &Gpu, rng: &mut Rng) -> Check {
+    let (t, nh) = (6, 9);
+    let layout = KvLayout {
+        num_blocks: 8,
+        num_kv_heads: 3,
+        block_size: 4,
+        head_dim: 64,
+    };
+    let (hd, kvd) = (64, 3 * 64);
+    let row = nh * hd + 2 * kvd;
+    let rope = cpu::Rope::new(hd, 10000.0, 64, None);
+    let table = rope.cos_sin_table();
+    let qkv: Vec<E> = rng.vec(t * row, 1.0);
+    let pos: Vec<i32> = (0..t).map(|_| rng.below(64) as i32).collect();
+    let mut slots: Vec<i64> = (0..32).collect();
+    rng.shuffle(&mut slots);
+    slots.truncate(t);
+    slots[2] = -1;
+    let k_cache: Vec<E> = rng.vec(layout.elems(), 1.0);
+    let v_cache: Vec<E> = rng.vec(layout.elems(), 1.0);
+    let x = to_f32(&qkv);
+    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    for r in x.chunks(row) {
+        q.extend_from_slice(&r[..nh * hd]);
+        k.extend_from_slice(&r[nh * hd..nh * hd + kvd]);
+        v.extend_from_slice(&r[nh * hd + kvd..]);
+    }
+    let upos: Vec<usize> = pos.iter().map(|&p| p as usize).collect();
+    rope.apply(&mut q, &upos, nh);
+    rope.apply(&mut k, &upos, layout.num_kv_heads);
+    let (mut kc, mut vc) = (to_f32(&k_cache), to_f32(&v_cache));
+    cpu::write_kv(&mut kc, &mut vc, &layout, &k, &v, &slots);
+    let mut reference = f64s(&q);
+    reference.extend(f64s(&kc));
+    reference.extend(f64s(&vc));
+    let case = format!("{t} tokens, {nh}/3 heads, one padding slot");
+    twice(
+        "qkv_rope_write_kv",
+        E::SUFFIX,
+        case,
+        tolerance::<E>(),
+        &reference,
+        || {
+            let mut qd = poisoned::<E>(gpu, t * nh * hd)?;
+            let (mut kd, mut vd) = (up(gpu, &k_cache)?, up(gpu, &v_cache)?);
+            ops::qkv_rope_write_kv(
+                gpu,
+                &mut qd,
+                &up(gpu, &qkv)?,
+                &up(gpu, &pos)?,
+                &up(gpu, &table)?,
+                &mut kd,
+                &mut vd,
+                &layout,
+                &up(gpu, &slots)?,
+                ops::QkvShape {
+                    num_tokens: t,
+                    num_heads: nh,
+                },
+            )?;
+            let mut o = to_f32(&down(gpu, &qd)?);
+            o.extend(to_f32(&down(gpu, &kd)?));
+            o.extend(to_f32(&down(gpu, &vd)?));
+            Ok(o)
+        },
+    )
 }
 
 /// argmax: the CPU sampler's index on each row, a tie (lowest index wins) and a NaN included.

@@ -1,0 +1,61 @@
+//! Backend parity (`engine::parity`): the comparison accepts identical engines, rejects a
+//! different model, and, on a machine with a GPU, holds the CUDA backend to the CPU's tokens.
+
+mod common;
+
+use common::http::tiny_model_config;
+use runtime::backend::cpu::CpuBackend;
+use runtime::backend::Backend;
+use runtime::engine::parity::{compare, parity_engine, test_prompts};
+use runtime::engine::EngineCore;
+use runtime::model::resolve::ModelSource;
+
+/// Reports a skipped test on the terminal even while the harness captures output: a direct
+/// write to stderr bypasses the capture that `eprintln!` goes through.
+macro_rules! report_skip {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {}", format_args!($($arg)*));
+    }};
+}
+
+fn engine<B: Backend>(backend: B, spec: &str, seed: u64) -> EngineCore<B> {
+    parity_engine(backend, &ModelSource::Dummy(spec.into()), seed).unwrap()
+}
+
+#[test]
+fn identical_engines_agree_and_a_different_model_does_not() {
+    let spec = tiny_model_config();
+    let spec = spec.to_str().unwrap();
+    let prompts = test_prompts(259, 1);
+    let (mut a, mut b) = (engine(CpuBackend, spec, 5), engine(CpuBackend, spec, 5));
+    let r = compare(&mut a, &mut b, &prompts, 12, 1e-3, 1e-4).unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.divergences.len(), 0);
+    assert_eq!(r.steps_compared, prompts.len() * 12);
+    assert_eq!(r.max_logprob_diff, 0.0);
+
+    let (mut a, mut c) = (engine(CpuBackend, spec, 5), engine(CpuBackend, spec, 6));
+    let r = compare(&mut a, &mut c, &prompts, 12, 1e-3, 1e-4).unwrap();
+    assert!(!r.ok(), "a different model passed: {r:?}");
+    assert!(r.bad_divergences > 0, "{r:?}");
+}
+
+#[test]
+fn the_cuda_backend_reproduces_the_cpu_tokens() {
+    let cuda = match runtime::backend::cuda::CudaBackend::new(0) {
+        Ok(b) => b,
+        Err(e) => {
+            report_skip!("the_cuda_backend_reproduces_the_cpu_tokens: no GPU: {e}");
+            return;
+        }
+    };
+    let spec = tiny_model_config();
+    let spec = spec.to_str().unwrap();
+    let prompts = test_prompts(259, 2);
+    let (mut a, mut b) = (engine(CpuBackend, spec, 5), engine(cuda, spec, 5));
+    let r = compare(&mut a, &mut b, &prompts, 24, 1e-3, 1e-3).unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(a.scheduler().kv_stats().device.used_blocks, 0);
+    assert_eq!(b.scheduler().kv_stats().device.used_blocks, 0);
+}
