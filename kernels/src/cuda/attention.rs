@@ -1,7 +1,7 @@
 //! Launching paged attention: the decode kernel (one query per sequence, split-K when that
 //! fills the GPU better) and the mixed-batch kernel (chunks of queries per sequence).
 
-use cudarc::driver::{CudaSlice, CudaView, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::device::{driver_err, Gpu};
 use super::elem::GpuElem;
@@ -37,6 +37,17 @@ pub struct AttentionInputs<'a, E: GpuElem> {
 }
 
 impl<E: GpuElem> AttentionInputs<'_, E> {
+    /// Device addresses of q, the K and V caches, the block tables and the context lengths.
+    fn addrs(&self, s: &CudaStream) -> [u64; 5] {
+        [
+            addr(&self.q, s),
+            addr(&self.k_cache, s),
+            addr(&self.v_cache, s),
+            addr(&self.block_tables, s),
+            addr(&self.context_lens, s),
+        ]
+    }
+
     fn group(&self) -> usize {
         self.num_heads / self.layout.num_kv_heads.max(1)
     }
@@ -181,15 +192,7 @@ pub fn paged_attention_decode<E: GpuElem>(
     let (psz, qs) = (ps as i32, inp.q_stride as i32);
     let stream = gpu.stream();
     let o = addr_mut(out, stream);
-    let (q, kc, vc) = (
-        addr(&inp.q, stream),
-        addr(&inp.k_cache, stream),
-        addr(&inp.v_cache, stream),
-    );
-    let (bt, cl) = (
-        addr(&inp.block_tables, stream),
-        addr(&inp.context_lens, stream),
-    );
+    let [q, kc, vc, bt, cl] = inp.addrs(stream);
     let mut b = stream.launch_builder(&f);
     b.arg(&o).arg(&mut *po).arg(&mut *pm).arg(&mut *psum);
     b.arg(&q).arg(&kc).arg(&vc).arg(&bt).arg(&mb);
@@ -286,15 +289,7 @@ pub fn paged_attention_prefill<E: GpuElem>(
         inp.q_stride as i32,
     );
     let o = addr_mut(out, stream);
-    let (q, kc, vc) = (
-        addr(&inp.q, stream),
-        addr(&inp.k_cache, stream),
-        addr(&inp.v_cache, stream),
-    );
-    let (bt, cl) = (
-        addr(&inp.block_tables, stream),
-        addr(&inp.context_lens, stream),
-    );
+    let [q, kc, vc, bt, cl] = inp.addrs(stream);
     let mut b = stream.launch_builder(&f);
     b.arg(&o).arg(&q).arg(&kc).arg(&vc).arg(&bt).arg(&mb);
     b.arg(&cu)

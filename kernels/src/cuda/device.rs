@@ -98,26 +98,44 @@ impl Gpu {
 
     /// The kernel `entry` of `src`, compiling and loading `src` on first use.
     pub fn function(&self, src: &KernelSource, entry: &str) -> Result<CudaFunction, CudaError> {
-        let module = {
-            let mut modules = self.modules.lock();
-            match modules.get(src.name) {
-                Some(m) => m.clone(),
-                None => {
-                    let compiled = compile(src, &self.info.arch, false)?;
-                    let m = self
-                        .ctx
-                        .load_module(Ptx::from_src(compiled.ptx))
-                        .map_err(driver_err)?;
-                    modules.insert(src.name, m.clone());
-                    m
-                }
-            }
-        };
+        let module = self.module(src)?;
         module
             .load_function(entry)
             .map_err(|e| CudaError::Unsupported {
                 kernel: entry.to_string(),
                 problem: format!("not found in {}: {e}", src.file_name()),
             })
+    }
+
+    /// `src` compiled for this GPU and loaded, from the cache or now. NVRTC runs outside the
+    /// lock, so several modules can compile at once (see `preload`).
+    fn module(&self, src: &KernelSource) -> Result<Arc<CudaModule>, CudaError> {
+        if let Some(m) = self.modules.lock().get(src.name) {
+            return Ok(m.clone());
+        }
+        let compiled = compile(src, &self.info.arch, false)?;
+        let m = self
+            .ctx
+            .load_module(Ptx::from_src(compiled.ptx))
+            .map_err(driver_err)?;
+        Ok(self.modules.lock().entry(src.name).or_insert(m).clone())
+    }
+
+    /// Compiles and loads `sources` in parallel, so the first step does not pay for NVRTC.
+    pub fn preload(&self, sources: &[KernelSource]) -> Result<(), CudaError> {
+        std::thread::scope(|scope| {
+            let jobs: Vec<_> = sources
+                .iter()
+                .map(|src| scope.spawn(move || self.module(src).map(|_| ())))
+                .collect();
+            jobs.into_iter()
+                .map(|j| {
+                    j.join().unwrap_or_else(|_| {
+                        Err(CudaError::Driver("compile thread panicked".into()))
+                    })
+                })
+                .collect::<Result<Vec<()>, CudaError>>()
+        })?;
+        Ok(())
     }
 }

@@ -47,6 +47,7 @@ impl CudaBackend {
             locate(lib)?;
         }
         let gpu = Gpu::open(ordinal)?;
+        gpu.preload(&source::ALL)?;
         let blas = CudaBlas::new(gpu.stream().clone())
             .map_err(|e| CudaError::Driver(format!("cuBLAS: {e}")))?;
         Ok(CudaBackend {
@@ -218,6 +219,8 @@ impl Backend for CudaBackend {
                     problem: format!("buffers too small for [{m}, {k}] x [{n}, {k}]ᵀ"),
                 });
             }
+            // cuBLAS runs in the calling thread's current context: make it this GPU's.
+            self.gpu.context().bind_to_thread().map_err(drv)?;
             // Row-major out[m, n] = x[m, k] · w[n, k]ᵀ is column-major outᵀ = w · xᵀ:
             // A = w (stored as k x n column-major, transposed), B = xᵀ (k x m).
             let cfg = GemmConfig {

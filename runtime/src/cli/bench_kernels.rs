@@ -21,6 +21,8 @@ pub fn run(args: BenchKernelsArgs) -> Result<(), String> {
         gpu.info().arch,
         gpu.info().multiprocessors
     );
+    gpu.preload(&kernels::cuda::source::ALL)
+        .map_err(|e| e.to_string())?;
     let mut copy_gb_s = None;
     let rows = bench::run_all(&gpu, |r| {
         let gb = r.gb_per_s();

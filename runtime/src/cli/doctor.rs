@@ -175,6 +175,13 @@ fn run_selftest(full: bool, report: &mut Value) -> bool {
     };
     println!("Self-test on {} ({}):", gpu.info().name, gpu.info().arch);
     let started = std::time::Instant::now();
+    match gpu.preload(&source::ALL) {
+        Ok(()) => println!(
+            "  kernels compiled and loaded in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => println!("  FAILED to compile or load the kernels: {e}"),
+    }
     let checks = selftest::run_all(&gpu, !full, |c| {
         let status = if c.passed() { "ok" } else { "FAILED" };
         let extra = match (&c.error, c.deterministic) {
