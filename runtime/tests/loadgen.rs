@@ -32,13 +32,21 @@ async fn mock_completion(body: String) -> Response {
             ))
             .unwrap();
     }
-    let chunks = futures_util::stream::unfold(0usize, |i| async move {
+    // A prompt with NO_USAGE gets two-byte token texts and no usage chunk, like a server
+    // that does not report usage.
+    let no_usage = body.contains("NO_USAGE");
+    let chunks = futures_util::stream::unfold(0usize, move |i| async move {
         if i > TOKENS + 1 {
             return None;
         }
         let data = if i < TOKENS {
             tokio::time::sleep(Duration::from_millis(if i == 0 { TTFT_MS } else { ITL_MS })).await;
-            r#"data: {"choices": [{"index": 0, "text": "x", "finish_reason": null}]}"#.to_string()
+            let text = if no_usage { "ab" } else { "x" };
+            format!(
+                r#"data: {{"choices": [{{"index": 0, "text": "{text}", "finish_reason": null}}]}}"#
+            )
+        } else if i == TOKENS && no_usage {
+            r#"data: {"choices": []}"#.to_string()
         } else if i == TOKENS {
             format!(
                 r#"data: {{"choices": [], "usage": {{"prompt_tokens": 5, "completion_tokens": {TOKENS}}}}}"#
@@ -82,6 +90,7 @@ fn target(port: u16) -> Arc<Target> {
         api_key: None,
         ignore_eos: false,
         timeout: Duration::from_secs(30),
+        tokenizer: None,
     })
 }
 
@@ -91,6 +100,46 @@ fn req(output_len: usize) -> BenchRequest {
         prompt_len: 2,
         output_len,
     }
+}
+
+#[test]
+fn without_usage_output_tokens_are_counted_by_the_tokenizer() {
+    use runtime::loadgen::run::TokenCount;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = mock_server(&rt);
+    let mut r = req(8);
+    r.prompt = "NO_USAGE please".into();
+    let plain = target(port);
+    let mut with_tok = (*plain).clone();
+    with_tok.tokenizer = Some(Arc::new(
+        runtime::model::tokenizer::Tokenizer::byte_level().unwrap(),
+    ));
+    for (t, want, how) in [
+        (plain, TOKENS, TokenCount::Events),
+        (Arc::new(with_tok), 2 * TOKENS, TokenCount::Tokenizer),
+    ] {
+        let (out, _) = rt.block_on(run(t, vec![r.clone()], vec![0.0], None, Arc::new(|| {})));
+        assert!(out[0].ok(), "{:?}", out[0].error);
+        assert_eq!(out[0].text, "ab".repeat(TOKENS));
+        // The byte-level tokenizer makes one token of each byte: 2 per streamed event.
+        assert_eq!((out[0].output_tokens, out[0].counted_by), (want, how));
+    }
+    // With usage, usage wins.
+    let (out, _) = rt.block_on(run(
+        target(port),
+        vec![req(8)],
+        vec![0.0],
+        None,
+        Arc::new(|| {}),
+    ));
+    assert_eq!(
+        (out[0].output_tokens, out[0].counted_by),
+        (TOKENS, TokenCount::Usage)
+    );
 }
 
 #[test]

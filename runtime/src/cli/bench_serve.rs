@@ -70,6 +70,10 @@ pub struct BenchServeArgs {
     seed: u64,
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Count output tokens with this tokenizer (a model directory or a pulled model name)
+    /// when the server reports no `usage`; without it such streams count one token per event.
+    #[arg(long)]
+    tokenizer: Option<String>,
     /// Give up on a request after this many seconds.
     #[arg(long, default_value_t = 600.0)]
     timeout_s: f64,
@@ -177,6 +181,10 @@ pub fn run(a: BenchServeArgs) -> Result<(), String> {
         api_key: a.api_key.clone(),
         ignore_eos: a.ignore_eos,
         timeout: Duration::from_secs_f64(a.timeout_s),
+        tokenizer: match &a.tokenizer {
+            Some(t) => Some(Arc::new(load_tokenizer(t)?)),
+            None => None,
+        },
     });
     let rates = if a.sweep_rates.is_empty() {
         vec![a.request_rate]
@@ -289,4 +297,19 @@ fn plots(dir: &PathBuf, runs: &[(f64, BenchResult, Vec<Outcome>)]) -> Result<(),
         )?;
     }
     Ok(())
+}
+
+/// `--tokenizer`: a model directory or a pulled model's name.
+fn load_tokenizer(spec: &str) -> Result<crate::model::tokenizer::Tokenizer, String> {
+    let dir = match crate::model::resolve::resolve_source(Some(spec), &mut |l| eprintln!("{l}"))
+        .map_err(|e| format!("--tokenizer {spec}: {e}"))?
+    {
+        crate::model::resolve::ModelSource::Dir(d) => d,
+        crate::model::resolve::ModelSource::Dummy(_) => {
+            return Err(format!(
+                "--tokenizer {spec}: give a model directory or name"
+            ))
+        }
+    };
+    crate::model::tokenizer::Tokenizer::from_dir(&dir).map_err(|e| format!("--tokenizer: {e}"))
 }

@@ -21,6 +21,9 @@ pub struct BenchResult {
     pub errors: BTreeMap<String, usize>,
     pub total_input_tokens: usize,
     pub total_output_tokens: usize,
+    /// How the completed requests' output tokens were counted ("usage", "tokenizer",
+    /// "stream events") and for how many requests each way.
+    pub output_tokens_counted_by: BTreeMap<&'static str, usize>,
     pub request_throughput: f64,
     pub output_throughput: f64,
     pub total_token_throughput: f64,
@@ -80,6 +83,10 @@ impl BenchResult {
             errors,
             total_input_tokens: tin,
             total_output_tokens: tout,
+            output_tokens_counted_by: ok.iter().fold(BTreeMap::new(), |mut m, o| {
+                *m.entry(o.counted_by.as_str()).or_insert(0) += 1;
+                m
+            }),
             request_throughput: ok.len() as f64 / d,
             output_throughput: tout as f64 / d,
             total_token_throughput: (tin + tout) as f64 / d,
@@ -116,6 +123,18 @@ impl BenchResult {
         );
         if let Some(g) = self.goodput {
             o += &format!("{:<40}{:>10.2}\n", "Request goodput (req/s):", g);
+        }
+        if self.output_tokens_counted_by.keys().any(|&k| k != "usage") {
+            let how: Vec<String> = self
+                .output_tokens_counted_by
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            o += &format!(
+                "{:<40}{:>10}\n",
+                "Output tokens counted by:",
+                how.join(", ")
+            );
         }
         for (name, s) in [
             ("TTFT", &self.ttft_s),

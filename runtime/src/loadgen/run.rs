@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::dataset::BenchRequest;
 use super::http::{request, Endpoint};
 use super::sse::SseParser;
+use crate::model::tokenizer::Tokenizer;
 
 /// Where and how to send.
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct Target {
     pub api_key: Option<String>,
     pub ignore_eos: bool,
     pub timeout: Duration,
+    /// Counts output tokens from the text when the server sends no `usage`.
+    pub tokenizer: Option<Arc<Tokenizer>>,
 }
 
 impl Target {
@@ -54,10 +57,34 @@ pub struct Outcome {
     /// Gaps between consecutive token events.
     pub itls_s: Vec<f64>,
     pub e2e_s: f64,
-    /// From the server's `usage`, else the number of token events.
+    /// From the server's `usage`, else the tokenizer on the text, else the token events.
     pub output_tokens: usize,
+    /// Which of those counted `output_tokens`.
+    pub counted_by: TokenCount,
     pub prompt_tokens: usize,
     pub text: String,
+}
+
+/// Where an outcome's output-token count came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TokenCount {
+    /// The server's `usage.completion_tokens`.
+    #[default]
+    Usage,
+    /// The client's tokenizer over the streamed text (`--tokenizer`).
+    Tokenizer,
+    /// One per streamed token event: exact for servers that stream one token per chunk.
+    Events,
+}
+
+impl TokenCount {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenCount::Usage => "usage",
+            TokenCount::Tokenizer => "tokenizer",
+            TokenCount::Events => "stream events",
+        }
+    }
 }
 
 impl Outcome {
@@ -181,7 +208,14 @@ pub async fn send_one(target: &Target, r: &BenchRequest, run_start: Instant) -> 
     } else if o.ttft_s.is_none() {
         o.error = Some("no token in the stream".into());
     }
-    o.output_tokens = usage_tokens.unwrap_or(events);
+    (o.output_tokens, o.counted_by) = match (usage_tokens, &target.tokenizer) {
+        (Some(n), _) => (n, TokenCount::Usage),
+        (None, Some(tok)) => match tok.count_tokens(&o.text) {
+            Ok(n) => (n, TokenCount::Tokenizer),
+            Err(_) => (events, TokenCount::Events),
+        },
+        (None, None) => (events, TokenCount::Events),
+    };
     o
 }
 

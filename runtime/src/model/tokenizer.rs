@@ -28,6 +28,15 @@ pub struct Tokenizer {
     chat_template: Option<String>,
 }
 
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("path", &self.path)
+            .field("vocab_size", &self.vocab_size())
+            .finish_non_exhaustive()
+    }
+}
+
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Tokenizer {
         path: path.to_path_buf(),
@@ -141,6 +150,16 @@ impl Tokenizer {
         }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
+    }
+
+    /// How many tokens `text` is, without the BOS `encode` may add (for counting generated
+    /// text).
+    pub fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err(&self.path, e))?;
+        Ok(enc.len())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, ModelError> {
