@@ -1,8 +1,10 @@
 //! Fitting the simulator's cost model to measured engine steps (`pagedrt bench calibrate`).
 //!
-//! The cost model is linear in five features of a step (see `scheduler::sim::CostModel`):
-//! a constant, prefill tokens, decoding sequences, context tokens attended, and prefill
-//! attention pairs. The design
+//! The cost model is linear in seven features of a step (see `scheduler::sim::CostModel`):
+//! a constant; for steps above the small-batch knee, a constant (the switch to blocked
+//! GEMMs), prefill tokens and decoding sequences; for steps at or below it, rows; and for
+//! all, context tokens attended and prefill attention pairs. The CPU engine's knee is its
+//! matrix-vector limit (`kernels::cpu::matmul::SMALL_M`). The design
 //! below varies them independently (prefill-only steps of several sizes, decode-only steps
 //! over a grid of batch sizes and context lengths, and mixed steps), so the fit can tell
 //! them apart.
@@ -22,15 +24,20 @@ pub struct StepShape {
 }
 
 impl StepShape {
-    /// [1, prefill tokens, decoding sequences, context tokens attended, prefill attention
-    /// pairs], the cost model's features (a decode reads its `context` cached tokens and
-    /// itself; a chunk of n tokens from position 0 attends n(n+1)/2 pairs).
-    pub fn features(&self) -> Vec<f64> {
+    /// The cost model's features for a knee of `knee` rows: [1, above, rows if at or below
+    /// the knee, prefill tokens if above, decoding sequences if above, context tokens
+    /// attended, prefill attention pairs]. A decode reads its `context` cached tokens and
+    /// itself; a chunk of n tokens from position 0 attends n(n+1)/2 pairs.
+    pub fn features(&self, knee: usize) -> Vec<f64> {
         let n = self.prefill;
+        let rows = n + self.decodes;
+        let above = if rows > knee { 1.0 } else { 0.0 };
         vec![
             1.0,
-            n as f64,
-            self.decodes as f64,
+            above,
+            (1.0 - above) * rows as f64,
+            above * n as f64,
+            above * self.decodes as f64,
             (self.decodes * (self.context + 1) + n) as f64,
             (n * (n + 1) / 2) as f64,
         ]
@@ -40,14 +47,14 @@ impl StepShape {
 /// The designed set of step shapes.
 pub fn design() -> Vec<StepShape> {
     let mut v = Vec::new();
-    for prefill in [16, 64, 256, 512, 1024, 2048] {
+    for prefill in [4, 8, 16, 64, 256, 512, 1024, 2048] {
         v.push(StepShape {
             decodes: 0,
             context: 0,
             prefill,
         });
     }
-    for decodes in [1, 4, 16, 64] {
+    for decodes in [1, 2, 4, 8, 12, 16, 64] {
         for context in [64, 512, 2048] {
             v.push(StepShape {
                 decodes,
@@ -56,7 +63,13 @@ pub fn design() -> Vec<StepShape> {
             });
         }
     }
-    for (decodes, context, prefill) in [(8, 256, 256), (32, 128, 512), (4, 1024, 128)] {
+    for (decodes, context, prefill) in [
+        (2, 256, 4),
+        (8, 256, 256),
+        (32, 128, 512),
+        (4, 1024, 128),
+        (3, 128, 64),
+    ] {
         v.push(StepShape {
             decodes,
             context,
@@ -66,22 +79,25 @@ pub fn design() -> Vec<StepShape> {
     v
 }
 
-const FEATURES: usize = 5;
+const FEATURES: usize = 7;
 
-/// Fits `base`'s five step coefficients to `(shape, seconds)` samples. A coefficient the
-/// data would make negative is fixed at 0 and the rest refitted (a step never gets cheaper
-/// with more work). Returns the model and the fit (over all five features).
+/// Fits `base`'s seven step coefficients to `(shape, seconds)` samples, with the small-batch
+/// law below `knee` rows (0: none). A coefficient the data would make negative is fixed at 0
+/// and the rest refitted (a step never gets cheaper with more work). Returns the model and
+/// the fit (over all seven features).
 pub fn fit_cost_model(
     samples: &[(StepShape, f64)],
     base: &CostModel,
+    knee: usize,
 ) -> Result<(CostModel, Fit), String> {
-    let mut active = [true; FEATURES];
+    // Without a knee every step is "above": the constant and the rows feature drop out.
+    let mut active = [true, knee > 0, knee > 0, true, true, true, true];
     loop {
         let idx: Vec<usize> = (0..FEATURES).filter(|&j| active[j]).collect();
         let rows: Vec<Vec<f64>> = samples
             .iter()
             .map(|(s, _)| {
-                let f = s.features();
+                let f = s.features(knee);
                 idx.iter().map(|&j| f[j]).collect()
             })
             .collect();
@@ -97,10 +113,13 @@ pub fn fit_cost_model(
         }
         let model = CostModel {
             step_overhead_s: coef[0],
-            per_prefill_token_s: coef[1],
-            per_decode_seq_s: coef[2],
-            per_context_token_s: coef[3],
-            per_prefill_attention_pair_s: coef[4],
+            gemm_switch_s: coef[1],
+            small_batch_per_row_s: coef[2],
+            small_batch_rows: knee,
+            per_prefill_token_s: coef[3],
+            per_decode_seq_s: coef[4],
+            per_context_token_s: coef[5],
+            per_prefill_attention_pair_s: coef[6],
             ..base.clone()
         };
         let full = Fit {
@@ -143,6 +162,9 @@ mod tests {
             per_decode_seq_s: 1.5e-3,
             per_context_token_s: 2e-6,
             per_prefill_attention_pair_s: 3e-8,
+            small_batch_rows: 8,
+            small_batch_per_row_s: 4e-4,
+            gemm_switch_s: 0.01,
             per_swap_byte_s: 1e-10,
             kv_bytes_per_token: 46080.0,
             kv_capacity_tokens: Some(1000),
@@ -151,8 +173,11 @@ mod tests {
             .into_iter()
             .map(|s| (s, truth.step_time(&plan_of(&s), 16)))
             .collect();
-        let (got, fit) = fit_cost_model(&samples, &CostModel::constant(0.0)).unwrap();
+        let (got, fit) = fit_cost_model(&samples, &CostModel::constant(0.0), 8).unwrap();
+        assert_eq!(got.small_batch_rows, 8);
         let pairs = [
+            (got.gemm_switch_s, truth.gemm_switch_s),
+            (got.small_batch_per_row_s, truth.small_batch_per_row_s),
             (got.step_overhead_s, truth.step_overhead_s),
             (got.per_prefill_token_s, truth.per_prefill_token_s),
             (got.per_decode_seq_s, truth.per_decode_seq_s),
@@ -172,7 +197,7 @@ mod tests {
             .enumerate()
             .map(|(i, (s, y))| (*s, y * if i % 2 == 0 { 1.05 } else { 0.95 }))
             .collect();
-        let (got, fit) = fit_cost_model(&noisy, &CostModel::constant(0.0)).unwrap();
+        let (got, fit) = fit_cost_model(&noisy, &CostModel::constant(0.0), 8).unwrap();
         assert!((got.per_decode_seq_s / truth.per_decode_seq_s - 1.0).abs() < 0.25);
         assert!(fit.rms_rel_residual > 0.01 && fit.rms_rel_residual < 0.06);
     }

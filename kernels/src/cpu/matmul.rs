@@ -2,9 +2,10 @@
 
 use rayon::prelude::*;
 
-/// Up to this many rows, weights are streamed once with every row dotted against them
-/// (decode steps); above it the blocked GEMM wins.
-const SMALL_M: usize = 8;
+/// Up to this many rows, `linear` streams the weights once for all rows (matrix-vector
+/// style) instead of calling the blocked GEMM; the cost model of `pagedrt bench calibrate`
+/// puts its small-batch knee here.
+pub const SMALL_M: usize = 8;
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` (a linear layer with Hugging Face's `[out, in]` weights).
 pub fn linear(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize) {

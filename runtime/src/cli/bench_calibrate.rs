@@ -30,6 +30,10 @@ pub struct CalibrateArgs {
     /// Timed repetitions per shape (median); slow shapes run once.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Steps of at most this many rows follow the small-batch law (default: the CPU
+    /// engine's matrix-vector limit); 0 fits one law for all steps.
+    #[arg(long, default_value_t = kernels::cpu::matmul::SMALL_M)]
+    knee: usize,
 }
 
 pub fn run(a: CalibrateArgs) -> Result<(), String> {
@@ -77,16 +81,19 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
         per_decode_seq_s: 0.0,
         per_context_token_s: 0.0,
         per_prefill_attention_pair_s: 0.0,
+        small_batch_rows: 0,
+        small_batch_per_row_s: 0.0,
+        gemm_switch_s: 0.0,
         // Swapping on the CPU is a memory copy: ~10 GB/s here.
         per_swap_byte_s: 1.0 / 10e9,
         kv_bytes_per_token: kv,
         kv_capacity_tokens: Some(blocks * a.block_size),
     };
-    let (cm, fit) = fit_cost_model(&samples, &base)?;
+    let (cm, fit) = fit_cost_model(&samples, &base, a.knee)?;
     println!("| decodes | context | prefill | measured ms | model ms | error |");
     println!("|---:|---:|---:|---:|---:|---:|");
     for (s, y) in &samples {
-        let p = fit.predict(&s.features());
+        let p = fit.predict(&s.features(a.knee));
         println!(
             "| {} | {} | {} | {:.2} | {:.2} | {:+.1} % |",
             s.decodes,
@@ -98,9 +105,13 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
         );
     }
     println!(
-        "\nstep = {:.3e} + {:.3e}·prefill_tokens + {:.3e}·decode_seqs + {:.3e}·context_tokens \
-         + {:.3e}·prefill_pairs s; relative error RMS {:.1} %, max {:.1} %",
+        "\nstep = {:.3e} + (rows <= {}: {:.3e}·rows; else {:.3e} + {:.3e}·prefill_tokens + \
+         {:.3e}·decode_seqs) + {:.3e}·context_tokens + {:.3e}·prefill_pairs s; relative error \
+         RMS {:.1} %, max {:.1} %",
         cm.step_overhead_s,
+        cm.small_batch_rows,
+        cm.small_batch_per_row_s,
+        cm.gemm_switch_s,
         cm.per_prefill_token_s,
         cm.per_decode_seq_s,
         cm.per_context_token_s,

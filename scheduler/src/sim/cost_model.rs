@@ -7,6 +7,12 @@
 //! `prefill_pairs` counts (query, key) pairs of prefill chunks: a chunk of n tokens after s
 //! cached ones attends n·s + n(n+1)/2 pairs, which dominates long prompts on a CPU.
 //!
+//! Small batches can follow a different law: a CPU engine multiplies up to a few rows by
+//! streaming the weights once (matrix-vector style), so below `small_batch_rows` rows
+//! (prefill tokens + decoding sequences) a step costs `step_overhead + rows ×
+//! small_batch_per_row_s` (plus attention), and above it pays `gemm_switch_s` on top of the
+//! per-token and per-sequence terms. `small_batch_rows = 0` (the presets) means one law.
+//!
 //! The presets are derived from rooflines (weights read once per step from memory, GEMM
 //! FLOPs at the measured tensor rate, K/V bytes read per attended token, swap over PCIe);
 //! `pagedrt bench calibrate` fits the same form to real engine runs.
@@ -30,6 +36,16 @@ pub struct CostModel {
     /// where prefill attention hides under the GEMMs).
     #[serde(default)]
     pub per_prefill_attention_pair_s: f64,
+    /// Steps of at most this many rows (prefill tokens + decoding sequences) use the
+    /// small-batch law; 0: none do.
+    #[serde(default)]
+    pub small_batch_rows: usize,
+    /// Cost per row of a small-batch step (replacing the per-token and per-sequence terms).
+    #[serde(default)]
+    pub small_batch_per_row_s: f64,
+    /// Extra fixed cost of a step above `small_batch_rows` (the switch to blocked GEMMs).
+    #[serde(default)]
+    pub gemm_switch_s: f64,
     /// Swap transfer time per byte.
     pub per_swap_byte_s: f64,
     /// K/V bytes per token (all layers), to turn swapped pages into bytes.
@@ -44,9 +60,16 @@ impl CostModel {
     pub fn step_time(&self, plan: &StepPlan, block_size: usize) -> f64 {
         let swapped_pages = plan.swap_in.len() + plan.swap_out.len();
         let swap_bytes = swapped_pages as f64 * block_size as f64 * self.kv_bytes_per_token;
+        let (prefill, decodes) = (plan.num_prefill_tokens(), plan.num_decode_seqs());
+        let rows = if prefill + decodes <= self.small_batch_rows {
+            (prefill + decodes) as f64 * self.small_batch_per_row_s
+        } else {
+            self.gemm_switch_s
+                + prefill as f64 * self.per_prefill_token_s
+                + decodes as f64 * self.per_decode_seq_s
+        };
         self.step_overhead_s
-            + plan.num_prefill_tokens() as f64 * self.per_prefill_token_s
-            + plan.num_decode_seqs() as f64 * self.per_decode_seq_s
+            + rows
             + plan.num_context_tokens() as f64 * self.per_context_token_s
             + plan.num_prefill_attention_pairs() as f64 * self.per_prefill_attention_pair_s
             + swap_bytes * self.per_swap_byte_s
@@ -66,6 +89,9 @@ impl CostModel {
             per_decode_seq_s: per_token,
             per_context_token_s: kv / 3.0e12,
             per_prefill_attention_pair_s: 0.0,
+            small_batch_rows: 0,
+            small_batch_per_row_s: 0.0,
+            gemm_switch_s: 0.0,
             per_swap_byte_s: 1.0 / 25e9,
             kv_bytes_per_token: kv,
             kv_capacity_tokens: Some(((80e9 * 0.9 - 16.06e9) / kv) as usize),
@@ -85,6 +111,9 @@ impl CostModel {
             per_decode_seq_s: per_token,
             per_context_token_s: kv / 27e9,
             per_prefill_attention_pair_s: 0.0,
+            small_batch_rows: 0,
+            small_batch_per_row_s: 0.0,
+            gemm_switch_s: 0.0,
             per_swap_byte_s: 1.0 / 10e9,
             kv_bytes_per_token: kv,
             kv_capacity_tokens: Some((2.0 * 1024f64.powi(3) / kv) as usize),
@@ -100,6 +129,9 @@ impl CostModel {
             per_decode_seq_s: 0.0,
             per_context_token_s: 0.0,
             per_prefill_attention_pair_s: 0.0,
+            small_batch_rows: 0,
+            small_batch_per_row_s: 0.0,
+            gemm_switch_s: 0.0,
             per_swap_byte_s: 0.0,
             kv_bytes_per_token: 0.0,
             kv_capacity_tokens: None,
