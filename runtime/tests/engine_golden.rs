@@ -73,6 +73,42 @@ fn greedy_generation_matches_the_float64_reference() {
     );
 }
 
+/// bf16 weights move the first-step logits by up to about 0.16 here (tests/golden_logits.rs),
+/// so a top-2 margin by up to about 0.32: every step before the first whose reference margin
+/// is below 0.35 must give the reference's token. (On this machine all 128 tokens match.)
+#[test]
+fn bf16_weights_reproduce_the_reference_away_from_near_ties() {
+    let gold = common::golden_with_margin(0.35);
+    let source = runtime::model::resolve::ModelSource::Dir(default_model());
+    let (model, tok) = runtime::engine::load_model_as(
+        &runtime::backend::cpu::CpuBackend,
+        &source,
+        0,
+        runtime::backend::WeightDtype::Bf16,
+    )
+    .unwrap();
+    let mut e = runtime::engine::EngineCore::new(
+        runtime::backend::cpu::CpuBackend,
+        model,
+        Some(tok),
+        config(256, 64, 0, PreemptionMode::Recompute),
+    )
+    .unwrap();
+    for (i, g) in gold.iter().enumerate() {
+        e.add_request(greedy_req(i as u64, g.prompt.clone(), 32))
+            .unwrap();
+    }
+    let out = run_to_completion(&mut e).unwrap();
+    for (i, g) in gold.iter().enumerate() {
+        check(&out[&(i as u64, 0)].tokens, g, "bf16 weights, chunked");
+    }
+    assert!(
+        gold.iter().map(|g| g.trusted).sum::<usize>() >= 20,
+        "too little compared"
+    );
+    assert_eq!(e.scheduler().kv_stats().device.used_blocks, 0);
+}
+
 #[test]
 fn batching_chunking_prefix_hits_and_preemption_change_no_token() {
     let gold = golden();

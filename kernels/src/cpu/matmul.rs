@@ -16,14 +16,30 @@ pub fn linear(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usiz
     if m <= SMALL_M {
         return linear_small_m(out, x, w, m, k, n);
     }
+    gemm_into(out, n, x, w, m, k, n);
+}
+
+/// The blocked GEMM into `out` with a row stride of `out_rs`: `out[i * out_rs + j] = x[i] ·
+/// w[j]` for i < m, j < n (so a block of columns of a wider output can be written).
+pub(crate) fn gemm_into(
+    out: &mut [f32],
+    out_rs: usize,
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert!(m == 0 || out.len() >= (m - 1) * out_rs + n);
+    assert!(x.len() >= m * k && w.len() >= n * k && out_rs >= n);
     let threads = rayon::current_num_threads();
     let par = if m * n * k >= 1 << 16 && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the slices hold the shapes asserted above; strides describe row-major x and
-    // out and the transposed view of w.
+    // SAFETY: the slices hold the shapes asserted above; strides describe row-major x, out
+    // with row stride out_rs, and the transposed view of w.
     unsafe {
         gemm::gemm(
             m,
@@ -31,7 +47,7 @@ pub fn linear(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usiz
             k,
             out.as_mut_ptr(),
             1,
-            n as isize,
+            out_rs as isize,
             false,
             x.as_ptr(),
             1,

@@ -4,10 +4,12 @@
 pub mod attention;
 pub mod cache_ops;
 pub mod matmul;
+pub mod matmul_bf16;
 pub mod ops;
 pub mod simd;
 
 pub use attention::{paged_attention, SeqChunk};
 pub use cache_ops::{copy_blocks, swap_blocks, write_kv};
 pub use matmul::linear;
+pub use matmul_bf16::{embedding_bf16, linear_bf16};
 pub use ops::{add_inplace, embedding, rms_norm, silu_and_mul, Llama3Scaling, Rope};

@@ -3,13 +3,21 @@
 use kernels::cpu::{self as k, Rope, SeqChunk};
 use kernels::KvLayout;
 
-use super::{Backend, Batch};
+use super::{Backend, Batch, WeightDtype};
+
+/// A weight matrix in f32, or in bf16 (half the memory, widened as it is used).
+#[derive(Debug, Clone)]
+pub enum CpuWeight {
+    F32(Vec<f32>),
+    Bf16(Vec<half::bf16>),
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct CpuBackend;
 
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
+    type Weight = CpuWeight;
 
     fn name(&self) -> &str {
         "cpu"
@@ -23,8 +31,20 @@ impl Backend for CpuBackend {
     fn download(&self, buf: &Vec<f32>, n: usize) -> Vec<f32> {
         buf[..n].to_vec()
     }
-    fn embedding(&self, out: &mut Vec<f32>, table: &Vec<f32>, ids: &[u32], dim: usize) {
-        k::embedding(&mut out[..ids.len() * dim], table, ids, dim);
+    fn upload_weight(&self, data: Vec<f32>, dtype: WeightDtype) -> CpuWeight {
+        match dtype {
+            WeightDtype::F32 => CpuWeight::F32(data),
+            WeightDtype::Bf16 => {
+                CpuWeight::Bf16(data.iter().map(|&v| half::bf16::from_f32(v)).collect())
+            }
+        }
+    }
+    fn embedding(&self, out: &mut Vec<f32>, table: &CpuWeight, ids: &[u32], dim: usize) {
+        let out = &mut out[..ids.len() * dim];
+        match table {
+            CpuWeight::F32(t) => k::embedding(out, t, ids, dim),
+            CpuWeight::Bf16(t) => k::embedding_bf16(out, t, ids, dim),
+        }
     }
     fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Vec<f32>, eps: f32, n: usize) {
         k::rms_norm(&mut out[..n], &x[..n], w, eps);
@@ -33,13 +53,16 @@ impl Backend for CpuBackend {
         &self,
         out: &mut Vec<f32>,
         x: &Vec<f32>,
-        w: &Vec<f32>,
+        w: &CpuWeight,
         bias: Option<&Vec<f32>>,
         m: usize,
         kk: usize,
         n: usize,
     ) {
-        k::linear(out, x, w, m, kk, n);
+        match w {
+            CpuWeight::F32(w) => k::linear(out, x, w, m, kk, n),
+            CpuWeight::Bf16(w) => k::linear_bf16(out, x, w, m, kk, n),
+        }
         if let Some(b) = bias {
             for row in out[..m * n].chunks_mut(n) {
                 k::add_inplace(row, b);

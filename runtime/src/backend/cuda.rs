@@ -23,7 +23,7 @@ use kernels::cuda::{ops, source, CudaError, Gpu};
 use kernels::KvLayout;
 use parking_lot::Mutex;
 
-use super::{Backend, Batch};
+use super::{Backend, Batch, WeightDtype};
 
 pub struct CudaBackend {
     gpu: Gpu,
@@ -126,6 +126,8 @@ fn drv(e: cudarc::driver::DriverError) -> CudaError {
 
 impl Backend for CudaBackend {
     type Buf = CudaSlice<f32>;
+    /// f32 for now: `--dtype bf16` on CUDA is refused (see `upload_weight`).
+    type Weight = CudaSlice<f32>;
 
     fn name(&self) -> &str {
         "cuda"
@@ -157,6 +159,20 @@ impl Backend for CudaBackend {
             Some(b) => b,
             None => self.zeros(0),
         }
+    }
+
+    fn upload_weight(&self, data: Vec<f32>, dtype: WeightDtype) -> CudaSlice<f32> {
+        if dtype != WeightDtype::F32 {
+            self.record::<()>(
+                "upload_weight",
+                Err(CudaError::Unsupported {
+                    kernel: "linear".into(),
+                    problem: format!("{dtype:?} weights on CUDA are not supported yet; use f32"),
+                }),
+            );
+            return self.zeros(0);
+        }
+        self.upload(data)
     }
 
     fn download(&self, buf: &CudaSlice<f32>, n: usize) -> Vec<f32> {

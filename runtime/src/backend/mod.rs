@@ -37,10 +37,21 @@ impl Batch {
     }
 }
 
+/// How the weight matrices are stored (`--dtype`); activations, norms and the KV cache are
+/// f32 either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
 /// A device and its kernels.
 pub trait Backend {
     /// A buffer of f32 on the device.
     type Buf;
+    /// A weight matrix (`[rows, cols]`, row-major) in the backend's chosen storage.
+    type Weight: Send;
 
     fn name(&self) -> &str;
     /// The first error of the operations since the last call, if any (a device backend's
@@ -51,8 +62,10 @@ pub trait Backend {
     fn zeros(&self, n: usize) -> Self::Buf;
     fn upload(&self, data: Vec<f32>) -> Self::Buf;
     fn download(&self, buf: &Self::Buf, n: usize) -> Vec<f32>;
+    /// A weight matrix stored as `dtype` (values rounded to it).
+    fn upload_weight(&self, data: Vec<f32>, dtype: WeightDtype) -> Self::Weight;
 
-    fn embedding(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &[u32], dim: usize);
+    fn embedding(&self, out: &mut Self::Buf, table: &Self::Weight, ids: &[u32], dim: usize);
     fn rms_norm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, eps: f32, n: usize);
     /// `out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias)`.
     #[allow(clippy::too_many_arguments)]
@@ -60,7 +73,7 @@ pub trait Backend {
         &self,
         out: &mut Self::Buf,
         x: &Self::Buf,
-        w: &Self::Buf,
+        w: &Self::Weight,
         bias: Option<&Self::Buf>,
         m: usize,
         k: usize,

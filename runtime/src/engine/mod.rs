@@ -66,16 +66,26 @@ pub fn cpu_model(
     load_model(&CpuBackend, source, seed)
 }
 
-/// A model on `backend` and its tokenizer (see [`cpu_model`]).
+/// A model on `backend` and its tokenizer (see [`cpu_model`]), with f32 weights.
 pub fn load_model<B: crate::backend::Backend>(
     backend: &B,
     source: &ModelSource,
     seed: u64,
 ) -> Result<(LlamaModel<B>, Arc<Tokenizer>), EngineError> {
+    load_model_as(backend, source, seed, crate::backend::WeightDtype::F32)
+}
+
+/// [`load_model`] with the weight matrices stored as `dtype`.
+pub fn load_model_as<B: crate::backend::Backend>(
+    backend: &B,
+    source: &ModelSource,
+    seed: u64,
+    dtype: crate::backend::WeightDtype,
+) -> Result<(LlamaModel<B>, Arc<Tokenizer>), EngineError> {
     match source {
         ModelSource::Dir(dir) => {
             let mc = ModelConfig::from_file(&dir.join("config.json"))?;
-            let model = LlamaModel::load(backend, dir, mc)?;
+            let model = LlamaModel::load_as(backend, dir, mc, dtype)?;
             Ok((model, Arc::new(Tokenizer::from_dir(dir)?)))
         }
         ModelSource::Dummy(spec) => {
@@ -91,8 +101,9 @@ pub fn load_model<B: crate::backend::Backend>(
                     )));
                 }
             }
-            let model =
-                LlamaModel::from_parts(backend, mc, |name, n| dummy::dummy_tensor(name, n, seed));
+            let model = LlamaModel::from_parts_as(backend, mc, dtype, |name, n| {
+                dummy::dummy_tensor(name, n, seed)
+            });
             Ok((model, Arc::new(Tokenizer::byte_level()?)))
         }
     }

@@ -13,27 +13,27 @@ use kernels::KvLayout;
 use super::config::ModelConfig;
 use super::error::ModelError;
 use super::weights::WeightFiles;
-use crate::backend::{Backend, Batch};
+use crate::backend::{Backend, Batch, WeightDtype};
 
 struct Layer<B: Backend> {
     input_norm: B::Buf,
     /// `[q | k | v]` rows: `[(heads + 2 kv_heads) × head_dim, hidden]`.
-    qkv: B::Buf,
+    qkv: B::Weight,
     qkv_bias: Option<B::Buf>,
-    o: B::Buf,
+    o: B::Weight,
     post_norm: B::Buf,
     /// `[gate | up]` rows: `[2 × intermediate, hidden]`.
-    gate_up: B::Buf,
-    down: B::Buf,
+    gate_up: B::Weight,
+    down: B::Weight,
 }
 
 pub struct LlamaModel<B: Backend> {
     pub config: ModelConfig,
-    embed: B::Buf,
+    embed: B::Weight,
     layers: Vec<Layer<B>>,
     norm: B::Buf,
     /// `None` when tied to the embedding.
-    lm_head: Option<B::Buf>,
+    lm_head: Option<B::Weight>,
     rope: Rope,
 }
 
@@ -77,9 +77,20 @@ fn concat(parts: Vec<Vec<f32>>) -> Vec<f32> {
 }
 
 impl<B: Backend> LlamaModel<B> {
-    /// Loads the weights of a model directory onto `backend`.
+    /// Loads the weights of a model directory onto `backend`, in f32.
     pub fn load(backend: &B, dir: &Path, cfg: ModelConfig) -> Result<Self, ModelError> {
+        Self::load_as(backend, dir, cfg, WeightDtype::F32)
+    }
+
+    /// Loads the weights of a model directory onto `backend`, the matrices as `dtype`.
+    pub fn load_as(
+        backend: &B,
+        dir: &Path,
+        cfg: ModelConfig,
+        dtype: WeightDtype,
+    ) -> Result<Self, ModelError> {
         let w = WeightFiles::open(dir)?;
+        let mat = |v: Vec<f32>| backend.upload_weight(v, dtype);
         let (e, i) = (cfg.hidden_size, cfg.intermediate_size);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -96,28 +107,28 @@ impl<B: Backend> LlamaModel<B> {
             };
             layers.push(Layer {
                 input_norm: backend.upload(w.f32(&p("input_layernorm.weight"), &[e])?),
-                qkv: backend.upload(concat(vec![
+                qkv: mat(concat(vec![
                     w.f32(&p("self_attn.q_proj.weight"), &[qd, e])?,
                     w.f32(&p("self_attn.k_proj.weight"), &[kvd, e])?,
                     w.f32(&p("self_attn.v_proj.weight"), &[kvd, e])?,
                 ])),
                 qkv_bias,
-                o: backend.upload(w.f32(&p("self_attn.o_proj.weight"), &[e, qd])?),
+                o: mat(w.f32(&p("self_attn.o_proj.weight"), &[e, qd])?),
                 post_norm: backend.upload(w.f32(&p("post_attention_layernorm.weight"), &[e])?),
-                gate_up: backend.upload(concat(vec![
+                gate_up: mat(concat(vec![
                     w.f32(&p("mlp.gate_proj.weight"), &[i, e])?,
                     w.f32(&p("mlp.up_proj.weight"), &[i, e])?,
                 ])),
-                down: backend.upload(w.f32(&p("mlp.down_proj.weight"), &[e, i])?),
+                down: mat(w.f32(&p("mlp.down_proj.weight"), &[e, i])?),
             });
         }
         let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
             None
         } else {
-            Some(backend.upload(w.f32("lm_head.weight", &[cfg.vocab_size, e])?))
+            Some(mat(w.f32("lm_head.weight", &[cfg.vocab_size, e])?))
         };
         Ok(LlamaModel {
-            embed: backend.upload(w.f32("model.embed_tokens.weight", &[cfg.vocab_size, e])?),
+            embed: mat(w.f32("model.embed_tokens.weight", &[cfg.vocab_size, e])?),
             norm: backend.upload(w.f32("model.norm.weight", &[e])?),
             lm_head,
             layers,
@@ -135,33 +146,45 @@ impl<B: Backend> LlamaModel<B> {
         )
     }
 
-    /// Builds a model from already prepared weights (dummy weights, tests).
+    /// Builds a model from already prepared weights (dummy weights, tests), in f32.
     pub fn from_parts(
         backend: &B,
         cfg: ModelConfig,
+        tensors: impl FnMut(&str, usize) -> Vec<f32>,
+    ) -> Self {
+        Self::from_parts_as(backend, cfg, WeightDtype::F32, tensors)
+    }
+
+    /// [`Self::from_parts`] with the matrices stored as `dtype`.
+    pub fn from_parts_as(
+        backend: &B,
+        cfg: ModelConfig,
+        dtype: WeightDtype,
         mut tensors: impl FnMut(&str, usize) -> Vec<f32>,
     ) -> Self {
         let (e, i) = (cfg.hidden_size, cfg.intermediate_size);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let layers = (0..cfg.num_layers)
             .map(|l| {
-                let mut t = |s: &str, n: usize| backend.upload(tensors(&format!("{l}.{s}"), n));
+                let mut t = |s: &str, n: usize| tensors(&format!("{l}.{s}"), n);
                 Layer {
-                    input_norm: t("input_norm", e),
-                    qkv: t("qkv", (qd + 2 * kvd) * e),
-                    qkv_bias: cfg.qkv_bias.then(|| t("qkv_bias", qd + 2 * kvd)),
-                    o: t("o", e * qd),
-                    post_norm: t("post_norm", e),
-                    gate_up: t("gate_up", 2 * i * e),
-                    down: t("down", e * i),
+                    input_norm: backend.upload(t("input_norm", e)),
+                    qkv: backend.upload_weight(t("qkv", (qd + 2 * kvd) * e), dtype),
+                    qkv_bias: cfg
+                        .qkv_bias
+                        .then(|| backend.upload(t("qkv_bias", qd + 2 * kvd))),
+                    o: backend.upload_weight(t("o", e * qd), dtype),
+                    post_norm: backend.upload(t("post_norm", e)),
+                    gate_up: backend.upload_weight(t("gate_up", 2 * i * e), dtype),
+                    down: backend.upload_weight(t("down", e * i), dtype),
                 }
             })
             .collect();
         LlamaModel {
-            embed: backend.upload(tensors("embed", cfg.vocab_size * e)),
+            embed: backend.upload_weight(tensors("embed", cfg.vocab_size * e), dtype),
             norm: backend.upload(tensors("norm", e)),
             lm_head: (!cfg.tie_word_embeddings)
-                .then(|| backend.upload(tensors("lm_head", cfg.vocab_size * e))),
+                .then(|| backend.upload_weight(tensors("lm_head", cfg.vocab_size * e), dtype)),
             layers,
             rope: Self::rope(&cfg),
             config: cfg,

@@ -68,6 +68,12 @@ pub struct Golden {
 
 /// The golden cases, each with how many of its steps a float32 engine must reproduce.
 pub fn golden() -> Vec<Golden> {
+    golden_with_margin(0.02)
+}
+
+/// The golden cases, trusting steps up to the first whose reference top-2 margin is below
+/// `min_margin` (the logit noise of the engine under test, doubled).
+pub fn golden_with_margin(min_margin: f64) -> Vec<Golden> {
     golden_cases()
         .iter()
         .map(|c| {
@@ -77,11 +83,11 @@ pub fn golden() -> Vec<Golden> {
                 .iter()
                 .map(|m| m.as_f64().unwrap())
                 .collect();
-            // Tokens are compared through the first step whose margin is below 0.02 (that
-            // token may legitimately flip; everything after it depends on it).
+            // Tokens are compared through the first step whose margin is below the noise
+            // (that token may legitimately flip; everything after it depends on it).
             let trusted = margins
                 .iter()
-                .position(|&m| m < 0.02)
+                .position(|&m| m < min_margin)
                 .map_or(margins.len(), |i| i + 1);
             Golden {
                 prompt: ids(&c["prompt_token_ids"]),
