@@ -10,7 +10,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::matmul::{gemm_into, SMALL_M};
+use super::matmul::{gemm_into, small_m_with, SMALL_M};
 
 /// f32 bytes of weights widened per block in the large-batch path. Each block is one GEMM
 /// call, which packs the inputs again, so blocks are large (a few, not hundreds, per
@@ -24,7 +24,8 @@ pub fn linear_bf16(out: &mut [f32], x: &[f32], w: &[bf16], m: usize, k: usize, n
         return;
     }
     if m <= SMALL_M {
-        return small_m(out, x, w, m, k, n);
+        // One pass over the weights: each row, widened in registers, dotted with all m inputs.
+        return small_m_with(out, x, w, m, k, n, dot_fn());
     }
     let block_rows = (BLOCK_BYTES / (4 * k)).max(64);
     let mut tile = vec![0f32; block_rows.min(n) * k];
@@ -44,29 +45,6 @@ pub fn linear_bf16(out: &mut [f32], x: &[f32], w: &[bf16], m: usize, k: usize, n
 pub fn widen(dst: &mut [f32], src: &[bf16]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d = f32::from_bits((s.to_bits() as u32) << 16);
-    }
-}
-
-/// One pass over the weights: each row, widened in registers, dotted with all m inputs.
-fn small_m(out: &mut [f32], x: &[f32], w: &[bf16], m: usize, k: usize, n: usize) {
-    const COLS: usize = 64;
-    let dot = dot_fn();
-    let mut cols = vec![0f32; n * m];
-    cols.par_chunks_mut(COLS * m)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            for (j, dst) in chunk.chunks_mut(m).enumerate() {
-                let col = c * COLS + j;
-                let wr = &w[col * k..(col + 1) * k];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = dot(&x[i * k..(i + 1) * k], wr);
-                }
-            }
-        });
-    for j in 0..n {
-        for i in 0..m {
-            out[i * n + j] = cols[j * m + i];
-        }
     }
 }
 
