@@ -24,24 +24,76 @@ pub struct StepShape {
 }
 
 impl StepShape {
+    /// What the cost model sees of this shape: a decode reads its `context` cached tokens
+    /// and itself; a chunk of n tokens from position 0 attends n(n+1)/2 pairs.
+    pub fn counts(&self) -> StepCounts {
+        let n = self.prefill;
+        StepCounts {
+            prefill_tokens: n,
+            decode_seqs: self.decodes,
+            context_tokens: self.decodes * (self.context + 1) + n,
+            prefill_pairs: n * (n + 1) / 2,
+        }
+    }
+}
+
+/// The quantities of a step the cost model is linear in (taken from a real plan by
+/// [`StepCounts::of`], or from a designed [`StepShape`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StepCounts {
+    pub prefill_tokens: usize,
+    pub decode_seqs: usize,
+    pub context_tokens: usize,
+    pub prefill_pairs: usize,
+}
+
+impl StepCounts {
+    /// The counts of a scheduled step, as `CostModel::step_time` reads them.
+    pub fn of(plan: &scheduler::StepPlan) -> Self {
+        StepCounts {
+            prefill_tokens: plan.num_prefill_tokens(),
+            decode_seqs: plan.num_decode_seqs(),
+            context_tokens: plan.num_context_tokens(),
+            prefill_pairs: plan.num_prefill_attention_pairs(),
+        }
+    }
+
     /// The cost model's features for a knee of `knee` rows: [1, above, rows if at or below
     /// the knee, prefill tokens if above, decoding sequences if above, context tokens
-    /// attended, prefill attention pairs]. A decode reads its `context` cached tokens and
-    /// itself; a chunk of n tokens from position 0 attends n(n+1)/2 pairs.
+    /// attended, prefill attention pairs].
     pub fn features(&self, knee: usize) -> Vec<f64> {
-        let n = self.prefill;
-        let rows = n + self.decodes;
+        let rows = self.prefill_tokens + self.decode_seqs;
         let above = if rows > knee { 1.0 } else { 0.0 };
         vec![
             1.0,
             above,
             (1.0 - above) * rows as f64,
-            above * n as f64,
-            above * self.decodes as f64,
-            (self.decodes * (self.context + 1) + n) as f64,
-            (n * (n + 1) / 2) as f64,
+            above * self.prefill_tokens as f64,
+            above * self.decode_seqs as f64,
+            self.context_tokens as f64,
+            self.prefill_pairs as f64,
         ]
     }
+}
+
+/// Reads a step log (`pagedrt serve --step-log`): one JSON object per line with the
+/// [`StepCounts`] fields and `seconds`.
+pub fn read_step_log(text: &str) -> Result<Vec<(StepCounts, f64)>, String> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        #[serde(flatten)]
+        counts: StepCounts,
+        seconds: f64,
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let x: Line =
+                serde_json::from_str(l).map_err(|e| format!("step log line {}: {e}", i + 1))?;
+            Ok((x.counts, x.seconds))
+        })
+        .collect()
 }
 
 /// The designed set of step shapes.
@@ -86,7 +138,7 @@ const FEATURES: usize = 7;
 /// and the rest refitted (a step never gets cheaper with more work). Returns the model and
 /// the fit (over all seven features).
 pub fn fit_cost_model(
-    samples: &[(StepShape, f64)],
+    samples: &[(StepCounts, f64)],
     base: &CostModel,
     knee: usize,
 ) -> Result<(CostModel, Fit), String> {
@@ -169,9 +221,9 @@ mod tests {
             kv_bytes_per_token: 46080.0,
             kv_capacity_tokens: Some(1000),
         };
-        let samples: Vec<(StepShape, f64)> = design()
+        let samples: Vec<(StepCounts, f64)> = design()
             .into_iter()
-            .map(|s| (s, truth.step_time(&plan_of(&s), 16)))
+            .map(|s| (s.counts(), truth.step_time(&plan_of(&s), 16)))
             .collect();
         let (got, fit) = fit_cost_model(&samples, &CostModel::constant(0.0), 8).unwrap();
         assert_eq!(got.small_batch_rows, 8);
@@ -192,7 +244,7 @@ mod tests {
         }
         assert!(fit.max_rel_residual < 1e-9);
         // With ±5 % noise the fit still lands near the truth and reports the noise.
-        let noisy: Vec<(StepShape, f64)> = samples
+        let noisy: Vec<(StepCounts, f64)> = samples
             .iter()
             .enumerate()
             .map(|(i, (s, y))| (*s, y * if i % 2 == 0 { 1.05 } else { 0.95 }))
@@ -200,5 +252,20 @@ mod tests {
         let (got, fit) = fit_cost_model(&noisy, &CostModel::constant(0.0), 8).unwrap();
         assert!((got.per_decode_seq_s / truth.per_decode_seq_s - 1.0).abs() < 0.25);
         assert!(fit.rms_rel_residual > 0.01 && fit.rms_rel_residual < 0.06);
+    }
+
+    #[test]
+    fn counts_of_a_plan_match_the_shape_and_a_step_log_reads_back() {
+        for s in design() {
+            assert_eq!(StepCounts::of(&plan_of(&s)), s.counts(), "{s:?}");
+        }
+        let c = design()[3].counts();
+        let line = serde_json::json!({"prefill_tokens": c.prefill_tokens,
+            "decode_seqs": c.decode_seqs, "context_tokens": c.context_tokens,
+            "prefill_pairs": c.prefill_pairs, "seconds": 0.25});
+        let log = format!("{line}\n\n{line}\n");
+        assert_eq!(read_step_log(&log).unwrap(), vec![(c, 0.25), (c, 0.25)]);
+        let err = read_step_log("{\"seconds\": 1}").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
     }
 }

@@ -235,7 +235,10 @@ fn arrival_processes_have_their_rate_and_burstiness() {
 
 #[test]
 fn bench_serve_end_to_end_against_pagedrt() {
-    let port = start(tiny_engine(512, 9), "tiny", None);
+    let steps = common::tmp("bench-serve-steps").join("steps.jsonl");
+    let mut engine = tiny_engine(512, 9);
+    engine.set_step_log(Box::new(std::fs::File::create(&steps).unwrap()));
+    let port = start(engine, "tiny", None);
     let out = common::tmp("bench-serve").join("out.json");
     let svg = common::tmp("bench-serve-svg");
     let st = pagedrt()
@@ -291,6 +294,35 @@ fn bench_serve_end_to_end_against_pagedrt() {
     assert!(std::fs::read_to_string(svg.join("ttft_cdf.svg"))
         .unwrap()
         .starts_with("<svg"));
+    // The step log saw every prompt token prefilled once and every later token decoded, and
+    // `bench calibrate --from-steps` fits a cost model to it.
+    let log = runtime::calibrate::read_step_log(&std::fs::read_to_string(&steps).unwrap()).unwrap();
+    let prefill: usize = log.iter().map(|(c, _)| c.prefill_tokens).sum();
+    let decodes: usize = log.iter().map(|(c, _)| c.decode_seqs).sum();
+    assert_eq!(prefill as u64, v["total_input_tokens"].as_u64().unwrap());
+    assert_eq!(decodes, 30 * 11);
+    assert!(log.iter().all(|(_, s)| *s > 0.0));
+    let cost = common::tmp("bench-serve-cost").join("cost.json");
+    let st = pagedrt()
+        .args(["bench", "calibrate", "--knee", "0", "--model"])
+        .arg(format!(
+            "dummy:{}",
+            common::http::tiny_model_config().display()
+        ))
+        .arg("--from-steps")
+        .arg(&steps)
+        .arg("--out")
+        .arg(&cost)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let cm: scheduler::sim::CostModel =
+        serde_json::from_str(&std::fs::read_to_string(&cost).unwrap()).unwrap();
+    assert!(cm.step_overhead_s + cm.per_decode_seq_s > 0.0, "{cm:?}");
     // A server that is not there: every request fails with its reason, none is dropped.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

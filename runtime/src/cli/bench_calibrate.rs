@@ -8,11 +8,12 @@ use scheduler::sim::CostModel;
 
 use super::bench_context::time;
 use super::engine_args::parse_bytes;
-use crate::calibrate::{design, fit_cost_model};
+use crate::calibrate::{design, fit_cost_model, read_step_log, StepCounts};
 use crate::engine::cpu_model;
 use crate::engine::synthetic::synthetic_step;
+use crate::model::config::ModelConfig;
 use crate::model::llama::KvCache;
-use crate::model::resolve::resolve_source;
+use crate::model::resolve::{resolve_source, ModelSource};
 
 #[derive(Args, Debug, Clone)]
 pub struct CalibrateArgs {
@@ -34,19 +35,24 @@ pub struct CalibrateArgs {
     /// engine's matrix-vector limit); 0 fits one law for all steps.
     #[arg(long, default_value_t = kernels::cpu::matmul::SMALL_M)]
     knee: usize,
+    /// Fit to the steps a server recorded (`pagedrt serve --step-log FILE`) instead of
+    /// timing designed steps: the cost then includes what serving adds to each step (HTTP
+    /// and streaming threads sharing the cores).
+    #[arg(long)]
+    from_steps: Option<PathBuf>,
 }
 
-pub fn run(a: CalibrateArgs) -> Result<(), String> {
-    let source =
-        resolve_source(a.model.as_deref(), &mut |l| eprintln!("{l}")).map_err(|e| e.to_string())?;
-    let (model, _) = cpu_model(&source, 0).map_err(|e| e.to_string())?;
+/// Times every designed step shape on the CPU backend.
+fn time_design(
+    model: &crate::model::llama::LlamaModel<crate::backend::cpu::CpuBackend>,
+    a: &CalibrateArgs,
+) -> Vec<(StepCounts, f64)> {
     let b = crate::backend::cpu::CpuBackend;
-    let cfg = &model.config;
     let mut samples = Vec::new();
     for shape in design() {
         let (mut cache, batch) = synthetic_step(
             &b,
-            cfg,
+            &model.config,
             shape.decodes,
             shape.context,
             shape.prefill,
@@ -62,8 +68,34 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
             shape.prefill,
             s * 1e3
         );
-        samples.push((shape, s));
+        samples.push((shape.counts(), s));
     }
+    samples
+}
+
+pub fn run(a: CalibrateArgs) -> Result<(), String> {
+    let source =
+        resolve_source(a.model.as_deref(), &mut |l| eprintln!("{l}")).map_err(|e| e.to_string())?;
+    let (cfg, samples) = match &a.from_steps {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let samples = read_step_log(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            eprintln!("{} steps from {}", samples.len(), path.display());
+            let cfg = match &source {
+                ModelSource::Dir(dir) => ModelConfig::from_file(&dir.join("config.json")),
+                ModelSource::Dummy(spec) => crate::model::dummy::dummy_config(spec),
+            }
+            .map_err(|e| e.to_string())?;
+            (cfg, samples)
+        }
+        None => {
+            let (model, _) = cpu_model(&source, 0).map_err(|e| e.to_string())?;
+            let samples = time_design(&model, &a);
+            (model.config, samples)
+        }
+    };
+    let cfg = &cfg;
     let kv = 2.0 * (cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4) as f64;
     let bytes = parse_bytes(&a.kv_cache_memory)?;
     let blocks =
@@ -90,19 +122,21 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
         kv_capacity_tokens: Some(blocks * a.block_size),
     };
     let (cm, fit) = fit_cost_model(&samples, &base, a.knee)?;
-    println!("| decodes | context | prefill | measured ms | model ms | error |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    for (s, y) in &samples {
-        let p = fit.predict(&s.features(a.knee));
-        println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:+.1} % |",
-            s.decodes,
-            s.context,
-            s.prefill,
-            y * 1e3,
-            p * 1e3,
-            100.0 * (p - y) / y
-        );
+    if a.from_steps.is_none() {
+        println!("| decodes | context tokens | prefill | measured ms | model ms | error |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        for (c, y) in &samples {
+            let p = fit.predict(&c.features(a.knee));
+            println!(
+                "| {} | {} | {} | {:.2} | {:.2} | {:+.1} % |",
+                c.decode_seqs,
+                c.context_tokens,
+                c.prefill_tokens,
+                y * 1e3,
+                p * 1e3,
+                100.0 * (p - y) / y
+            );
+        }
     }
     println!(
         "\nstep = {:.3e} + (rows <= {}: {:.3e}·rows; else {:.3e} + {:.3e}·prefill_tokens + \

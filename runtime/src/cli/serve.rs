@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may run after SIGINT/SIGTERM before they are aborted.
     #[arg(long, default_value_t = 20.0)]
     shutdown_grace_s: f64,
+    /// Record every engine step's shape and duration (JSON lines) for
+    /// `pagedrt bench calibrate --from-steps`.
+    #[arg(long)]
+    pub step_log: Option<std::path::PathBuf>,
 }
 
 /// Installs the global log subscriber.
@@ -50,7 +54,7 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
     with_engine!(a.engine.build()?, core => run_on(a, core))
 }
 
-fn run_on<B>(a: ServeArgs, core: EngineCore<B>) -> Result<(), String>
+fn run_on<B>(a: ServeArgs, mut core: EngineCore<B>) -> Result<(), String>
 where
     B: Backend + Send + 'static,
     B::Buf: Send,
@@ -61,6 +65,10 @@ where
             .clone()
             .unwrap_or_else(|| crate::model::pull::DEFAULT_MODEL.to_string())
     });
+    if let Some(path) = &a.step_log {
+        let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        core.set_step_log(Box::new(std::io::BufWriter::new(f)));
+    }
     let kv = core.scheduler().kv_stats();
     tracing::info!(
         "{} KV pages of {} tokens ({} tokens in all); serving `{name}` on http://{}:{}",

@@ -3,6 +3,7 @@
 //! sampling state. Single-threaded; `handle` runs it on its own OS thread.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -124,6 +125,9 @@ pub struct EngineCore<B: Backend> {
     pub last_step_tokens: usize,
     /// Seconds each request first scheduled in the last step had waited, for metrics.
     pub last_step_queue_times: Vec<f64>,
+    /// Where each step's shape and duration go (`pagedrt serve --step-log`), as JSON lines.
+    step_log: Option<Box<dyn std::io::Write + Send>>,
+    last_step_counts: Option<crate::calibrate::StepCounts>,
 }
 
 impl<B: Backend> EngineCore<B> {
@@ -174,6 +178,8 @@ impl<B: Backend> EngineCore<B> {
             max_queue: cfg.max_queue,
             unscheduled: HashMap::new(),
             last_step_tokens: 0,
+            step_log: None,
+            last_step_counts: None,
             last_step_queue_times: Vec::new(),
         })
     }
@@ -254,10 +260,36 @@ impl<B: Backend> EngineCore<B> {
         }
     }
 
+    /// Logs every later step as one JSON line of [`crate::calibrate::StepCounts`] plus
+    /// `seconds` (schedule to outputs), for `pagedrt bench calibrate --from-steps`.
+    pub fn set_step_log(&mut self, w: Box<dyn std::io::Write + Send>) {
+        self.step_log = Some(w);
+    }
+
     /// Runs one step; returns the tokens it produced.
     pub fn step(&mut self) -> Result<Vec<TokenOutput>, EngineError> {
+        let t0 = Instant::now();
+        let out = self.step_inner();
+        if let Some(w) = self.step_log.as_mut() {
+            if let Some(c) = self.last_step_counts.take() {
+                let line = serde_json::json!({
+                    "prefill_tokens": c.prefill_tokens, "decode_seqs": c.decode_seqs,
+                    "context_tokens": c.context_tokens, "prefill_pairs": c.prefill_pairs,
+                    "seconds": t0.elapsed().as_secs_f64(),
+                });
+                // A full disk must not stop serving: the log is best effort.
+                let _ = writeln!(w, "{line}").and_then(|_| w.flush());
+            }
+        }
+        out
+    }
+
+    fn step_inner(&mut self) -> Result<Vec<TokenOutput>, EngineError> {
         let now = self.started.elapsed().as_secs_f64();
         let plan = self.scheduler.schedule(now)?;
+        if self.step_log.is_some() && !plan.seqs.is_empty() {
+            self.last_step_counts = Some(crate::calibrate::StepCounts::of(&plan));
+        }
         run_copies(&self.backend, &plan, &mut self.cache, self.host.as_mut());
         self.last_step_tokens = plan.num_tokens();
         self.last_step_queue_times.clear();
