@@ -106,20 +106,14 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
             .as_deref()
             .unwrap_or(crate::model::pull::DEFAULT_MODEL)
     );
+    // The step coefficients are all fitted; the rest describes this machine's KV cache.
     let base = CostModel {
         name,
-        step_overhead_s: 0.0,
-        per_prefill_token_s: 0.0,
-        per_decode_seq_s: 0.0,
-        per_context_token_s: 0.0,
-        per_prefill_attention_pair_s: 0.0,
-        small_batch_rows: 0,
-        small_batch_per_row_s: 0.0,
-        gemm_switch_s: 0.0,
         // Swapping on the CPU is a memory copy: ~10 GB/s here.
         per_swap_byte_s: 1.0 / 10e9,
         kv_bytes_per_token: kv,
         kv_capacity_tokens: Some(blocks * a.block_size),
+        ..CostModel::constant(0.0)
     };
     let (cm, fit) = fit_cost_model(&samples, &base, a.knee)?;
     if a.from_steps.is_none() {
