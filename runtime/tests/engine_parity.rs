@@ -50,7 +50,15 @@ fn the_cuda_backend_reproduces_the_cpu_tokens() {
             return;
         }
     };
-    let spec = tiny_model_config();
+    // head_dim 64 (the CUDA attention kernels take 64, 128 and 256), GQA 2:1, 2 layers.
+    let spec = std::env::temp_dir().join(format!("pagedrt-hd64-{}.json", std::process::id()));
+    let cfg = serde_json::json!({
+        "model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "vocab_size": 259, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 2048, "tie_word_embeddings": true, "hidden_act": "silu",
+    });
+    std::fs::write(&spec, cfg.to_string()).unwrap();
     let spec = spec.to_str().unwrap();
     let prompts = test_prompts(259, 2);
     let (mut a, mut b) = (engine(CpuBackend, spec, 5), engine(cuda, spec, 5));
