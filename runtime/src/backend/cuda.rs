@@ -21,9 +21,9 @@ use kernels::cuda::attention::{
 use kernels::cuda::libs::{locate, CudaLib};
 use kernels::cuda::{ops, source, CudaError, Gpu};
 use kernels::KvLayout;
-use parking_lot::Mutex;
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 
-use super::{Backend, Batch, WeightDtype};
+use super::{Backend, Batch, BatchSeq, WeightDtype};
 
 pub struct CudaBackend {
     gpu: Gpu,
@@ -33,6 +33,8 @@ pub struct CudaBackend {
     /// Each RoPE's cos/sin table on the device, by the table's identity.
     rope_tables: Mutex<HashMap<RopeKey, CudaSlice<f32>>>,
     decode_ws: Mutex<DecodeWorkspace>,
+    /// The current step's batch metadata on the device (see [`DeviceBatch`]).
+    batch: Mutex<Option<DeviceBatch>>,
 }
 
 /// Identifies a `Rope` without building its table: its address (the model that owns it lives
@@ -56,6 +58,7 @@ impl CudaBackend {
             error: Mutex::new(None),
             rope_tables: Mutex::new(HashMap::new()),
             decode_ws: Mutex::new(DecodeWorkspace::default()),
+            batch: Mutex::new(None),
         })
     }
 
@@ -96,6 +99,18 @@ impl CudaBackend {
             .stream()
             .memcpy_stod(v)
             .map_err(|e| CudaError::Driver(e.to_string()))
+    }
+
+    /// `batch`'s metadata on the device, uploaded by the first layer that asks for it; the
+    /// other layers of the step find it already there.
+    fn device_batch(&self, batch: &Batch) -> Result<MappedMutexGuard<'_, DeviceBatch>, CudaError> {
+        let mut slot = self.batch.lock();
+        if !slot.as_ref().is_some_and(|d| d.is_for(batch)) {
+            *slot = Some(DeviceBatch::upload(self, batch)?);
+        }
+        Ok(MutexGuard::map(slot, |d| {
+            d.as_mut().expect("filled just above")
+        }))
     }
 
     fn rope_table(&self, rope: &Rope) -> Result<CudaView<'_, f32>, CudaError> {
@@ -278,23 +293,19 @@ impl Backend for CudaBackend {
     ) {
         self.run("qkv_rope_write_kv", || {
             let t = batch.num_tokens();
-            let positions: Vec<i32> = batch.positions.iter().map(|&p| p as i32).collect();
-            let (pos, slots) = (
-                self.upload_vec(&positions)?,
-                self.upload_vec(&batch.slot_mapping)?,
-            );
+            let db = self.device_batch(batch)?;
             let table = self.rope_table(rope)?;
             let row = (num_heads + 2 * layout.num_kv_heads) * layout.head_dim;
             ops::qkv_rope_write_kv(
                 &self.gpu,
                 &mut prefix_mut(q, t * num_heads * layout.head_dim),
                 &prefix(qkv, t * row),
-                &pos,
+                &db.positions,
                 &table,
                 k_cache,
                 v_cache,
                 layout,
-                &slots,
+                &db.slots,
                 ops::QkvShape {
                     num_tokens: t,
                     num_heads,
@@ -314,13 +325,10 @@ impl Backend for CudaBackend {
         batch: &Batch,
     ) {
         self.run("paged_attention", || {
-            let meta = AttentionMeta::of(batch)?;
+            let db = self.device_batch(batch)?;
+            let meta = &db.meta;
             let hd = layout.head_dim;
             let n = batch.num_tokens() * num_heads * hd;
-            let (bt, cl) = (
-                self.upload_vec(&meta.tables)?,
-                self.upload_vec(&meta.context_lens)?,
-            );
             let inp = AttentionInputs {
                 q: prefix(q, n),
                 q_stride: num_heads * hd,
@@ -329,9 +337,9 @@ impl Backend for CudaBackend {
                 layout: *layout,
                 num_heads,
                 scale: 1.0 / (hd as f32).sqrt(),
-                block_tables: bt.as_view(),
+                block_tables: db.tables.as_view(),
                 max_blocks: meta.max_blocks,
-                context_lens: cl.as_view(),
+                context_lens: db.context_lens.as_view(),
             };
             let mut o = prefix_mut(out, n);
             let group = num_heads / layout.num_kv_heads.max(1);
@@ -434,6 +442,44 @@ impl Backend for CudaBackend {
             }
             Ok(())
         });
+    }
+}
+
+/// One step's batch metadata on the device. Every layer of a step sees the same batch, so it
+/// is uploaded once per step instead of four times per layer (each upload from pageable
+/// memory also waits for the stream). `host` is what it was built from, to recognise the
+/// batch again.
+struct DeviceBatch {
+    host: (Vec<usize>, Vec<i64>, Vec<u32>, Vec<BatchSeq>),
+    positions: CudaSlice<i32>,
+    slots: CudaSlice<i64>,
+    meta: AttentionMeta,
+    tables: CudaSlice<i32>,
+    context_lens: CudaSlice<i32>,
+}
+
+impl DeviceBatch {
+    fn is_for(&self, b: &Batch) -> bool {
+        let (p, s, t, q) = &self.host;
+        *p == b.positions && *s == b.slot_mapping && *t == b.block_tables && *q == b.seqs
+    }
+
+    fn upload(be: &CudaBackend, b: &Batch) -> Result<Self, CudaError> {
+        let positions: Vec<i32> = b.positions.iter().map(|&p| p as i32).collect();
+        let meta = AttentionMeta::of(b)?;
+        Ok(DeviceBatch {
+            positions: be.upload_vec(&positions)?,
+            slots: be.upload_vec(&b.slot_mapping)?,
+            tables: be.upload_vec(&meta.tables)?,
+            context_lens: be.upload_vec(&meta.context_lens)?,
+            meta,
+            host: (
+                b.positions.clone(),
+                b.slot_mapping.clone(),
+                b.block_tables.clone(),
+                b.seqs.clone(),
+            ),
+        })
     }
 }
 

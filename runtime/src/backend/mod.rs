@@ -22,7 +22,7 @@ pub struct Batch {
     pub logit_rows: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchSeq {
     pub query_start: usize,
     pub query_len: usize,
