@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::http::tiny_model_config;
+use common::http::{small_llama_config, tiny_model_config};
 use runtime::backend::cpu::CpuBackend;
 use runtime::backend::Backend;
 use runtime::engine::parity::{compare, parity_engine, test_prompts};
@@ -51,14 +51,7 @@ fn the_cuda_backend_reproduces_the_cpu_tokens() {
         }
     };
     // head_dim 64 (the CUDA attention kernels take 64, 128 and 256), GQA 2:1, 2 layers.
-    let spec = std::env::temp_dir().join(format!("pagedrt-hd64-{}.json", std::process::id()));
-    let cfg = serde_json::json!({
-        "model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
-        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-        "vocab_size": 259, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "max_position_embeddings": 2048, "tie_word_embeddings": true, "hidden_act": "silu",
-    });
-    std::fs::write(&spec, cfg.to_string()).unwrap();
+    let spec = small_llama_config("hd64", 128, 2, 1);
     let spec = spec.to_str().unwrap();
     let prompts = test_prompts(259, 2);
     let (mut a, mut b) = (engine(CpuBackend, spec, 5), engine(cuda, spec, 5));

@@ -138,10 +138,21 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 /// A Llama of 2 layers and hidden size 64 with random weights and the byte-level tokenizer:
 /// fast enough for hundreds of requests in a test.
 pub fn tiny_model_config() -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("pagedrt-tiny-{}.json", std::process::id()));
+    small_llama_config("tiny", 64, 4, 2)
+}
+
+/// A 2-layer Llama config file (byte-level vocabulary, intermediate size 2 × hidden) for
+/// `dummy:` weights; head_dim is hidden / heads.
+pub fn small_llama_config(
+    tag: &str,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("pagedrt-{tag}-{}.json", std::process::id()));
     let cfg = serde_json::json!({
-        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "model_type": "llama", "hidden_size": hidden, "intermediate_size": 2 * hidden,
+        "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
         "vocab_size": 259, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "max_position_embeddings": 2048, "tie_word_embeddings": true, "hidden_act": "silu",
     });
