@@ -57,8 +57,11 @@ fn naive_attention(
 #[test]
 fn paged_attention_matches_contiguous_f64_attention() {
     let mut rng = StdRng::seed_from_u64(1);
-    let hd = 32;
-    for &bs in &[1usize, 8, 16, 64, 256] {
+    // 24 takes the portable path (not a multiple of 16), 32 and 64 the AVX2 kernel.
+    for (&hd, &bs) in [24usize, 32, 64]
+        .iter()
+        .flat_map(|hd| [1usize, 8, 16, 64, 256].iter().map(move |bs| (hd, bs)))
+    {
         for &(heads, kv_heads) in &[(4usize, 4usize), (6, 2), (8, 1)] {
             // Two sequences in one batch: one decode-like, one chunk of a longer prompt.
             let chunks = [
@@ -130,7 +133,7 @@ fn paged_attention_matches_contiguous_f64_attention() {
                     .fold(0.0, f64::max);
                 assert!(
                     err < 1e-5,
-                    "bs {bs} heads {heads}/{kv_heads} q {q_len} ctx {ctx}: {err}"
+                    "hd {hd} bs {bs} heads {heads}/{kv_heads} q {q_len} ctx {ctx}: {err}"
                 );
                 row += q_len;
             }

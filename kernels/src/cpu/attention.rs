@@ -71,6 +71,28 @@ pub fn paged_attention(
             scale,
         };
         #[cfg(target_arch = "x86_64")]
+        if avx2 && hd.is_multiple_of(16) {
+            for kvh in 0..layout.num_kv_heads {
+                let span = kvh * group * hd..(kvh + 1) * group * hd;
+                // SAFETY: the CPU reported AVX2 and FMA; head_dim is a multiple of 16 and
+                // the block size at most 256 (asserted above).
+                unsafe {
+                    super::attention_avx2::attend_kv_head(
+                        &mut job.out[span.clone()],
+                        &job.q[span],
+                        k_cache,
+                        v_cache,
+                        layout,
+                        kvh,
+                        job.table,
+                        pos,
+                        scale,
+                    )
+                };
+            }
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: the CPU reported AVX2 and FMA.
             unsafe { attend_avx2(job) };

@@ -2,6 +2,8 @@
 //! checked against them) and the CPU backend's compute.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx2;
 pub mod cache_ops;
 pub mod matmul;
 pub mod matmul_bf16;
