@@ -78,7 +78,7 @@ pub struct Sampled {
 
 fn log_softmax_of(logits: &[f32], ids: impl Iterator<Item = u32>) -> Vec<(u32, f32)> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let lse = max + kernels::cpu::softmax::exp_sum(logits, max, 1.0).ln();
     ids.map(|i| (i, logits[i as usize] - lse)).collect()
 }
 
@@ -146,18 +146,42 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Plain temperature sampling over the whole vocabulary: no sort, two passes.
+/// Plain temperature sampling over the whole vocabulary: no sort. The first pass sums the
+/// weights of each chunk of the vocabulary, the second walks the chunk sums to the drawn
+/// chunk and then that chunk's weights (recomputed bit-for-bit as in the first pass).
 fn sample_full(logits: &[f32], temperature: f32, rng: &mut StdRng) -> u32 {
+    use kernels::cpu::softmax::exp_weights;
+    const CHUNK: usize = 512;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let total: f32 = logits
-        .iter()
-        .map(|&l| ((l - max) / temperature).exp())
-        .sum();
+    let inv_t = 1.0 / temperature;
+    let mut buf = [0f32; CHUNK];
+    let chunk_sums: Vec<f32> = logits
+        .chunks(CHUNK)
+        .map(|c| exp_weights(&mut buf[..c.len()], c, max, inv_t))
+        .collect();
+    let total: f32 = chunk_sums.iter().sum();
     let mut r = rng.random::<f32>() * total;
-    for (i, &l) in logits.iter().enumerate() {
-        r -= ((l - max) / temperature).exp();
-        if r <= 0.0 {
-            return i as u32;
+    for (ci, &cs) in chunk_sums.iter().enumerate() {
+        if r > cs && ci + 1 < chunk_sums.len() {
+            r -= cs;
+            continue;
+        }
+        let chunk = &logits[ci * CHUNK..(ci * CHUNK + CHUNK).min(logits.len())];
+        let w = &mut buf[..chunk.len()];
+        exp_weights(w, chunk, max, inv_t);
+        let mut last = None;
+        for (i, &x) in w.iter().enumerate() {
+            if x > 0.0 {
+                last = Some(i);
+            }
+            r -= x;
+            if r <= 0.0 && x > 0.0 {
+                return (ci * CHUNK + i) as u32;
+            }
+        }
+        // Rounding left a sliver of r: the chunk's last token with any weight.
+        if let Some(i) = last {
+            return (ci * CHUNK + i) as u32;
         }
     }
     argmax(logits)

@@ -9,6 +9,7 @@ pub mod matmul;
 pub mod matmul_bf16;
 pub mod ops;
 pub mod simd;
+pub mod softmax;
 
 pub use attention::{paged_attention, SeqChunk};
 pub use cache_ops::{copy_blocks, swap_blocks, write_kv};

@@ -311,14 +311,12 @@ impl<B: Backend> EngineCore<B> {
         let mut result = StepResult::default();
         let mut outputs = Vec::new();
         let mut forks: Vec<(SeqId, Vec<f32>)> = Vec::new();
+        let mut drawn = draw_samples(&plan, &mut self.samples, &mut logits, vocab);
         for (row, sc) in plan.seqs.iter().filter(|s| s.samples).enumerate() {
-            let l = &mut logits[row * vocab..(row + 1) * vocab];
-            let Some(st) = self.samples.get_mut(&sc.seq) else {
+            let (Some(st), Some((s, raw))) = (self.samples.get_mut(&sc.seq), drawn[row].take())
+            else {
                 continue;
             };
-            let wants_fork = st.index == 0 && st.output.is_empty() && st.params.n > 1;
-            let raw = wants_fork.then(|| l.to_vec());
-            let s = sample(l, &st.params, &st.prompt, &st.output, &mut st.rng);
             let cached = self
                 .scheduler
                 .sequence(sc.seq)
@@ -374,6 +372,49 @@ impl<B: Backend> EngineCore<B> {
         }
         Ok(())
     }
+}
+
+/// Samples every sampling row of a step, in parallel over sequences (each sample has its
+/// own seeded generator, so the draws do not depend on the order or the thread). Returns,
+/// per row, the token and, for the first token of an `n > 1` request, the raw logits its
+/// siblings will sample from.
+fn draw_samples(
+    plan: &scheduler::StepPlan,
+    samples: &mut HashMap<SeqId, SampleState>,
+    logits: &mut [f32],
+    vocab: usize,
+) -> Vec<Option<(Sampled, Option<Vec<f32>>)>> {
+    use rayon::prelude::*;
+    let rows_of: HashMap<SeqId, usize> = plan
+        .seqs
+        .iter()
+        .filter(|s| s.samples)
+        .enumerate()
+        .map(|(row, sc)| (sc.seq, row))
+        .collect();
+    let mut rows: Vec<&mut [f32]> = logits.chunks_mut(vocab).collect();
+    let mut jobs: Vec<(usize, &mut SampleState, &mut [f32])> = samples
+        .iter_mut()
+        .filter_map(|(seq, st)| {
+            let row = *rows_of.get(seq)?;
+            Some((row, st, std::mem::take(rows.get_mut(row)?)))
+        })
+        .collect();
+    let results: Vec<(usize, Sampled, Option<Vec<f32>>)> = jobs
+        .par_iter_mut()
+        .map(|(row, st, l)| {
+            let wants_fork = st.index == 0 && st.output.is_empty() && st.params.n > 1;
+            let raw = wants_fork.then(|| l.to_vec());
+            let s = sample(l, &st.params, &st.prompt, &st.output, &mut st.rng);
+            (*row, s, raw)
+        })
+        .collect();
+    let mut drawn: Vec<Option<(Sampled, Option<Vec<f32>>)>> = Vec::new();
+    drawn.resize_with(rows_of.len(), || None);
+    for (row, s, raw) in results {
+        drawn[row] = Some((s, raw));
+    }
+    drawn
 }
 
 /// Appends a sampled token to a sample's state: stop checks, text, the output record.
