@@ -11,12 +11,16 @@ fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("linear 576x1536 (gate/up of SmolLM2)");
     let (k, n) = (576usize, 3072usize);
     let w: Vec<f32> = (0..n * k).map(|i| (i % 97) as f32 * 1e-3).collect();
-    for m in [1usize, 8, 64, 512] {
+    let packed = cpu::packed::PackedMatrix::pack(&w, n, k);
+    for m in [1usize, 8, 64, 512, 2048] {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
         let mut out = vec![0f32; m * n];
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
-        g.bench_with_input(BenchmarkId::new("w[n,k] (HF layout)", m), &m, |b, &m| {
+        g.bench_with_input(BenchmarkId::new("gemm crate, w[n,k]", m), &m, |b, &m| {
             b.iter(|| cpu::linear(&mut out, &x, &w, m, k, n))
+        });
+        g.bench_with_input(BenchmarkId::new("packed panels", m), &m, |b, &m| {
+            b.iter(|| packed.linear(&mut out, &x, m))
         });
     }
     g.finish();

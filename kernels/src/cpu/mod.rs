@@ -8,6 +8,7 @@ pub mod cache_ops;
 pub mod matmul;
 pub mod matmul_bf16;
 pub mod ops;
+pub mod packed;
 pub mod simd;
 pub mod softmax;
 

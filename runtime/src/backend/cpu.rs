@@ -1,14 +1,16 @@
 //! The CPU backend: buffers are `Vec<f32>`, compute is `kernels::cpu`.
 
+use kernels::cpu::packed::PackedMatrix;
 use kernels::cpu::{self as k, Rope, SeqChunk};
 use kernels::KvLayout;
 
 use super::{Backend, Batch, WeightDtype};
 
-/// A weight matrix in f32, or in bf16 (half the memory, widened as it is used).
+/// A weight matrix in f32, packed once for the GEMM's micro-kernel, or in bf16 (half the
+/// memory, widened as it is used; row-major).
 #[derive(Debug, Clone)]
 pub enum CpuWeight {
-    F32(Vec<f32>),
+    F32(PackedMatrix),
     Bf16(Vec<half::bf16>),
 }
 
@@ -31,9 +33,12 @@ impl Backend for CpuBackend {
     fn download(&self, buf: &Vec<f32>, n: usize) -> Vec<f32> {
         buf[..n].to_vec()
     }
-    fn upload_weight(&self, data: Vec<f32>, dtype: WeightDtype) -> CpuWeight {
+    fn upload_weight(&self, data: Vec<f32>, cols: usize, dtype: WeightDtype) -> CpuWeight {
         match dtype {
-            WeightDtype::F32 => CpuWeight::F32(data),
+            WeightDtype::F32 => {
+                let rows = data.len().checked_div(cols).unwrap_or(0);
+                CpuWeight::F32(PackedMatrix::pack(&data, rows, cols))
+            }
             WeightDtype::Bf16 => {
                 CpuWeight::Bf16(data.iter().map(|&v| half::bf16::from_f32(v)).collect())
             }
@@ -42,7 +47,11 @@ impl Backend for CpuBackend {
     fn embedding(&self, out: &mut Vec<f32>, table: &CpuWeight, ids: &[u32], dim: usize) {
         let out = &mut out[..ids.len() * dim];
         match table {
-            CpuWeight::F32(t) => k::embedding(out, t, ids, dim),
+            CpuWeight::F32(t) => {
+                for (o, &id) in out.chunks_mut(dim).zip(ids) {
+                    t.row_into(id as usize, o);
+                }
+            }
             CpuWeight::Bf16(t) => k::embedding_bf16(out, t, ids, dim),
         }
     }
@@ -60,7 +69,10 @@ impl Backend for CpuBackend {
         n: usize,
     ) {
         match w {
-            CpuWeight::F32(w) => k::linear(out, x, w, m, kk, n),
+            CpuWeight::F32(w) => {
+                debug_assert_eq!((w.rows(), w.cols()), (n, kk));
+                w.linear(out, x, m)
+            }
             CpuWeight::Bf16(w) => k::linear_bf16(out, x, w, m, kk, n),
         }
         if let Some(b) = bias {

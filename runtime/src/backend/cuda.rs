@@ -176,7 +176,7 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn upload_weight(&self, data: Vec<f32>, dtype: WeightDtype) -> CudaSlice<f32> {
+    fn upload_weight(&self, data: Vec<f32>, _cols: usize, dtype: WeightDtype) -> CudaSlice<f32> {
         if dtype != WeightDtype::F32 {
             self.record::<()>(
                 "upload_weight",

@@ -62,8 +62,9 @@ pub trait Backend {
     fn zeros(&self, n: usize) -> Self::Buf;
     fn upload(&self, data: Vec<f32>) -> Self::Buf;
     fn download(&self, buf: &Self::Buf, n: usize) -> Vec<f32>;
-    /// A weight matrix stored as `dtype` (values rounded to it).
-    fn upload_weight(&self, data: Vec<f32>, dtype: WeightDtype) -> Self::Weight;
+    /// A weight matrix `[data.len() / cols, cols]` stored as `dtype` (values rounded to
+    /// it), in whatever layout the backend's GEMM wants.
+    fn upload_weight(&self, data: Vec<f32>, cols: usize, dtype: WeightDtype) -> Self::Weight;
 
     fn embedding(&self, out: &mut Self::Buf, table: &Self::Weight, ids: &[u32], dim: usize);
     fn rms_norm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, eps: f32, n: usize);

@@ -90,7 +90,7 @@ impl<B: Backend> LlamaModel<B> {
         dtype: WeightDtype,
     ) -> Result<Self, ModelError> {
         let w = WeightFiles::open(dir)?;
-        let mat = |v: Vec<f32>| backend.upload_weight(v, dtype);
+        let mat = |v: Vec<f32>, cols: usize| backend.upload_weight(v, cols, dtype);
         let (e, i) = (cfg.hidden_size, cfg.intermediate_size);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -107,28 +107,34 @@ impl<B: Backend> LlamaModel<B> {
             };
             layers.push(Layer {
                 input_norm: backend.upload(w.f32(&p("input_layernorm.weight"), &[e])?),
-                qkv: mat(concat(vec![
-                    w.f32(&p("self_attn.q_proj.weight"), &[qd, e])?,
-                    w.f32(&p("self_attn.k_proj.weight"), &[kvd, e])?,
-                    w.f32(&p("self_attn.v_proj.weight"), &[kvd, e])?,
-                ])),
+                qkv: mat(
+                    concat(vec![
+                        w.f32(&p("self_attn.q_proj.weight"), &[qd, e])?,
+                        w.f32(&p("self_attn.k_proj.weight"), &[kvd, e])?,
+                        w.f32(&p("self_attn.v_proj.weight"), &[kvd, e])?,
+                    ]),
+                    e,
+                ),
                 qkv_bias,
-                o: mat(w.f32(&p("self_attn.o_proj.weight"), &[e, qd])?),
+                o: mat(w.f32(&p("self_attn.o_proj.weight"), &[e, qd])?, qd),
                 post_norm: backend.upload(w.f32(&p("post_attention_layernorm.weight"), &[e])?),
-                gate_up: mat(concat(vec![
-                    w.f32(&p("mlp.gate_proj.weight"), &[i, e])?,
-                    w.f32(&p("mlp.up_proj.weight"), &[i, e])?,
-                ])),
-                down: mat(w.f32(&p("mlp.down_proj.weight"), &[e, i])?),
+                gate_up: mat(
+                    concat(vec![
+                        w.f32(&p("mlp.gate_proj.weight"), &[i, e])?,
+                        w.f32(&p("mlp.up_proj.weight"), &[i, e])?,
+                    ]),
+                    e,
+                ),
+                down: mat(w.f32(&p("mlp.down_proj.weight"), &[e, i])?, i),
             });
         }
         let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
             None
         } else {
-            Some(mat(w.f32("lm_head.weight", &[cfg.vocab_size, e])?))
+            Some(mat(w.f32("lm_head.weight", &[cfg.vocab_size, e])?, e))
         };
         Ok(LlamaModel {
-            embed: mat(w.f32("model.embed_tokens.weight", &[cfg.vocab_size, e])?),
+            embed: mat(w.f32("model.embed_tokens.weight", &[cfg.vocab_size, e])?, e),
             norm: backend.upload(w.f32("model.norm.weight", &[e])?),
             lm_head,
             layers,
@@ -169,22 +175,22 @@ impl<B: Backend> LlamaModel<B> {
                 let mut t = |s: &str, n: usize| tensors(&format!("{l}.{s}"), n);
                 Layer {
                     input_norm: backend.upload(t("input_norm", e)),
-                    qkv: backend.upload_weight(t("qkv", (qd + 2 * kvd) * e), dtype),
+                    qkv: backend.upload_weight(t("qkv", (qd + 2 * kvd) * e), e, dtype),
                     qkv_bias: cfg
                         .qkv_bias
                         .then(|| backend.upload(t("qkv_bias", qd + 2 * kvd))),
-                    o: backend.upload_weight(t("o", e * qd), dtype),
+                    o: backend.upload_weight(t("o", e * qd), qd, dtype),
                     post_norm: backend.upload(t("post_norm", e)),
-                    gate_up: backend.upload_weight(t("gate_up", 2 * i * e), dtype),
-                    down: backend.upload_weight(t("down", e * i), dtype),
+                    gate_up: backend.upload_weight(t("gate_up", 2 * i * e), e, dtype),
+                    down: backend.upload_weight(t("down", e * i), i, dtype),
                 }
             })
             .collect();
         LlamaModel {
-            embed: backend.upload_weight(tensors("embed", cfg.vocab_size * e), dtype),
+            embed: backend.upload_weight(tensors("embed", cfg.vocab_size * e), e, dtype),
             norm: backend.upload(tensors("norm", e)),
             lm_head: (!cfg.tie_word_embeddings)
-                .then(|| backend.upload_weight(tensors("lm_head", cfg.vocab_size * e), dtype)),
+                .then(|| backend.upload_weight(tensors("lm_head", cfg.vocab_size * e), e, dtype)),
             layers,
             rope: Self::rope(&cfg),
             config: cfg,
