@@ -5,7 +5,7 @@
 //! output row re-read and re-written per key) for about 4 % of the step's FLOPs. Here, per
 //! page and per batch of up to four query heads of a GQA group:
 //! - scores come eight keys at a time, eight dot products reduced together into one vector;
-//! - the softmax weights of a whole page go through a vectorised `exp`;
+//! - the softmax weights of a whole page go through the vectorised `exp` of `softmax`;
 //! - the weighted V rows are summed with the output in registers: for each 16-wide slice of
 //!   the head dim, every head's accumulator stays in a register across the page's keys, and
 //!   each V load feeds all heads of the batch.
@@ -15,6 +15,7 @@
 
 use std::arch::x86_64::*;
 
+use super::softmax::exp_weights_in_place;
 use crate::layout::KvLayout;
 
 /// Query heads processed together (so each K/V load feeds several FMAs).
@@ -94,7 +95,7 @@ unsafe fn heads<const H: usize>(out: &mut [f32], q: &[f32], args: PageArgs) {
                 sum[h] *= rescale[h];
                 max[h] = page_max;
             }
-            sum[h] += exp_shifted(&mut w[h], n, max[h]);
+            sum[h] += exp_weights_in_place(&mut w[h][..n], max[h], 1.0);
         }
         accumulate_v::<H>(out, &w, &rescale, vt, n, hd);
     }
@@ -149,54 +150,6 @@ unsafe fn hsum8(v: [__m256; 8]) -> __m256 {
     _mm256_add_ps(lo, hi)
 }
 
-/// Replaces `w[..n]` by `exp(w[i] - max)` and the padding up to the next multiple of 8 by
-/// zeros; returns the sum of the weights.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_shifted(w: &mut [f32; 256], n: usize, max: f32) -> f32 {
-    let m = _mm256_set1_ps(max);
-    let mut total = _mm256_setzero_ps();
-    let mut i0 = 0;
-    while i0 < n {
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let valid =
-            _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((n - i0) as i32), lane));
-        let x = _mm256_sub_ps(_mm256_loadu_ps(w.as_ptr().add(i0)), m);
-        let e = _mm256_and_ps(exp256(x), valid);
-        _mm256_storeu_ps(w.as_mut_ptr().add(i0), e);
-        total = _mm256_add_ps(total, e);
-        i0 += 8;
-    }
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), total);
-    lanes.iter().sum()
-}
-
-/// `exp(x)` for x ≤ 0 (a softmax's shifted scores) to about 2 ulp: 2^n · p(r) with
-/// r = x - n·ln 2 in [-ln2/2, ln2/2] and a degree-6 polynomial; inputs below -87 give
-/// exp(-87) ≈ 1.6e-38, which is zero for the softmax's purposes.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn exp256(x: __m256) -> __m256 {
-    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-    let x = _mm256_min_ps(x, _mm256_set1_ps(88.0));
-    let n = _mm256_round_ps(
-        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-    );
-    // ln 2 split in two so n·ln2_hi is exact.
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-    // Taylor coefficients 1/k! for k = 6 down to 0 (Horner).
-    let mut p = _mm256_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-    }
-    let pow2 = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-        23,
-    );
-    _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
-}
-
 /// `out[h] = out[h] · rescale[h] + Σ_i w[h][i] · v[i]`, 16 columns of the head dim at a
 /// time so the `2·H` accumulators stay in registers across the page's keys.
 #[target_feature(enable = "avx2,fma")]
@@ -232,28 +185,5 @@ unsafe fn accumulate_v<const H: usize>(
             _mm256_storeu_ps(op.add(h * hd + c + 8), acc[h][1]);
         }
         c += 16;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vector_exp_matches_f64_exp() {
-        if !super::super::simd::has_avx2_fma() {
-            eprintln!("skipped: this CPU has no AVX2/FMA");
-            return;
-        }
-        let mut worst = 0f64;
-        for i in 0..=8000 {
-            let x = -87.0 + i as f32 * (87.0 + 10.0) / 8000.0;
-            let mut out = [0f32; 8];
-            // SAFETY: AVX2 and FMA checked above.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp256(_mm256_set1_ps(x))) };
-            let want = (x as f64).exp();
-            worst = worst.max(((out[0] as f64 - want) / want).abs());
-        }
-        assert!(worst < 5e-7, "relative error {worst}");
     }
 }

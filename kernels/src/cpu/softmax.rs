@@ -11,8 +11,10 @@ pub fn exp_weights(dst: &mut [f32], src: &[f32], shift: f32, scale: f32) -> f32 
     assert_eq!(dst.len(), src.len());
     #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2_fma() {
-        // SAFETY: the CPU reported AVX2 and FMA.
-        return unsafe { exp_weights_avx2(dst, src, shift, scale) };
+        // SAFETY: the CPU reported AVX2 and FMA; both slices hold `src.len()` elements.
+        return unsafe {
+            exp_weights_avx2(dst.as_mut_ptr(), src.as_ptr(), src.len(), shift, scale)
+        };
     }
     let mut total = 0f32;
     for (d, &s) in dst.iter_mut().zip(src) {
@@ -30,36 +32,88 @@ pub fn exp_sum(x: &[f32], shift: f32, scale: f32) -> f32 {
         .sum()
 }
 
+/// `w[i] = exp((w[i] - shift) * scale)` in place; returns the sum (the scores of an
+/// attention page becoming its weights).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp_weights_avx2(dst: &mut [f32], src: &[f32], shift: f32, scale: f32) -> f32 {
-    use std::arch::x86_64::*;
+pub(crate) unsafe fn exp_weights_in_place(w: &mut [f32], shift: f32, scale: f32) -> f32 {
+    let p = w.as_mut_ptr();
+    exp_weights_avx2(p, p, w.len(), shift, scale)
+}
+
+/// The vector body of `exp_weights` over `n` elements; `dst` may equal `src` (each group
+/// of eight is read before it is written).
+///
+/// # Safety
+/// AVX2 and FMA present; `src` and `dst` valid for `n` elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_weights_avx2(
+    dst: *mut f32,
+    src: *const f32,
+    n: usize,
+    shift: f32,
+    scale: f32,
+) -> f32 {
     let (sh, sc) = (_mm256_set1_ps(shift), _mm256_set1_ps(scale));
     let mut acc = _mm256_setzero_ps();
-    let body = src.len() / 8 * 8;
+    let body = n / 8 * 8;
     let mut i = 0;
     while i < body {
-        let x = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(src.as_ptr().add(i)), sh), sc);
-        let e = super::attention_avx2::exp256(x);
-        _mm256_storeu_ps(dst.as_mut_ptr().add(i), e);
+        let x = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(src.add(i)), sh), sc);
+        let e = exp256(x);
+        _mm256_storeu_ps(dst.add(i), e);
         acc = _mm256_add_ps(acc, e);
         i += 8;
     }
     let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
     let mut total: f32 = lanes.iter().sum();
-    if body < src.len() {
+    if body < n {
         // The tail through the same vector code, padded with -inf-like inputs.
         let mut pad = [f32::NEG_INFINITY; 8];
-        pad[..src.len() - body].copy_from_slice(&src[body..]);
+        std::ptr::copy_nonoverlapping(src.add(body), pad.as_mut_ptr(), n - body);
         let x = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(pad.as_ptr()), sh), sc);
-        _mm256_storeu_ps(lanes.as_mut_ptr(), super::attention_avx2::exp256(x));
-        for (j, d) in dst[body..].iter_mut().enumerate() {
-            *d = lanes[j];
-            total += lanes[j];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), exp256(x));
+        for (j, &e) in lanes.iter().enumerate().take(n - body) {
+            *dst.add(body + j) = e;
+            total += e;
         }
     }
     total
+}
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+#[cfg(target_arch = "x86_64")]
+/// `exp(x)` for x ≤ 0 (a softmax's shifted scores) to about 2 ulp: 2^n · p(r) with
+/// r = x - n·ln 2 in [-ln2/2, ln2/2] and a degree-6 polynomial; inputs below -87 give
+/// exp(-87) ≈ 1.6e-38, which is zero for the softmax's purposes.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp256(x: __m256) -> __m256 {
+    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+    let x = _mm256_min_ps(x, _mm256_set1_ps(88.0));
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    // ln 2 split in two so n·ln2_hi is exact.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    // Taylor coefficients 1/k! for k = 6 down to 0 (Horner).
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let pow2 = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    );
+    _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
 }
 
 #[cfg(test)]
@@ -85,5 +139,24 @@ mod tests {
         }
         assert!((total as f64 - want_total).abs() < 1e-5 * want_total);
         assert!((exp_sum(&src, 8.0, 0.7) as f64 - want_total).abs() < 1e-5 * want_total);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_matches_f64_exp() {
+        if !super::super::simd::has_avx2_fma() {
+            eprintln!("skipped: this CPU has no AVX2/FMA");
+            return;
+        }
+        let mut worst = 0f64;
+        for i in 0..=8000 {
+            let x = -87.0 + i as f32 * (87.0 + 10.0) / 8000.0;
+            let mut out = [0f32; 8];
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp256(_mm256_set1_ps(x))) };
+            let want = (x as f64).exp();
+            worst = worst.max(((out[0] as f64 - want) / want).abs());
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
     }
 }
