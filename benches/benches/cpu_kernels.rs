@@ -1,4 +1,4 @@
-//! CPU kernels at SmolLM2-135M shapes: the weight GEMMs in both weight layouts, and paged
+//! CPU kernels at SmolLM2-135M shapes: the weight GEMMs in each weight layout and dtype, and paged
 //! attention for a decode batch.
 //!
 //! Run: `cargo bench -p pagedrt-benches --bench cpu_kernels`
@@ -11,7 +11,8 @@ fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("linear 576x1536 (gate/up of SmolLM2)");
     let (k, n) = (576usize, 3072usize);
     let w: Vec<f32> = (0..n * k).map(|i| (i % 97) as f32 * 1e-3).collect();
-    let packed = cpu::packed::PackedMatrix::pack(&w, n, k);
+    let packed = cpu::packed::PackedMatrix::<f32>::pack(&w, n, k);
+    let packed_bf16 = cpu::packed::PackedMatrix::<half::bf16>::pack(&w, n, k);
     for m in [1usize, 8, 64, 512, 2048] {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
         let mut out = vec![0f32; m * n];
@@ -21,6 +22,9 @@ fn gemm(c: &mut Criterion) {
         });
         g.bench_with_input(BenchmarkId::new("packed panels", m), &m, |b, &m| {
             b.iter(|| packed.linear(&mut out, &x, m))
+        });
+        g.bench_with_input(BenchmarkId::new("bf16 packed panels", m), &m, |b, &m| {
+            b.iter(|| packed_bf16.linear(&mut out, &x, m))
         });
     }
     g.finish();

@@ -6,14 +6,13 @@ pub mod attention;
 mod attention_avx2;
 pub mod cache_ops;
 pub mod matmul;
-pub mod matmul_bf16;
 pub mod ops;
 pub mod packed;
+mod packed_kernel;
 pub mod simd;
 pub mod softmax;
 
 pub use attention::{paged_attention, SeqChunk};
 pub use cache_ops::{copy_blocks, swap_blocks, write_kv};
 pub use matmul::linear;
-pub use matmul_bf16::{embedding_bf16, linear_bf16};
 pub use ops::{add_inplace, embedding, rms_norm, silu_and_mul, Llama3Scaling, Rope};

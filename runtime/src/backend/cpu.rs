@@ -6,12 +6,12 @@ use kernels::KvLayout;
 
 use super::{Backend, Batch, WeightDtype};
 
-/// A weight matrix in f32, packed once for the GEMM's micro-kernel, or in bf16 (half the
-/// memory, widened as it is used; row-major).
+/// A weight matrix packed once for the GEMM's micro-kernel, in f32 or in bf16 (half the
+/// memory, widened in registers as it is used).
 #[derive(Debug, Clone)]
 pub enum CpuWeight {
-    F32(PackedMatrix),
-    Bf16(Vec<half::bf16>),
+    F32(PackedMatrix<f32>),
+    Bf16(PackedMatrix<half::bf16>),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -34,25 +34,19 @@ impl Backend for CpuBackend {
         buf[..n].to_vec()
     }
     fn upload_weight(&self, data: Vec<f32>, cols: usize, dtype: WeightDtype) -> CpuWeight {
+        let rows = data.len().checked_div(cols).unwrap_or(0);
         match dtype {
-            WeightDtype::F32 => {
-                let rows = data.len().checked_div(cols).unwrap_or(0);
-                CpuWeight::F32(PackedMatrix::pack(&data, rows, cols))
-            }
-            WeightDtype::Bf16 => {
-                CpuWeight::Bf16(data.iter().map(|&v| half::bf16::from_f32(v)).collect())
-            }
+            WeightDtype::F32 => CpuWeight::F32(PackedMatrix::pack(&data, rows, cols)),
+            WeightDtype::Bf16 => CpuWeight::Bf16(PackedMatrix::pack(&data, rows, cols)),
         }
     }
     fn embedding(&self, out: &mut Vec<f32>, table: &CpuWeight, ids: &[u32], dim: usize) {
         let out = &mut out[..ids.len() * dim];
-        match table {
-            CpuWeight::F32(t) => {
-                for (o, &id) in out.chunks_mut(dim).zip(ids) {
-                    t.row_into(id as usize, o);
-                }
+        for (o, &id) in out.chunks_mut(dim).zip(ids) {
+            match table {
+                CpuWeight::F32(t) => t.row_into(id as usize, o),
+                CpuWeight::Bf16(t) => t.row_into(id as usize, o),
             }
-            CpuWeight::Bf16(t) => k::embedding_bf16(out, t, ids, dim),
         }
     }
     fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Vec<f32>, eps: f32, n: usize) {
@@ -73,7 +67,10 @@ impl Backend for CpuBackend {
                 debug_assert_eq!((w.rows(), w.cols()), (n, kk));
                 w.linear(out, x, m)
             }
-            CpuWeight::Bf16(w) => k::linear_bf16(out, x, w, m, kk, n),
+            CpuWeight::Bf16(w) => {
+                debug_assert_eq!((w.rows(), w.cols()), (n, kk));
+                w.linear(out, x, m)
+            }
         }
         if let Some(b) = bias {
             for row in out[..m * n].chunks_mut(n) {

@@ -1,0 +1,233 @@
+//! The micro-kernels of the packed GEMM (`packed.rs`), one per weight element type.
+//!
+//! A call computes `out[r][c] (+)= Σ_d x[d][r] · w[d][c]` for a tile of at most 6 rows and
+//! one 16-column panel. The activations `x` are always f32; the weights are f32 or bf16.
+//! bf16 is the top half of an f32, so the bf16 kernel widens a panel row in registers
+//! (zero-extend, shift by 16) as it loads it: decode, which streams the weights from
+//! memory, reads half the bytes, and no separate widening pass is needed.
+
+use half::bf16;
+
+/// Rows of the weight (output columns) per panel: two AVX2 vectors.
+pub const PANEL: usize = 16;
+/// Activation rows per micro-kernel tile.
+pub(crate) const MR: usize = 6;
+
+/// One micro-kernel call (see the module docs): `x` packed `[depth][MR]`, `w` packed
+/// `[depth][PANEL]`, `rows ≤ MR` valid rows, `cols ≤ PANEL` valid columns. Public only
+/// because `PanelElem` names it; nothing outside the crate can build one.
+pub struct Tile<E> {
+    pub(crate) x: *const f32,
+    pub(crate) rows: usize,
+    pub(crate) w: *const E,
+    pub(crate) depth: usize,
+    pub(crate) out: *mut f32,
+    pub(crate) out_stride: usize,
+    pub(crate) cols: usize,
+    pub(crate) accumulate: bool,
+}
+
+/// A weight element the packed GEMM can store: how it converts, and its micro-kernel.
+pub trait PanelElem: Copy + Default + Send + Sync + 'static {
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// The fastest micro-kernel this CPU supports for this element type.
+    #[doc(hidden)]
+    fn micro_kernel() -> MicroKernel<Self>;
+    /// The reference micro-kernel (any CPU), for tests.
+    #[doc(hidden)]
+    fn portable_kernel() -> MicroKernel<Self> {
+        micro_kernel_portable::<Self>
+    }
+}
+
+/// A micro-kernel; unsafe because the tile's raw pointers must cover the extents it names.
+pub type MicroKernel<E> = unsafe fn(&Tile<E>);
+
+impl PanelElem for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn micro_kernel() -> MicroKernel<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2_fma() {
+            return avx2::f32_tile;
+        }
+        micro_kernel_portable::<f32>
+    }
+}
+
+impl PanelElem for bf16 {
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    fn micro_kernel() -> MicroKernel<bf16> {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2_fma() {
+            return avx2::bf16_tile;
+        }
+        micro_kernel_portable::<bf16>
+    }
+}
+
+/// # Safety
+/// The tile's pointers cover the extents it names.
+unsafe fn micro_kernel_portable<E: PanelElem>(t: &Tile<E>) {
+    for r in 0..t.rows {
+        let mut acc = [0f32; PANEL];
+        for d in 0..t.depth {
+            let xv = *t.x.add(d * MR + r);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a += xv * (*t.w.add(d * PANEL + c)).to_f32();
+            }
+        }
+        store(t, r, &acc);
+    }
+}
+
+/// Writes (or adds) one row of a tile's accumulators, the valid columns only.
+///
+/// # Safety
+/// Row `r` of the tile's output covers `t.cols` elements.
+#[inline(always)]
+unsafe fn store<E>(t: &Tile<E>, r: usize, acc: &[f32; PANEL]) {
+    let o = t.out.add(r * t.out_stride);
+    for (c, &a) in acc.iter().enumerate().take(t.cols) {
+        let oc = o.add(c);
+        *oc = if t.accumulate { *oc + a } else { a };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! AVX2/FMA micro-kernels. A 6 × 16 tile lives in 12 accumulators; per step of the
+    //! inner dimension: one panel row (two vectors), six broadcasts, twelve FMAs. A single
+    //! row (decode) alternates two accumulator pairs so the FMA latency does not bound a
+    //! loop that should be bound by memory.
+
+    use super::{store, Tile, MR, PANEL};
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    /// Loads panel row `d` as two f32 vectors.
+    trait Load: Sized {
+        unsafe fn load(w: *const Self, d: usize) -> (__m256, __m256);
+    }
+
+    impl Load for f32 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn load(w: *const f32, d: usize) -> (__m256, __m256) {
+            let p = w.add(d * PANEL);
+            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+        }
+    }
+
+    impl Load for bf16 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn load(w: *const bf16, d: usize) -> (__m256, __m256) {
+            let p = w.add(d * PANEL) as *const __m128i;
+            (widen(_mm_loadu_si128(p)), widen(_mm_loadu_si128(p.add(1))))
+        }
+    }
+
+    /// Eight bf16 → eight f32: zero-extend to 32 bits, shift into the top half.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn widen(v: __m128i) -> __m256 {
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
+    }
+
+    macro_rules! tile_fn {
+        ($name:ident, $elem:ty, $rows:ident) => {
+            /// # Safety
+            /// AVX2 and FMA present; the tile's pointers cover the extents it names.
+            #[target_feature(enable = "avx2,fma")]
+            pub(super) unsafe fn $name(t: &Tile<$elem>) {
+                match t.rows {
+                    6 => $rows::<6>(t),
+                    5 => $rows::<5>(t),
+                    4 => $rows::<4>(t),
+                    3 => $rows::<3>(t),
+                    2 => $rows::<2>(t),
+                    _ => single_row(t),
+                }
+            }
+
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::needless_range_loop)] // rows index x and the accumulators in lockstep
+            unsafe fn $rows<const R: usize>(t: &Tile<$elem>) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                for d in 0..t.depth {
+                    let (w0, w1) = <$elem as Load>::load(t.w, d);
+                    for r in 0..R {
+                        let xv = _mm256_broadcast_ss(&*t.x.add(d * MR + r));
+                        acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+                        acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+                    }
+                }
+                for r in 0..R {
+                    finish(t, r, acc[r][0], acc[r][1]);
+                }
+            }
+        };
+    }
+
+    tile_fn!(f32_tile, f32, f32_rows);
+    tile_fn!(bf16_tile, bf16, bf16_rows);
+
+    /// One activation row: two independent accumulator pairs over even and odd steps.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn single_row<E: Load>(t: &Tile<E>) {
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut b0, mut b1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut d = 0;
+        while d + 1 < t.depth {
+            let (w0, w1) = E::load(t.w, d);
+            let (v0, v1) = E::load(t.w, d + 1);
+            let xa = _mm256_broadcast_ss(&*t.x.add(d * MR));
+            let xb = _mm256_broadcast_ss(&*t.x.add((d + 1) * MR));
+            a0 = _mm256_fmadd_ps(xa, w0, a0);
+            a1 = _mm256_fmadd_ps(xa, w1, a1);
+            b0 = _mm256_fmadd_ps(xb, v0, b0);
+            b1 = _mm256_fmadd_ps(xb, v1, b1);
+            d += 2;
+        }
+        if d < t.depth {
+            let (w0, w1) = E::load(t.w, d);
+            let xa = _mm256_broadcast_ss(&*t.x.add(d * MR));
+            a0 = _mm256_fmadd_ps(xa, w0, a0);
+            a1 = _mm256_fmadd_ps(xa, w1, a1);
+        }
+        finish(t, 0, _mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1));
+    }
+
+    /// Stores row `r` of the tile from its two accumulators.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn finish<E>(t: &Tile<E>, r: usize, a0: __m256, a1: __m256) {
+        let o = t.out.add(r * t.out_stride);
+        if t.cols == PANEL {
+            let (mut a0, mut a1) = (a0, a1);
+            if t.accumulate {
+                a0 = _mm256_add_ps(a0, _mm256_loadu_ps(o));
+                a1 = _mm256_add_ps(a1, _mm256_loadu_ps(o.add(8)));
+            }
+            _mm256_storeu_ps(o, a0);
+            _mm256_storeu_ps(o.add(8), a1);
+        } else {
+            // The last panel of a matrix whose rows are not a multiple of 16.
+            let mut lanes = [0f32; PANEL];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), a0);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1);
+            store(t, r, &lanes);
+        }
+    }
+}
