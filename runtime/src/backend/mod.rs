@@ -46,18 +46,24 @@ pub enum WeightDtype {
     Bf16,
 }
 
-/// A device and its kernels.
-pub trait Backend {
+/// A device and its kernels. Shared with the threads of a host pool (`run_forward`).
+pub trait Backend: Sync {
     /// A buffer of f32 on the device.
-    type Buf;
+    type Buf: Send + Sync;
     /// A weight matrix (`[rows, cols]`, row-major) in the backend's chosen storage.
-    type Weight: Send;
+    type Weight: Send + Sync;
 
     fn name(&self) -> &str;
     /// The first error of the operations since the last call, if any (a device backend's
     /// kernels fail asynchronously; see `cuda`). The engine checks it after every step.
     fn take_error(&self) -> Option<String> {
         None
+    }
+    /// Runs one forward pass. A backend with a host thread pool runs it on one of the pool's
+    /// threads, so the pass's many parallel kernels fork from a worker instead of waking
+    /// a blocked outside thread after each one.
+    fn run_forward<R: Send>(&self, forward: impl FnOnce() -> R + Send) -> R {
+        forward()
     }
     fn zeros(&self, n: usize) -> Self::Buf;
     fn upload(&self, data: Vec<f32>) -> Self::Buf;

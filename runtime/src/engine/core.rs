@@ -302,7 +302,8 @@ impl<B: Backend> EngineCore<B> {
             return Ok(vec![]);
         }
         let batch = build_batch(&plan, self.cache.layout.block_size);
-        let mut logits = self.model.forward(&self.backend, &batch, &mut self.cache);
+        let (model, backend, cache) = (&self.model, &self.backend, &mut self.cache);
+        let mut logits = backend.run_forward(|| model.forward(backend, &batch, cache));
         // A device error (this step's copies or forward) fails the step with its message.
         if let Some(e) = self.backend.take_error() {
             return Err(EngineError::Backend(e));
