@@ -176,14 +176,23 @@ fn norm_activation_and_rope_match_f64() {
             assert!((out[t * dim + i] as f64 - want).abs() < 1e-5);
         }
     }
-    let gu = randv(&mut rng, 2 * 2 * 8);
-    let mut act = vec![0.0; 2 * 8];
-    cpu::silu_and_mul(&mut act, &gu, 8);
+    // SiLU-and-mul: 13 columns (a vector body and a scalar tail), gates spread to ±30.
+    let inter = 13;
+    let gu: Vec<f32> = randv(&mut rng, 2 * 2 * inter)
+        .iter()
+        .map(|v| v * 30.0)
+        .collect();
+    let mut act = vec![0.0; 2 * inter];
+    cpu::silu_and_mul(&mut act, &gu, inter);
     for t in 0..2 {
-        for i in 0..8 {
-            let g = gu[t * 16 + i] as f64;
-            let want = g / (1.0 + (-g).exp()) * gu[t * 16 + 8 + i] as f64;
-            assert!((act[t * 8 + i] as f64 - want).abs() < 1e-6);
+        for i in 0..inter {
+            let g = gu[t * 2 * inter + i] as f64;
+            let want = g / (1.0 + (-g).exp()) * gu[t * 2 * inter + inter + i] as f64;
+            let got = act[t * inter + i] as f64;
+            assert!(
+                (got - want).abs() < 1e-6 * (1.0 + want.abs()),
+                "{got} vs {want}"
+            );
         }
     }
     // RoPE: element i pairs with i + half, angle pos / theta^(2i / hd).

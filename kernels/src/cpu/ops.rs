@@ -29,11 +29,16 @@ pub fn add_inplace(x: &mut [f32], y: &[f32]) {
 
 /// `out[t, i] = silu(gu[t, i]) * gu[t, inter + i]` where `gu` rows are `[gate | up]`.
 pub fn silu_and_mul(out: &mut [f32], gate_up: &[f32], inter: usize) {
+    let avx2 = super::simd::has_avx2_fma();
     let f = |(o, g): (&mut [f32], &[f32])| {
         let (gate, up) = g.split_at(inter);
-        for ((ov, &a), &b) in o.iter_mut().zip(gate).zip(up) {
-            *ov = a / (1.0 + (-a).exp()) * b;
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU reported AVX2 and FMA.
+            return unsafe { silu_mul_avx2(o, gate, up) };
         }
+        let _ = avx2;
+        silu_mul_scalar(o, gate, up);
     };
     if out.len() >= PAR_THRESHOLD {
         out.par_chunks_mut(inter)
@@ -44,6 +49,35 @@ pub fn silu_and_mul(out: &mut [f32], gate_up: &[f32], inter: usize) {
             .zip(gate_up.chunks(2 * inter))
             .for_each(f);
     }
+}
+
+fn silu_mul_scalar(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    for ((ov, &a), &b) in out.iter_mut().zip(gate).zip(up) {
+        *ov = a / (1.0 + (-a).exp()) * b;
+    }
+}
+
+/// `silu_mul_scalar` eight lanes at a time through the vector `exp` (the C library's
+/// scalar `expf` made this 4 % of a 64 × (128 + 128) run).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len().min(gate.len()).min(up.len());
+    let body = n / 8 * 8;
+    let one = _mm256_set1_ps(1.0);
+    let zero = _mm256_setzero_ps();
+    for i in (0..body).step_by(8) {
+        let a = _mm256_loadu_ps(gate.as_ptr().add(i));
+        let e = super::simd::exp256(_mm256_sub_ps(zero, a));
+        let silu = _mm256_div_ps(a, _mm256_add_ps(one, e));
+        let r = _mm256_mul_ps(silu, _mm256_loadu_ps(up.as_ptr().add(i)));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+    }
+    silu_mul_scalar(&mut out[body..n], &gate[body..n], &up[body..n]);
 }
 
 /// Rows of `table` (`[vocab, dim]`) for each id.
@@ -125,18 +159,26 @@ impl Rope {
     /// Rotates every head of `x` (`[num_tokens, num_heads, 2 * half]`) in place, Hugging Face
     /// `rotate_half` style: element `i` pairs with `i + half`.
     pub fn apply(&self, x: &mut [f32], positions: &[usize], num_heads: usize) {
-        let hd = 2 * self.half;
-        for (t, &pos) in positions.iter().enumerate() {
-            let c = &self.cos[pos * self.half..(pos + 1) * self.half];
-            let s = &self.sin[pos * self.half..(pos + 1) * self.half];
-            for h in 0..num_heads {
-                let v = &mut x[(t * num_heads + h) * hd..(t * num_heads + h + 1) * hd];
-                let (a, b) = v.split_at_mut(self.half);
-                for i in 0..self.half {
-                    let (x1, x2) = (a[i], b[i]);
-                    a[i] = x1 * c[i] - x2 * s[i];
-                    b[i] = x2 * c[i] + x1 * s[i];
-                }
+        let row = num_heads * 2 * self.half;
+        let x = &mut x[..positions.len() * row];
+        let rotate = |(v, &pos): (&mut [f32], &usize)| self.apply_token(v, pos);
+        if x.len() >= PAR_THRESHOLD {
+            x.par_chunks_mut(row).zip(positions).for_each(rotate);
+        } else {
+            x.chunks_mut(row).zip(positions).for_each(rotate);
+        }
+    }
+
+    /// Rotates every head of one token's row (`[num_heads, 2 * half]`) at position `pos`.
+    fn apply_token(&self, x: &mut [f32], pos: usize) {
+        let c = &self.cos[pos * self.half..(pos + 1) * self.half];
+        let s = &self.sin[pos * self.half..(pos + 1) * self.half];
+        for v in x.chunks_mut(2 * self.half) {
+            let (a, b) = v.split_at_mut(self.half);
+            for i in 0..self.half {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * c[i] - x2 * s[i];
+                b[i] = x2 * c[i] + x1 * s[i];
             }
         }
     }

@@ -88,6 +88,38 @@ pub fn axpy_fn() -> fn(&mut [f32], f32, &[f32]) {
     axpy_portable
 }
 
+/// `exp(x)` to about 2 ulp for x in [-87, 88]: 2^n · p(r) with r = x - n·ln 2 in
+/// [-ln2/2, ln2/2] and a degree-6 polynomial. Inputs are clamped to that range: below
+/// -87 gives exp(-87) ≈ 1.6e-38 (zero for a softmax's or SiLU's purposes), above 88
+/// gives exp(88) ≈ 1.7e38.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+    let x = _mm256_min_ps(x, _mm256_set1_ps(88.0));
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    // ln 2 split in two so n·ln2_hi is exact.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    // Taylor coefficients 1/k! for k = 6 down to 0 (Horner).
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let pow2 = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    );
+    _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +137,27 @@ mod tests {
             .iter()
             .zip(&a)
             .all(|(y, a)| (y - (1.0 + 2.0 * a)).abs() < 1e-6));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_matches_f64_exp() {
+        if !has_avx2_fma() {
+            eprintln!("skipped: this CPU has no AVX2/FMA");
+            return;
+        }
+        let mut worst = 0f64;
+        for i in 0..=8000 {
+            let x = -87.0 + i as f32 * (87.0 + 88.0) / 8000.0;
+            let mut out = [0f32; 8];
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm256_storeu_ps(out.as_mut_ptr(), exp256(_mm256_set1_ps(x)))
+            };
+            let want = (x as f64).exp();
+            worst = worst.max(((out[0] as f64 - want) / want).abs());
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
     }
 }

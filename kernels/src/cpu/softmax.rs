@@ -87,34 +87,9 @@ unsafe fn exp_weights_avx2(
 }
 
 #[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
-
+use super::simd::exp256;
 #[cfg(target_arch = "x86_64")]
-/// `exp(x)` for x ≤ 0 (a softmax's shifted scores) to about 2 ulp: 2^n · p(r) with
-/// r = x - n·ln 2 in [-ln2/2, ln2/2] and a degree-6 polynomial; inputs below -87 give
-/// exp(-87) ≈ 1.6e-38, which is zero for the softmax's purposes.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp256(x: __m256) -> __m256 {
-    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-    let x = _mm256_min_ps(x, _mm256_set1_ps(88.0));
-    let n = _mm256_round_ps(
-        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-    );
-    // ln 2 split in two so n·ln2_hi is exact.
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-    // Taylor coefficients 1/k! for k = 6 down to 0 (Horner).
-    let mut p = _mm256_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-    }
-    let pow2 = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-        23,
-    );
-    _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
-}
+use std::arch::x86_64::*;
 
 #[cfg(test)]
 mod tests {
@@ -139,24 +114,5 @@ mod tests {
         }
         assert!((total as f64 - want_total).abs() < 1e-5 * want_total);
         assert!((exp_sum(&src, 8.0, 0.7) as f64 - want_total).abs() < 1e-5 * want_total);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn vector_exp_matches_f64_exp() {
-        if !super::super::simd::has_avx2_fma() {
-            eprintln!("skipped: this CPU has no AVX2/FMA");
-            return;
-        }
-        let mut worst = 0f64;
-        for i in 0..=8000 {
-            let x = -87.0 + i as f32 * (87.0 + 10.0) / 8000.0;
-            let mut out = [0f32; 8];
-            // SAFETY: AVX2 and FMA checked above.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp256(_mm256_set1_ps(x))) };
-            let want = (x as f64).exp();
-            worst = worst.max(((out[0] as f64 - want) / want).abs());
-        }
-        assert!(worst < 5e-7, "relative error {worst}");
     }
 }
