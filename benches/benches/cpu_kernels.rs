@@ -32,7 +32,7 @@ fn gemm(c: &mut Criterion) {
 
 fn attention(c: &mut Criterion) {
     let layout = KvLayout {
-        num_blocks: 64 * 64 / 16 + 1,
+        num_blocks: 64 * 1024 / 16 + 1,
         num_kv_heads: 3,
         block_size: 16,
         head_dim: 64,
@@ -41,10 +41,25 @@ fn attention(c: &mut Criterion) {
     let vc = vec![0.02f32; layout.elems()];
     let heads = 9;
     let mut g = c.benchmark_group("paged attention decode, 9/3 heads, hd 64");
-    for ctx in [64usize, 256, 1024] {
-        let batch = 64 * 64 / ctx.max(64);
+    for (order, ctx) in [64usize, 256, 1024]
+        .into_iter()
+        .flat_map(|ctx| [("contiguous", ctx), ("scattered", ctx)])
+    {
+        let batch = 64;
+        let pages = (batch * ctx / 16) as u32;
+        // Scattered: page i of the run goes to (i * 7919) mod pages, a permutation (7919
+        // is prime and does not divide the page counts here), as a long-running cache
+        // hands out pages.
+        let page = |i: u32| match order {
+            "contiguous" => i,
+            _ => ((i as u64 * 7919) % pages as u64) as u32,
+        };
         let tables: Vec<Vec<u32>> = (0..batch)
-            .map(|s| ((s * ctx / 16) as u32..((s + 1) * ctx / 16) as u32).collect())
+            .map(|s| {
+                ((s * ctx / 16) as u32..((s + 1) * ctx / 16) as u32)
+                    .map(page)
+                    .collect()
+            })
             .collect();
         let seqs: Vec<SeqChunk> = tables
             .iter()
@@ -60,7 +75,7 @@ fn attention(c: &mut Criterion) {
         let mut out = vec![0f32; batch * heads * 64];
         g.throughput(Throughput::Bytes((batch * ctx * 2 * 3 * 64 * 4) as u64));
         g.bench_with_input(
-            BenchmarkId::new(format!("batch {batch}"), ctx),
+            BenchmarkId::new(format!("batch {batch}, {order} pages"), ctx),
             &ctx,
             |b, _| {
                 b.iter(|| {
