@@ -66,6 +66,12 @@ pub trait Backend: Sync {
         forward()
     }
     fn zeros(&self, n: usize) -> Self::Buf;
+    /// One layer's K or V cache, allocated once when the engine starts. A backend whose
+    /// fresh memory is mapped lazily makes it resident here, not in the steps that first
+    /// write each page.
+    fn kv_zeros(&self, n: usize) -> Self::Buf {
+        self.zeros(n)
+    }
     fn upload(&self, data: Vec<f32>) -> Self::Buf;
     fn download(&self, buf: &Self::Buf, n: usize) -> Vec<f32>;
     /// A weight matrix `[data.len() / cols, cols]` stored as `dtype` (values rounded to

@@ -59,8 +59,8 @@ impl<B: Backend> KvCache<B> {
         };
         let layers = (0..cfg.num_layers)
             .map(|_| LayerCache {
-                k: backend.zeros(layout.elems()),
-                v: backend.zeros(layout.elems()),
+                k: backend.kv_zeros(layout.elems()),
+                v: backend.kv_zeros(layout.elems()),
             })
             .collect();
         KvCache { layout, layers }
