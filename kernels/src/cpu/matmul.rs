@@ -69,21 +69,8 @@ pub(crate) fn gemm_into(
 /// step costs one pass over the weights (memory-bound, as decode is). Split over output
 /// columns across threads.
 fn linear_small_m(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize) {
-    small_m_with(out, x, w, m, k, n, super::simd::dot_fn());
-}
-
-/// The small-batch GEMM over weights of any storage type `W`, given its dot product with an
-/// f32 row (shared by the f32 and the bf16 paths).
-pub(crate) fn small_m_with<W: Sync>(
-    out: &mut [f32],
-    x: &[f32],
-    w: &[W],
-    m: usize,
-    k: usize,
-    n: usize,
-    dot: fn(&[f32], &[W]) -> f32,
-) {
     const COLS: usize = 64;
+    let dot = super::simd::dot_fn();
     let mut cols = vec![0f32; n * m];
     cols.par_chunks_mut(COLS * m)
         .enumerate()

@@ -14,6 +14,16 @@ pub enum CpuWeight {
     Bf16(PackedMatrix<half::bf16>),
 }
 
+impl CpuWeight {
+    /// `(rows, cols)`: output features by input features.
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            CpuWeight::F32(w) => (w.rows(), w.cols()),
+            CpuWeight::Bf16(w) => (w.rows(), w.cols()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct CpuBackend;
 
@@ -73,15 +83,10 @@ impl Backend for CpuBackend {
         kk: usize,
         n: usize,
     ) {
+        debug_assert_eq!(w.shape(), (n, kk));
         match w {
-            CpuWeight::F32(w) => {
-                debug_assert_eq!((w.rows(), w.cols()), (n, kk));
-                w.linear(out, x, m)
-            }
-            CpuWeight::Bf16(w) => {
-                debug_assert_eq!((w.rows(), w.cols()), (n, kk));
-                w.linear(out, x, m)
-            }
+            CpuWeight::F32(w) => w.linear(out, x, m),
+            CpuWeight::Bf16(w) => w.linear(out, x, m),
         }
         if let Some(b) = bias {
             for row in out[..m * n].chunks_mut(n) {

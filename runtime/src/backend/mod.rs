@@ -66,9 +66,8 @@ pub trait Backend: Sync {
         forward()
     }
     fn zeros(&self, n: usize) -> Self::Buf;
-    /// One layer's K or V cache, allocated once when the engine starts. A backend whose
-    /// fresh memory is mapped lazily makes it resident here, not in the steps that first
-    /// write each page.
+    /// One layer's K or V cache, allocated once when the engine starts (the CPU backend
+    /// asks for huge pages here, so the steps that first write each page fault less).
     fn kv_zeros(&self, n: usize) -> Self::Buf {
         self.zeros(n)
     }
