@@ -6,6 +6,7 @@
 //! The Prometheus recorder is process-wide, so the scenarios run one after another in one
 //! test, each on its own server.
 
+#[macro_use]
 mod common;
 
 use std::io::Read;
@@ -206,15 +207,6 @@ fn a_full_queue_answers_429_with_retry_after() {
     assert_eq!(running.join().unwrap().status, 200);
     assert_eq!(queued.join().unwrap().status, 200);
     wait_until_drained(port);
-}
-
-/// Reports a skipped test on the terminal even while the harness captures output: a direct
-/// write to stderr bypasses the capture that `eprintln!` goes through.
-macro_rules! report_skip {
-    ($($arg:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED {}", format_args!($($arg)*));
-    }};
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! server on a tiny random-weight Llama: every completed request must be whole, no KV page
 //! may leak, and the process's resident memory must stay flat after warm-up.
 
+#[macro_use]
 mod common;
 
 use std::io::Read;

@@ -3,6 +3,17 @@
 
 #![allow(dead_code)]
 
+/// Reports a skipped test on the terminal even while the harness captures output: a direct
+/// write to stderr bypasses the capture that `eprintln!` goes through. (`#[macro_use]` on
+/// `mod common` makes it visible to every module declared after it.)
+#[allow(unused_macros)] // `soak` reports no skips.
+macro_rules! report_skip {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {}", format_args!($($arg)*));
+    }};
+}
+
 pub mod http;
 
 use std::path::PathBuf;
@@ -49,6 +60,23 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 /// The `pagedrt` binary built for these tests.
 pub fn pagedrt() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_pagedrt"))
+}
+
+/// Runs a `pagedrt` command to completion, failing the test with its stderr unless it exits 0.
+pub trait RunOk {
+    fn run_ok(&mut self) -> std::process::Output;
+}
+
+impl RunOk for std::process::Command {
+    fn run_ok(&mut self) -> std::process::Output {
+        let out = self.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
 }
 
 /// A fresh scratch folder for one test of this process.

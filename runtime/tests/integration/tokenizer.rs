@@ -1,7 +1,7 @@
 //! The default model's tokenizer, as converted from its GGUF vocabulary, against the golden
 //! token ids of an independent reference, and the streaming detokenizer.
 
-mod common;
+use crate::common;
 
 use common::{default_model, golden_cases, ids};
 use runtime::model::tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer};

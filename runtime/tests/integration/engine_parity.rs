@@ -1,7 +1,7 @@
 //! Backend parity (`engine::parity`): the comparison accepts identical engines, rejects a
 //! different model, and, on a machine with a GPU, holds the CUDA backend to the CPU's tokens.
 
-mod common;
+use crate::common;
 
 use common::http::{small_llama_config, tiny_model_config};
 use runtime::backend::cpu::CpuBackend;
@@ -9,15 +9,6 @@ use runtime::backend::Backend;
 use runtime::engine::parity::{compare, parity_engine, test_prompts};
 use runtime::engine::EngineCore;
 use runtime::model::resolve::ModelSource;
-
-/// Reports a skipped test on the terminal even while the harness captures output: a direct
-/// write to stderr bypasses the capture that `eprintln!` goes through.
-macro_rules! report_skip {
-    ($($arg:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED {}", format_args!($($arg)*));
-    }};
-}
 
 fn engine<B: Backend>(backend: B, spec: &str, seed: u64) -> EngineCore<B> {
     parity_engine(backend, &ModelSource::Dummy(spec.into()), seed).unwrap()

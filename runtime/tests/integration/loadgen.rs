@@ -2,7 +2,7 @@
 //! what was injected, failures keep their reasons), its arrival processes' statistics, and
 //! `pagedrt bench serve` end to end against `pagedrt`'s own server.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use common::http::{start, tiny_engine};
-use common::pagedrt;
+use common::{pagedrt, RunOk};
 use runtime::loadgen::arrivals::{arrival_times, Ramp};
 use runtime::loadgen::dataset::BenchRequest;
 use runtime::loadgen::http::Endpoint;
@@ -241,7 +241,7 @@ fn bench_serve_end_to_end_against_pagedrt() {
     let port = start(engine, "tiny", None);
     let out = common::tmp("bench-serve").join("out.json");
     let svg = common::tmp("bench-serve-svg");
-    let st = pagedrt()
+    pagedrt()
         .args(["bench", "serve", "--base-url"])
         .arg(format!("http://127.0.0.1:{port}"))
         .args([
@@ -266,13 +266,7 @@ fn bench_serve_end_to_end_against_pagedrt() {
         .arg(&out)
         .arg("--svg-dir")
         .arg(&svg)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+        .run_ok();
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(v["completed"], 30, "{v}");
     assert_eq!(v["failed"], 0);
@@ -303,7 +297,7 @@ fn bench_serve_end_to_end_against_pagedrt() {
     assert_eq!(decodes, 30 * 11);
     assert!(log.iter().all(|(_, s)| *s > 0.0));
     let cost = common::tmp("bench-serve-cost").join("cost.json");
-    let st = pagedrt()
+    pagedrt()
         .args(["bench", "calibrate", "--knee", "0", "--model"])
         .arg(format!(
             "dummy:{}",
@@ -313,13 +307,7 @@ fn bench_serve_end_to_end_against_pagedrt() {
         .arg(&steps)
         .arg("--out")
         .arg(&cost)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+        .run_ok();
     let cm: scheduler::sim::CostModel =
         serde_json::from_str(&std::fs::read_to_string(&cost).unwrap()).unwrap();
     assert!(cm.step_overhead_s + cm.per_decode_seq_s > 0.0, "{cm:?}");

@@ -2,7 +2,7 @@
 //! streaming, and a 4xx with an OpenAI-style body for every kind of bad input — after which
 //! a good request still succeeds.
 
-mod common;
+use crate::common;
 
 use common::default_model;
 use common::http::{http, sse_data};

@@ -2,7 +2,7 @@
 //! loop (the whole sequence recomputed every step) give the same greedy tokens, and both
 //! match the float64 reference where its margins are safely above float32 noise.
 
-mod common;
+use crate::common;
 
 use common::{default_model, golden};
 use runtime::engine::no_cache::{full_recompute_batch, NoCacheRunner};

@@ -1,7 +1,7 @@
 //! The CPU engine end to end on the default model: greedy parity with the float64 reference,
 //! and the same tokens however the requests are batched, chunked, cached or preempted.
 
-mod common;
+use crate::common;
 
 use common::{default_model, golden, Golden};
 use runtime::engine::{cpu_engine, run_to_completion, EngineConfig, GenerateRequest};
@@ -73,9 +73,9 @@ fn greedy_generation_matches_the_float64_reference() {
     );
 }
 
-/// bf16 weights move the first-step logits by up to about 0.16 here (tests/golden_logits.rs),
-/// so a top-2 margin by up to about 0.32: every step before the first whose reference margin
-/// is below 0.35 must give the reference's token. (On this machine all 128 tokens match.)
+/// bf16 weights move the first-step logits by up to about 0.16 here
+/// (`tests/integration/golden_logits.rs`), so a top-2 margin by up to about 0.32: every step
+/// before the first whose reference margin is below 0.35 must give the reference's token. (On this machine all 128 tokens match.)
 #[test]
 fn bf16_weights_reproduce_the_reference_away_from_near_ties() {
     let gold = common::golden_with_margin(0.35);

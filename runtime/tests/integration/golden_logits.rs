@@ -1,7 +1,7 @@
 //! The model's first-step logits on the golden prompts, all four in one paged batch, against
 //! the float64 reference (`../shared/golden/smollm2_first_step_logits.f32`).
 
-mod common;
+use crate::common;
 
 use common::{default_model, golden_cases, golden_dir, ids};
 use runtime::backend::{cpu::CpuBackend, Batch, BatchSeq, WeightDtype};

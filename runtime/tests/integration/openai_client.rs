@@ -3,18 +3,9 @@
 //! PAGEDRT_OPENAI_PYTHON at its interpreter; without that variable the test says it is
 //! skipped and why (and fails when PAGEDRT_REQUIRE_OPENAI is set, as in CI).
 
-mod common;
+use crate::common;
 
 use common::http::{start, tiny_engine};
-
-/// Reports a skipped test on the terminal even while the harness captures output: a direct
-/// write to stderr bypasses the capture that `eprintln!` goes through.
-macro_rules! report_skip {
-    ($($arg:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED {}", format_args!($($arg)*));
-    }};
-}
 
 #[test]
 fn the_official_python_client_works_against_the_server() {

@@ -1,18 +1,9 @@
 //! The `pagedrt doctor` contract: exit code 0 only when everything asked for succeeded, a
 //! clear error for a bad architecture, and a JSON report of every kernel's compilation.
 
-mod common;
+use crate::common;
 
 use common::{pagedrt, tmp};
-
-/// Reports a skipped test on the terminal even while the harness captures output: a direct
-/// write to stderr bypasses the capture that `eprintln!` goes through.
-macro_rules! report_skip {
-    ($($arg:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED {}", format_args!($($arg)*));
-    }};
-}
 
 #[test]
 fn a_bad_architecture_is_a_clear_error() {

@@ -1,7 +1,7 @@
 //! SIGTERM: `pagedrt serve` stops accepting, gives in-flight requests the grace period, cuts
 //! off what still runs, and exits 0.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::time::{Duration, Instant};

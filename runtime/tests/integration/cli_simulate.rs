@@ -1,14 +1,14 @@
 //! The `pagedrt simulate` command-line contract: flags, JSON fields, files written, errors.
 
-mod common;
+use crate::common;
 
-use common::{pagedrt, tmp};
+use common::{pagedrt, tmp, RunOk};
 
 #[test]
 fn simulate_writes_the_documented_json() {
     let dir = tmp("json");
     let out = dir.join("out.json");
-    let st = pagedrt()
+    pagedrt()
         .args([
             "simulate",
             "--workload",
@@ -27,13 +27,7 @@ fn simulate_writes_the_documented_json() {
             "--json",
         ])
         .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+        .run_ok();
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     for key in [
@@ -65,7 +59,7 @@ fn simulate_writes_the_documented_json() {
 #[test]
 fn a_sweep_writes_csvs_and_plots() {
     let dir = tmp("sweep");
-    let st = pagedrt()
+    pagedrt()
         .args([
             "simulate",
             "--num-requests",
@@ -86,13 +80,7 @@ fn a_sweep_writes_csvs_and_plots() {
         .arg(dir.join("svg"))
         .arg("--json")
         .arg(dir.join("sweep.json"))
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+        .run_ok();
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 4);

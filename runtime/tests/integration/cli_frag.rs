@@ -1,8 +1,8 @@
 //! The `pagedrt frag` command-line contract: the JSON fields, the files written, errors.
 
-mod common;
+use crate::common;
 
-use common::{pagedrt, tmp};
+use common::{pagedrt, tmp, RunOk};
 
 #[test]
 fn frag_writes_the_documented_json_csv_and_charts() {
@@ -27,13 +27,7 @@ fn frag_writes_the_documented_json_csv_and_charts() {
         .arg(dir.join("series.csv"))
         .arg("--svg-dir")
         .arg(dir.join("svg"))
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+        .run_ok();
     let stdout = String::from_utf8_lossy(&st.stdout);
     assert!(stdout.contains("| paged-16 |"), "{stdout}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
@@ -86,7 +80,7 @@ fn frag_converts_bytes_with_the_model_shape_and_rejects_bad_names() {
     // Llama-3-8B in bf16 stores 128 KiB of K/V per token: 1 GiB is 8192 tokens.
     let dir = tmp("bytes");
     let out = dir.join("out.json");
-    let st = pagedrt()
+    pagedrt()
         .args([
             "frag",
             "--num-requests",
@@ -101,13 +95,7 @@ fn frag_converts_bytes_with_the_model_shape_and_rejects_bad_names() {
             "--json",
         ])
         .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+        .run_ok();
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(v["memory_tokens"], 8192);
     assert_eq!(v["allocators"][1]["fit"], "best-fit");
