@@ -3,11 +3,12 @@
 //! The cost model is linear in seven features of a step (see `scheduler::sim::CostModel`):
 //! a constant; for steps above the small-batch knee, a constant (the switch to blocked
 //! GEMMs), prefill tokens and decoding sequences; for steps at or below it, rows; and for
-//! all, context tokens attended and prefill attention pairs. The CPU engine's knee is its
-//! matrix-vector limit (`kernels::cpu::matmul::SMALL_M`). The design
-//! below varies them independently (prefill-only steps of several sizes, decode-only steps
-//! over a grid of batch sizes and context lengths, and mixed steps), so the fit can tell
-//! them apart.
+//! all, context tokens attended and prefill attention pairs. Where the knee lies depends on
+//! the kernels (where weight streaming stops bounding a GEMM), so it is chosen from the
+//! data ([`choose_knee`]: leave-one-out prediction error) rather than taken from a kernel
+//! constant that goes stale when the kernels change. The design below varies the features
+//! independently (prefill-only steps of several sizes, decode-only steps over a grid of
+//! batch sizes and context lengths, and mixed steps), so the fit can tell them apart.
 
 use scheduler::sim::CostModel;
 use serde::Serialize;
@@ -182,6 +183,56 @@ pub fn fit_cost_model(
     }
 }
 
+/// The knee whose model best predicts steps it was not fitted to: for each candidate (no
+/// knee, and every row count the samples have up to 64), the RMS relative error of
+/// leave-one-out predictions. Knees between two sampled row counts fit identically, so
+/// only sampled counts are tried. Returns the knee and its cross-validated error.
+pub fn choose_knee(
+    samples: &[(StepCounts, f64)],
+    base: &CostModel,
+) -> Result<(usize, f64), String> {
+    let mut candidates: Vec<usize> = samples
+        .iter()
+        .map(|(c, _)| c.prefill_tokens + c.decode_seqs)
+        .filter(|&r| r <= 64)
+        .collect();
+    candidates.push(0);
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut best: Option<(usize, f64)> = None;
+    for knee in candidates {
+        let Some(err) = loo_error(samples, base, knee) else {
+            continue;
+        };
+        if best.is_none_or(|(_, e)| err < e) {
+            best = Some((knee, err));
+        }
+    }
+    best.ok_or_else(|| "no knee gives a model that can be fitted to these steps".to_string())
+}
+
+/// RMS relative error of leave-one-out predictions with this knee; `None` if some fold
+/// cannot be fitted (too few steps on one side of the knee).
+fn loo_error(samples: &[(StepCounts, f64)], base: &CostModel, knee: usize) -> Option<f64> {
+    let mut sq = 0.0;
+    for i in 0..samples.len() {
+        let rest: Vec<(StepCounts, f64)> = samples
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(_, s)| *s)
+            .collect();
+        let (_, fit) = fit_cost_model(&rest, base, knee).ok()?;
+        let (c, y) = samples[i];
+        let rel = (fit.predict(&c.features(knee)) - y) / y;
+        if !rel.is_finite() {
+            return None;
+        }
+        sq += rel * rel;
+    }
+    Some((sq / samples.len() as f64).sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,22 +256,27 @@ mod tests {
         p
     }
 
-    #[test]
-    fn calibration_recovers_known_coefficients_from_synthetic_timings() {
-        let truth = CostModel {
+    /// The known model the synthetic timings come from, with its knee at `knee` rows.
+    fn truth(knee: usize) -> CostModel {
+        CostModel {
             name: "truth".into(),
             step_overhead_s: 0.02,
             per_prefill_token_s: 2e-3,
             per_decode_seq_s: 1.5e-3,
             per_context_token_s: 2e-6,
             per_prefill_attention_pair_s: 3e-8,
-            small_batch_rows: 8,
+            small_batch_rows: knee,
             small_batch_per_row_s: 4e-4,
             gemm_switch_s: 0.01,
             per_swap_byte_s: 1e-10,
             kv_bytes_per_token: 46080.0,
             kv_capacity_tokens: Some(1000),
-        };
+        }
+    }
+
+    #[test]
+    fn calibration_recovers_known_coefficients_from_synthetic_timings() {
+        let truth = truth(8);
         let samples: Vec<(StepCounts, f64)> = design()
             .into_iter()
             .map(|s| (s.counts(), truth.step_time(&plan_of(&s), 16)))
@@ -252,6 +308,25 @@ mod tests {
         let (got, fit) = fit_cost_model(&noisy, &CostModel::constant(0.0), 8).unwrap();
         assert!((got.per_decode_seq_s / truth.per_decode_seq_s - 1.0).abs() < 0.25);
         assert!(fit.rms_rel_residual > 0.01 && fit.rms_rel_residual < 0.06);
+    }
+
+    #[test]
+    fn the_knee_is_found_from_the_timings() {
+        for true_knee in [0, 4, 12] {
+            let truth = truth(true_knee);
+            // ±3 % noise, so the exact model does not simply fit every point.
+            let samples: Vec<(StepCounts, f64)> = design()
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let y = truth.step_time(&plan_of(&s), 16);
+                    (s.counts(), y * [1.03, 0.97, 1.0][i % 3])
+                })
+                .collect();
+            let (knee, err) = choose_knee(&samples, &CostModel::constant(0.0)).unwrap();
+            assert_eq!(knee, true_knee, "cross-validated error {err}");
+            assert!(err < 0.06, "{err}");
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use rayon::prelude::*;
 
 /// Up to this many rows, `linear` streams the weights once for all rows (matrix-vector
-/// style) instead of calling the blocked GEMM; the cost model of `pagedrt bench calibrate`
-/// puts its small-batch knee here.
+/// style) instead of calling the blocked GEMM. (The engine's weights go through
+/// `PackedMatrix`; this row-major path is the baseline the benchmarks compare it with.)
 pub const SMALL_M: usize = 8;
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` (a linear layer with Hugging Face's `[out, in]` weights).

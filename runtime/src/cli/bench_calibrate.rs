@@ -8,7 +8,7 @@ use scheduler::sim::CostModel;
 
 use super::bench_context::time;
 use super::engine_args::parse_bytes;
-use crate::calibrate::{design, fit_cost_model, read_step_log, StepCounts};
+use crate::calibrate::{choose_knee, design, fit_cost_model, read_step_log, StepCounts};
 use crate::engine::cpu_model;
 use crate::engine::synthetic::synthetic_step;
 use crate::model::config::ModelConfig;
@@ -31,15 +31,31 @@ pub struct CalibrateArgs {
     /// Timed repetitions per shape (median); slow shapes run once.
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Steps of at most this many rows follow the small-batch law (default: the CPU
-    /// engine's matrix-vector limit); 0 fits one law for all steps.
-    #[arg(long, default_value_t = kernels::cpu::matmul::SMALL_M)]
-    knee: usize,
+    /// Steps of at most this many rows follow the small-batch law: `auto` picks the knee
+    /// that best predicts held-out steps; 0 fits one law for all steps.
+    #[arg(long, default_value = "auto", value_parser = parse_knee)]
+    knee: Knee,
     /// Fit to the steps a server recorded (`pagedrt serve --step-log FILE`) instead of
     /// timing designed steps: the cost then includes what serving adds to each step (HTTP
     /// and streaming threads sharing the cores).
     #[arg(long)]
     from_steps: Option<PathBuf>,
+}
+
+/// `--knee`: a row count, or `auto`.
+#[derive(Debug, Clone, Copy)]
+enum Knee {
+    Auto,
+    Rows(usize),
+}
+
+fn parse_knee(s: &str) -> Result<Knee, String> {
+    if s == "auto" {
+        return Ok(Knee::Auto);
+    }
+    s.parse()
+        .map(Knee::Rows)
+        .map_err(|_| format!("`{s}`: expected `auto` or a number of rows"))
 }
 
 /// Times every designed step shape on the CPU backend.
@@ -115,12 +131,23 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
         kv_capacity_tokens: Some(blocks * a.block_size),
         ..CostModel::constant(0.0)
     };
-    let (cm, fit) = fit_cost_model(&samples, &base, a.knee)?;
+    let knee = match a.knee {
+        Knee::Rows(k) => k,
+        Knee::Auto => {
+            let (k, err) = choose_knee(&samples, &base)?;
+            println!(
+                "knee: {k} rows (leave-one-out relative error RMS {:.1} %)",
+                100.0 * err
+            );
+            k
+        }
+    };
+    let (cm, fit) = fit_cost_model(&samples, &base, knee)?;
     if a.from_steps.is_none() {
         println!("| decodes | context tokens | prefill | measured ms | model ms | error |");
         println!("|---:|---:|---:|---:|---:|---:|");
         for (c, y) in &samples {
-            let p = fit.predict(&c.features(a.knee));
+            let p = fit.predict(&c.features(knee));
             println!(
                 "| {} | {} | {} | {:.2} | {:.2} | {:+.1} % |",
                 c.decode_seqs,
