@@ -310,7 +310,22 @@ fn bench_serve_end_to_end_against_pagedrt() {
         .run_ok();
     let cm: scheduler::sim::CostModel =
         serde_json::from_str(&std::fs::read_to_string(&cost).unwrap()).unwrap();
-    assert!(cm.step_overhead_s + cm.per_decode_seq_s > 0.0, "{cm:?}");
+    // The fit describes the logged steps: the typical step is predicted within 2x. (The
+    // steps ran while other tests shared the cores, so single steps can be far off.)
+    let mut ratio: Vec<f64> = log
+        .iter()
+        .map(|(c, s)| {
+            cm.compute_time(
+                c.prefill_tokens,
+                c.decode_seqs,
+                c.context_tokens,
+                c.prefill_pairs,
+            ) / s
+        })
+        .collect();
+    ratio.sort_by(f64::total_cmp);
+    let median = ratio[ratio.len() / 2];
+    assert!((0.5..2.0).contains(&median), "median {median}: {cm:?}");
     // A server that is not there: every request fails with its reason, none is dropped.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

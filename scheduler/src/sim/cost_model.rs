@@ -60,7 +60,24 @@ impl CostModel {
     pub fn step_time(&self, plan: &StepPlan, block_size: usize) -> f64 {
         let swapped_pages = plan.swap_in.len() + plan.swap_out.len();
         let swap_bytes = swapped_pages as f64 * block_size as f64 * self.kv_bytes_per_token;
-        let (prefill, decodes) = (plan.num_prefill_tokens(), plan.num_decode_seqs());
+        self.compute_time(
+            plan.num_prefill_tokens(),
+            plan.num_decode_seqs(),
+            plan.num_context_tokens(),
+            plan.num_prefill_attention_pairs(),
+        ) + swap_bytes * self.per_swap_byte_s
+    }
+
+    /// Seconds for a step's forward pass from its counts (what a step log records):
+    /// `prefill` tokens, `decodes` decoding sequences, `context_tokens` attended and
+    /// `prefill_pairs` (query, key) pairs within prefill chunks; no swapping.
+    pub fn compute_time(
+        &self,
+        prefill: usize,
+        decodes: usize,
+        context_tokens: usize,
+        prefill_pairs: usize,
+    ) -> f64 {
         let rows = if prefill + decodes <= self.small_batch_rows {
             (prefill + decodes) as f64 * self.small_batch_per_row_s
         } else {
@@ -70,9 +87,8 @@ impl CostModel {
         };
         self.step_overhead_s
             + rows
-            + plan.num_context_tokens() as f64 * self.per_context_token_s
-            + plan.num_prefill_attention_pairs() as f64 * self.per_prefill_attention_pair_s
-            + swap_bytes * self.per_swap_byte_s
+            + context_tokens as f64 * self.per_context_token_s
+            + prefill_pairs as f64 * self.per_prefill_attention_pair_s
     }
 
     /// Llama-3-8B in bf16 on one H100 SXM: 16.1 GB of weights at the ~3.0 TB/s measured
