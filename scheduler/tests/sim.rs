@@ -183,7 +183,8 @@ fn same_seed_same_results_byte_for_byte() {
 
 #[test]
 fn traces_load_from_csv_and_jsonl_and_bad_lines_are_named() {
-    let dir = std::env::temp_dir().join(format!("pagedrt-trace-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pagedrt-trace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let csv = dir.join("t.csv");
     std::fs::write(

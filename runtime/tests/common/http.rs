@@ -149,7 +149,9 @@ pub fn small_llama_config(
     heads: usize,
     kv_heads: usize,
 ) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("pagedrt-{tag}-{}.json", std::process::id()));
+    // A file of its own per call: tests running at once in this process must not see
+    // another one's config half-written.
+    let p = super::tmp(tag).join("config.json");
     let cfg = serde_json::json!({
         "model_type": "llama", "hidden_size": hidden, "intermediate_size": 2 * hidden,
         "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": kv_heads,

@@ -79,9 +79,14 @@ impl RunOk for std::process::Command {
     }
 }
 
-/// A fresh scratch folder for one test of this process.
+/// A fresh scratch folder for one test, under `target/tmp` so test runs leave nothing in
+/// the system temp folder. Numbered per call: the tests of one binary share a process, so
+/// two tests asking for the same name must still not share a folder.
 pub fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pagedrt-test-{}-{name}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pagedrt-test-{}-{n}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
