@@ -10,21 +10,13 @@ use runtime::model::gguf::{GgmlType, GgufFile, Value};
 use runtime::model::llama::LlamaModel;
 use runtime::model::tokenizer::Tokenizer;
 use runtime::model::weights::WeightFiles;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const HIDDEN: usize = 32;
 const HEADS: usize = 2;
 const HEAD_DIM: usize = 16;
 const INTER: usize = 32;
 const VOCAB: usize = 5;
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pagedrt-gguf-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -206,7 +198,7 @@ fn tiny() -> Tiny {
 #[test]
 fn a_synthetic_gguf_converts_exactly() {
     let t = tiny();
-    let dir = tmpdir("ok");
+    let dir = crate::common::tmp("ok");
     let gguf = dir.join("tiny.gguf");
     std::fs::write(&gguf, &t.bytes).unwrap();
     let out = dir.join("model");
@@ -333,7 +325,7 @@ fn random_mutations_of_a_gguf_never_panic_the_parser() {
 #[test]
 fn a_corrupt_safetensors_file_or_config_is_named() {
     let t = tiny();
-    let dir = tmpdir("corrupt");
+    let dir = crate::common::tmp("corrupt");
     let gguf = dir.join("tiny.gguf");
     std::fs::write(&gguf, &t.bytes).unwrap();
     let out = dir.join("model");
@@ -389,7 +381,7 @@ fn a_corrupt_safetensors_file_or_config_is_named() {
 #[test]
 fn sharded_safetensors_load_like_one_file() {
     let t = tiny();
-    let dir = tmpdir("sharded");
+    let dir = crate::common::tmp("sharded");
     let gguf = dir.join("tiny.gguf");
     std::fs::write(&gguf, &t.bytes).unwrap();
     let one = dir.join("one");
