@@ -1,6 +1,7 @@
 //! CPU kernels against naive float64 references on random inputs.
 
-use kernels::cpu::{self, SeqChunk};
+use half::f16;
+use kernels::cpu::{self, AttentionElem, KvStore, SeqChunk};
 use kernels::KvLayout;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -56,6 +57,17 @@ fn naive_attention(
 
 #[test]
 fn paged_attention_matches_contiguous_f64_attention() {
+    paged_attention_matches_reference::<f32>();
+}
+
+/// An f16 cache against the same f64 reference, given the f16-rounded K and V: what is
+/// left to differ is the kernel's arithmetic, not the storage's rounding.
+#[test]
+fn paged_attention_over_an_f16_cache_matches_f64_attention() {
+    paged_attention_matches_reference::<f16>();
+}
+
+fn paged_attention_matches_reference<E: AttentionElem>() {
     let mut rng = StdRng::seed_from_u64(1);
     // 24 takes the portable path (not a multiple of 16), 32 and 64 the AVX2 kernel.
     for (&hd, &bs) in [24usize, 32, 64]
@@ -79,8 +91,8 @@ fn paged_attention_matches_contiguous_f64_attention() {
                 block_size: bs,
                 head_dim: hd,
             };
-            let mut kc = vec![f32::NAN; layout.elems()];
-            let mut vc = vec![f32::NAN; layout.elems()];
+            let mut kc = vec![E::from_f32(f32::NAN); layout.elems()];
+            let mut vc = vec![E::from_f32(f32::NAN); layout.elems()];
             // Pages handed out in a random order, as a real pool would.
             let mut pages: Vec<u32> = (0..layout.num_blocks as u32).collect();
             pages.shuffle(&mut rng);
@@ -95,7 +107,11 @@ fn paged_attention_matches_contiguous_f64_attention() {
                 cpu::write_kv(&mut kc, &mut vc, &layout, &k, &v, &slots);
                 q_all.extend(randv(&mut rng, q_len * heads * hd));
                 tables.push(table);
-                contexts.push((k, v));
+                // What the cache holds: K and V rounded to its element type.
+                let stored = |x: Vec<f32>| -> Vec<f32> {
+                    x.into_iter().map(|x| E::from_f32(x).to_f32()).collect()
+                };
+                contexts.push((stored(k), stored(v)));
             }
             let mut seqs = vec![];
             let mut start = 0;
@@ -133,7 +149,8 @@ fn paged_attention_matches_contiguous_f64_attention() {
                     .fold(0.0, f64::max);
                 assert!(
                     err < 1e-5,
-                    "hd {hd} bs {bs} heads {heads}/{kv_heads} q {q_len} ctx {ctx}: {err}"
+                    "{:?} hd {hd} bs {bs} heads {heads}/{kv_heads} q {q_len} ctx {ctx}: {err}",
+                    E::DTYPE
                 );
                 row += q_len;
             }
@@ -260,4 +277,32 @@ fn cache_ops_copy_pages_and_skip_padding() {
     let mut host = vec![0.0; layout.elems()];
     cpu::swap_blocks(&mut host, &k, &layout, &[(1, 0)]);
     assert_eq!(host[layout.offset(1, 0)], 1.0);
+}
+
+#[test]
+fn f16_cache_ops_round_on_write_and_move_pages_unchanged() {
+    let layout = KvLayout {
+        num_blocks: 3,
+        num_kv_heads: 1,
+        block_size: 2,
+        head_dim: 2,
+    };
+    // 1/3 is not an f16: the cache holds its nearest f16, 0.33325195.
+    let new = [1.0 / 3.0, -2.5, 70000.0, 1e-8];
+    let mut k = KvStore::zeros(layout.elems(), cpu::KvDtype::F16);
+    let mut v = KvStore::zeros(layout.elems(), cpu::KvDtype::F16);
+    if let (KvStore::F16(kc), KvStore::F16(vc)) = (&mut k, &mut v) {
+        cpu::write_kv(kc, vc, &layout, &new, &new, &[2, 3]);
+    }
+    let at = |s: &KvStore, slot: usize, d: usize| s.get(layout.offset(slot, 0) + d);
+    assert_eq!(at(&k, 2, 0), 0.333_251_95);
+    assert_eq!(at(&k, 2, 1), -2.5);
+    assert_eq!(at(&k, 3, 0), f32::INFINITY, "past f16's range");
+    assert_eq!(at(&v, 3, 1), 0.0, "below f16's smallest subnormal");
+    k.copy_blocks(&layout, &[(1, 0)]);
+    assert_eq!(at(&k, 0, 0), 0.333_251_95);
+    let mut host = KvStore::zeros(layout.elems(), cpu::KvDtype::F16);
+    host.swap_from(&k, &layout, &[(1, 2)]);
+    assert_eq!(at(&host, 4, 1), -2.5);
+    assert_eq!(host.as_bytes().len(), 2 * layout.elems());
 }

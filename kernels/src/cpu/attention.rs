@@ -5,10 +5,11 @@
 //! `write_kv` first), so cached context, chunked prefill and decode are one code path.
 //! Softmax is computed online in f32 (running max and sum), one pass over the pages. The query
 //! heads of one KV head (GQA group) share each K/V read. Work is split over (token, KV head)
-//! across threads.
+//! across threads. The cache holds f32 or f16 (`KvElem`); scores and sums are f32 either way.
 
 use rayon::prelude::*;
 
+use super::kv_store::KvElem;
 use super::simd::{axpy_lanes, dot_lanes};
 use crate::layout::KvLayout;
 
@@ -26,11 +27,11 @@ pub struct SeqChunk<'a> {
 /// `out[t, h, :] = softmax(q[t, h, :] · K[0..=p]ᵀ · scale) · V[0..=p]` for every token `t` of
 /// every chunk. `q` and `out` are `[num_tokens, num_heads, head_dim]`.
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention(
+pub fn paged_attention<E: AttentionElem>(
     out: &mut [f32],
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[E],
+    v_cache: &[E],
     layout: &KvLayout,
     num_heads: usize,
     seqs: &[SeqChunk],
@@ -55,7 +56,7 @@ pub fn paged_attention(
         }
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let avx2 = super::simd::has_avx2_fma();
+    let avx2 = super::simd::has_avx2_fma() && E::avx2_supported();
     tokens.par_iter().for_each(|&(t, s, pos)| {
         // SAFETY: every token writes only its own row of `out`, and rows are distinct.
         let out_row = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(t * row), row) };
@@ -103,12 +104,27 @@ pub fn paged_attention(
     });
 }
 
+/// A KV element the attention kernel reads: its vector path where the CPU has one.
+#[cfg(target_arch = "x86_64")]
+pub trait AttentionElem: KvElem + super::attention_avx2::Lanes {}
+#[cfg(target_arch = "x86_64")]
+impl<E: KvElem + super::attention_avx2::Lanes> AttentionElem for E {}
+/// A KV element the attention kernel reads.
+#[cfg(not(target_arch = "x86_64"))]
+pub trait AttentionElem: KvElem {
+    fn avx2_supported() -> bool {
+        false
+    }
+}
+#[cfg(not(target_arch = "x86_64"))]
+impl<E: KvElem> AttentionElem for E {}
+
 /// One query token's attention over its sequence.
-struct TokenJob<'a> {
+struct TokenJob<'a, E> {
     out: &'a mut [f32],
     q: &'a [f32],
-    k_cache: &'a [f32],
-    v_cache: &'a [f32],
+    k_cache: &'a [E],
+    v_cache: &'a [E],
     layout: &'a KvLayout,
     group: usize,
     table: &'a [u32],
@@ -118,7 +134,7 @@ struct TokenJob<'a> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(job: TokenJob) {
+unsafe fn attend_avx2<E: KvElem>(job: TokenJob<E>) {
     attend(job)
 }
 
@@ -128,10 +144,18 @@ pub const MAX_GROUP: usize = 64;
 /// Page by page: the scores of a whole page (its K tile is contiguous), one rescale of the
 /// running sums per page rather than per key, then the weighted V rows. The query heads of
 /// the group take turns on each page while its K and V tiles are in L1.
+/// K and V rows are widened to f32 one row at a time (this is the portable reference path;
+/// the AVX2 kernel widens in registers).
 #[inline(always)]
-fn attend(j: TokenJob) {
+fn attend<E: KvElem>(j: TokenJob<E>) {
     let (hd, bs, group) = (j.layout.head_dim, j.layout.block_size, j.group);
     let mut scores = [0f32; 256];
+    let mut row = vec![0f32; hd];
+    let widen = |row: &mut [f32], src: &[E]| {
+        for (d, &s) in row.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    };
     let mut max = [f32::NEG_INFINITY; MAX_GROUP];
     let mut sum = [0f32; MAX_GROUP];
     for kvh in 0..j.layout.num_kv_heads {
@@ -150,7 +174,8 @@ fn attend(j: TokenJob) {
                 let a = &mut acc[g * hd..(g + 1) * hd];
                 let sc = &mut scores[..n];
                 for (i, s) in sc.iter_mut().enumerate() {
-                    *s = dot_lanes(qg, &kt[i * hd..(i + 1) * hd]) * j.scale;
+                    widen(&mut row, &kt[i * hd..(i + 1) * hd]);
+                    *s = dot_lanes(qg, &row) * j.scale;
                 }
                 let page_max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 if page_max > max[g] {
@@ -163,7 +188,8 @@ fn attend(j: TokenJob) {
                 for (i, &s) in sc.iter().enumerate() {
                     let w = (s - max[g]).exp();
                     sum[g] += w;
-                    axpy_lanes(a, w, &vt[i * hd..(i + 1) * hd]);
+                    widen(&mut row, &vt[i * hd..(i + 1) * hd]);
+                    axpy_lanes(a, w, &row);
                 }
             }
         }

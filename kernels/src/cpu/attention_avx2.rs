@@ -9,14 +9,53 @@
 //! - the weighted V rows are summed with the output in registers: for each 16-wide slice of
 //!   the head dim, every head's accumulator stays in a register across the page's keys, and
 //!   each V load feeds all heads of the batch.
+//!
+//! The cache's elements are f32 or f16 (`Lanes`); f16 is widened in registers with F16C,
+//! so an f16 cache streams half the bytes.
 
 // Register-blocked loops index several arrays (heads, key rows, accumulators) in lockstep.
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
+use half::f16;
+
+use super::kv_store::KvElem;
 use super::softmax::exp_weights_in_place;
 use crate::layout::KvLayout;
+
+/// A KV element this kernel can load eight at a time as f32.
+pub trait Lanes: Sized {
+    /// Whether this CPU has what `load8` needs (beyond AVX2 and FMA).
+    fn avx2_supported() -> bool;
+    /// Eight elements from `p` as f32.
+    ///
+    /// # Safety
+    /// AVX2 and FMA (and F16C for f16) are present; `p..p + 8` is readable.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Lanes for f32 {
+    fn avx2_supported() -> bool {
+        true
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+}
+
+impl Lanes for f16 {
+    fn avx2_supported() -> bool {
+        std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
 
 /// Query heads processed together (so each K/V load feeds several FMAs).
 const HEAD_BATCH: usize = 4;
@@ -25,15 +64,15 @@ const HEAD_BATCH: usize = 4;
 /// (`[group, head_dim]`) over positions `0..=pos`, written to `out` (same shape).
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA, and `layout.head_dim % 16 == 0`,
-/// `layout.block_size <= 256`.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must support AVX2 and FMA (and `E::avx2_supported()`), and
+/// `layout.head_dim % 16 == 0`, `layout.block_size <= 256`.
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn attend_kv_head(
+pub(crate) unsafe fn attend_kv_head<E: KvElem + Lanes>(
     out: &mut [f32],
     qs: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[E],
+    v_cache: &[E],
     layout: &KvLayout,
     kv_head: usize,
     table: &[u32],
@@ -51,28 +90,20 @@ pub(crate) unsafe fn attend_kv_head(
         );
         let args = (k_cache, v_cache, layout, kv_head, table, pos, scale);
         match hb {
-            1 => heads::<1>(o, q, args),
-            2 => heads::<2>(o, q, args),
-            3 => heads::<3>(o, q, args),
-            _ => heads::<4>(o, q, args),
+            1 => heads::<E, 1>(o, q, args),
+            2 => heads::<E, 2>(o, q, args),
+            3 => heads::<E, 3>(o, q, args),
+            _ => heads::<E, 4>(o, q, args),
         }
         g0 += hb;
     }
 }
 
-type PageArgs<'a> = (
-    &'a [f32],
-    &'a [f32],
-    &'a KvLayout,
-    usize,
-    &'a [u32],
-    usize,
-    f32,
-);
+type PageArgs<'a, E> = (&'a [E], &'a [E], &'a KvLayout, usize, &'a [u32], usize, f32);
 
 /// `H` query heads over all pages of the sequence, online softmax per page.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn heads<const H: usize>(out: &mut [f32], q: &[f32], args: PageArgs) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn heads<E: Lanes, const H: usize>(out: &mut [f32], q: &[f32], args: PageArgs<E>) {
     let (k_cache, v_cache, layout, kv_head, table, pos, scale) = args;
     let (hd, bs) = (layout.head_dim, layout.block_size);
     // Scores then weights of the current page, padded to a multiple of 8 keys.
@@ -104,7 +135,7 @@ unsafe fn heads<const H: usize>(out: &mut [f32], q: &[f32], args: PageArgs) {
             }
             sum[h] += exp_weights_in_place(&mut w[h][..n], max[h], 1.0);
         }
-        accumulate_v::<H>(out, &w, &rescale, vt, n, hd);
+        accumulate_v::<E, H>(out, &w, &rescale, vt, n, hd);
     }
     for h in 0..H {
         let inv = 1.0 / sum[h];
@@ -115,20 +146,20 @@ unsafe fn heads<const H: usize>(out: &mut [f32], q: &[f32], args: PageArgs) {
 /// Asks for `cache[start..start + len]` in L1 ahead of use. Pages are scattered, so the
 /// hardware prefetcher, which follows one stream and stops at 4 KiB boundaries, misses
 /// the start of every page; the block table says which page comes next.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn prefetch(cache: &[f32], start: usize, len: usize) {
-    let p = cache[start..start + len].as_ptr();
-    for off in (0..len).step_by(16) {
-        _mm_prefetch::<_MM_HINT_T0>(p.add(off) as *const i8);
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prefetch<E>(cache: &[E], start: usize, len: usize) {
+    let p = cache[start..start + len].as_ptr() as *const i8;
+    for off in (0..std::mem::size_of_val(&cache[start..start + len])).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.add(off));
     }
 }
 
 /// `scores[i] = q · k[i] * scale` for the `n` keys of a page, eight keys per pass.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn page_scores(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn page_scores<E: Lanes>(
     scores: &mut [f32; 256],
     q: &[f32],
-    kt: &[f32],
+    kt: &[E],
     n: usize,
     hd: usize,
     scale: f32,
@@ -137,14 +168,14 @@ unsafe fn page_scores(
     let mut i0 = 0;
     while i0 < n {
         // Keys past the page's end re-read its last key; their scores are never used.
-        let rows: [*const f32; 8] =
+        let rows: [*const E; 8] =
             std::array::from_fn(|j| kt.as_ptr().add((i0 + j).min(n - 1) * hd));
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut c = 0;
         while c < hd {
             let qv = _mm256_loadu_ps(qp.add(c));
             for j in 0..8 {
-                acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[j].add(c)), acc[j]);
+                acc[j] = _mm256_fmadd_ps(qv, E::load8(rows[j].add(c)), acc[j]);
             }
             c += 8;
         }
@@ -155,7 +186,7 @@ unsafe fn page_scores(
 }
 
 /// Eight horizontal sums at once: lane `j` of the result is the sum of the lanes of `v[j]`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum8(v: [__m256; 8]) -> __m256 {
     let a = _mm256_hadd_ps(v[0], v[1]);
     let b = _mm256_hadd_ps(v[2], v[3]);
@@ -170,12 +201,12 @@ unsafe fn hsum8(v: [__m256; 8]) -> __m256 {
 
 /// `out[h] = out[h] · rescale[h] + Σ_i w[h][i] · v[i]`, 16 columns of the head dim at a
 /// time so the `2·H` accumulators stay in registers across the page's keys.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn accumulate_v<const H: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_v<E: Lanes, const H: usize>(
     out: &mut [f32],
     w: &[[f32; 256]; H],
     rescale: &[f32; H],
-    vt: &[f32],
+    vt: &[E],
     n: usize,
     hd: usize,
 ) {
@@ -190,8 +221,8 @@ unsafe fn accumulate_v<const H: usize>(
             acc[h][1] = _mm256_mul_ps(_mm256_loadu_ps(op.add(h * hd + c + 8)), r);
         }
         for i in 0..n {
-            let v0 = _mm256_loadu_ps(vp.add(i * hd + c));
-            let v1 = _mm256_loadu_ps(vp.add(i * hd + c + 8));
+            let v0 = E::load8(vp.add(i * hd + c));
+            let v1 = E::load8(vp.add(i * hd + c + 8));
             for h in 0..H {
                 let wi = _mm256_set1_ps(w[h][i]);
                 acc[h][0] = _mm256_fmadd_ps(wi, v0, acc[h][0]);

@@ -1,12 +1,13 @@
 //! Writing into and copying between pages of the KV cache.
 
+use super::kv_store::KvElem;
 use crate::layout::KvLayout;
 
 /// Scatters the K and V of each new token (`[num_tokens, num_kv_heads, head_dim]`) into its
-/// slot. A negative slot is padding and is skipped.
-pub fn write_kv(
-    k_cache: &mut [f32],
-    v_cache: &mut [f32],
+/// slot, rounded to the cache's element type. A negative slot is padding and is skipped.
+pub fn write_kv<E: KvElem>(
+    k_cache: &mut [E],
+    v_cache: &mut [E],
     layout: &KvLayout,
     k: &[f32],
     v: &[f32],
@@ -21,14 +22,21 @@ pub fn write_kv(
         for h in 0..layout.num_kv_heads {
             let dst = layout.offset(slot as usize, h);
             let src = t * row + h * hd;
-            k_cache[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
-            v_cache[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+            store(&mut k_cache[dst..dst + hd], &k[src..src + hd]);
+            store(&mut v_cache[dst..dst + hd], &v[src..src + hd]);
         }
     }
 }
 
+#[inline]
+fn store<E: KvElem>(dst: &mut [E], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = E::from_f32(s);
+    }
+}
+
 /// Copies whole pages (every head) within one cache: copy-on-write.
-pub fn copy_blocks(cache: &mut [f32], layout: &KvLayout, pairs: &[(u32, u32)]) {
+pub fn copy_blocks<E: Copy>(cache: &mut [E], layout: &KvLayout, pairs: &[(u32, u32)]) {
     let n = layout.block_elems();
     for &(src, dst) in pairs {
         let (s, d) = (src as usize * n, dst as usize * n);
@@ -37,7 +45,7 @@ pub fn copy_blocks(cache: &mut [f32], layout: &KvLayout, pairs: &[(u32, u32)]) {
 }
 
 /// Copies pages from one cache to another (swap out: device → host; swap in: the reverse).
-pub fn swap_blocks(dst: &mut [f32], src: &[f32], layout: &KvLayout, pairs: &[(u32, u32)]) {
+pub fn swap_blocks<E: Copy>(dst: &mut [E], src: &[E], layout: &KvLayout, pairs: &[(u32, u32)]) {
     let n = layout.block_elems();
     for &(s, d) in pairs {
         let (s, d) = (s as usize * n, d as usize * n);

@@ -5,6 +5,7 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2;
 pub mod cache_ops;
+pub mod kv_store;
 pub mod matmul;
 pub mod ops;
 pub mod packed;
@@ -12,7 +13,8 @@ mod packed_kernel;
 pub mod simd;
 pub mod softmax;
 
-pub use attention::{paged_attention, SeqChunk};
+pub use attention::{paged_attention, AttentionElem, SeqChunk};
 pub use cache_ops::{copy_blocks, swap_blocks, write_kv};
+pub use kv_store::{KvDtype, KvElem, KvStore};
 pub use matmul::linear;
 pub use ops::{add_inplace, embedding, rms_norm, silu_and_mul, Llama3Scaling, Rope};

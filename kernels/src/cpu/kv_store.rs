@@ -1,0 +1,166 @@
+//! The element type of the KV cache (`--kv-cache-dtype`) and one layer's K or V storage.
+//!
+//! Why f16: a decode step streams the whole cached context of every sequence through paged
+//! attention. In f32, a 64-sequence step at context ~190 reads about 570 MB of K and V and
+//! attention was bandwidth-bound at ~10 GiB/s (benches/RESULTS.md); f16 halves those bytes
+//! and doubles the tokens a given `--kv-cache-memory` holds. It is llama.cpp's default KV
+//! type. Keys and values after RoPE are far inside f16's range, and its 11-bit significand
+//! rounds them to about 5e-4 relative. Arithmetic stays f32: values are widened on load.
+
+use half::f16;
+
+use crate::layout::KvLayout;
+
+/// How K and V are stored in the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes per stored element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(KvDtype::F32),
+            "f16" | "float16" | "fp16" | "half" => Ok(KvDtype::F16),
+            other => Err(format!("KV cache dtype '{other}': one of f32, f16")),
+        }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An element the CPU kernels can keep in the KV cache.
+pub trait KvElem: Copy + Default + Send + Sync + 'static {
+    const DTYPE: KvDtype;
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl KvElem for f32 {
+    const DTYPE: KvDtype = KvDtype::F32;
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl KvElem for f16 {
+    const DTYPE: KvDtype = KvDtype::F16;
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+/// One layer's K (or V) cache on the host, in its dtype: the CPU backend's cache and every
+/// backend's swap space.
+#[derive(Debug, Clone)]
+pub enum KvStore {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl KvStore {
+    /// `n` zero elements of `dtype`.
+    pub fn zeros(n: usize, dtype: KvDtype) -> Self {
+        match dtype {
+            KvDtype::F32 => KvStore::F32(vec![0.0; n]),
+            KvDtype::F16 => KvStore::F16(vec![f16::ZERO; n]),
+        }
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        match self {
+            KvStore::F32(_) => KvDtype::F32,
+            KvStore::F16(_) => KvDtype::F16,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            KvStore::F32(v) => v.len(),
+            KvStore::F16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes behind the elements (for huge-page advice and byte accounting).
+    pub fn as_bytes(&self) -> &[u8] {
+        fn bytes<T>(v: &[T]) -> &[u8] {
+            // SAFETY: f32 and f16 are plain old data; the byte view covers the same memory.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+        }
+        match self {
+            KvStore::F32(v) => bytes(v),
+            KvStore::F16(v) => bytes(v),
+        }
+    }
+
+    /// Element `i` widened to f32 (tests and diagnostics).
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            KvStore::F32(v) => v[i],
+            KvStore::F16(v) => v[i].to_f32(),
+        }
+    }
+
+    /// Copies whole pages within this cache: copy-on-write.
+    pub fn copy_blocks(&mut self, layout: &KvLayout, pairs: &[(u32, u32)]) {
+        match self {
+            KvStore::F32(v) => super::copy_blocks(v, layout, pairs),
+            KvStore::F16(v) => super::copy_blocks(v, layout, pairs),
+        }
+    }
+
+    /// Copies pages `(src, dst)` from `src` into this store (swap out or in).
+    ///
+    /// # Panics
+    /// If the two stores hold different dtypes: swap space is always allocated in the
+    /// cache's own dtype.
+    pub fn swap_from(&mut self, src: &KvStore, layout: &KvLayout, pairs: &[(u32, u32)]) {
+        match (self, src) {
+            (KvStore::F32(d), KvStore::F32(s)) => super::swap_blocks(d, s, layout, pairs),
+            (KvStore::F16(d), KvStore::F16(s)) => super::swap_blocks(d, s, layout, pairs),
+            (d, s) => panic!(
+                "swap between a {} and a {} KV store",
+                d.dtype().name(),
+                s.dtype().name()
+            ),
+        }
+    }
+}
