@@ -1,7 +1,8 @@
-//! The CPU backend: buffers are `Vec<f32>`, compute is `kernels::cpu`.
+//! The CPU backend: buffers are `Vec<f32>`, the KV cache a `KvStore` (f32 or f16), compute
+//! is `kernels::cpu`.
 
 use kernels::cpu::packed::PackedMatrix;
-use kernels::cpu::{self as k, Rope, SeqChunk};
+use kernels::cpu::{self as k, KvDtype, KvStore, Rope, SeqChunk};
 use kernels::KvLayout;
 
 use super::{Backend, Batch, WeightDtype};
@@ -30,6 +31,7 @@ pub struct CpuBackend;
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
+    type KvBuf = KvStore;
 
     fn name(&self) -> &str {
         "cpu"
@@ -43,10 +45,16 @@ impl Backend for CpuBackend {
     fn zeros(&self, n: usize) -> Vec<f32> {
         vec![0.0; n]
     }
-    fn kv_zeros(&self, n: usize) -> Vec<f32> {
-        let v = vec![0f32; n];
-        advise_huge_pages(&v);
+    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> KvStore {
+        let v = KvStore::zeros(n, dtype);
+        advise_huge_pages(v.as_bytes());
         v
+    }
+    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> KvStore {
+        match dtype {
+            KvDtype::F32 => KvStore::F32(data),
+            KvDtype::F16 => KvStore::F16(data.into_iter().map(half::f16::from_f32).collect()),
+        }
     }
     fn upload(&self, data: Vec<f32>) -> Vec<f32> {
         data
@@ -102,8 +110,8 @@ impl Backend for CpuBackend {
         batch: &Batch,
         num_heads: usize,
         layout: &KvLayout,
-        k_cache: &mut Vec<f32>,
-        v_cache: &mut Vec<f32>,
+        k_cache: &mut KvStore,
+        v_cache: &mut KvStore,
     ) {
         let t = batch.num_tokens();
         let hd = layout.head_dim;
@@ -119,14 +127,19 @@ impl Backend for CpuBackend {
         }
         rope.apply(&mut q[..t * qd], &batch.positions, num_heads);
         rope.apply(&mut kb, &batch.positions, layout.num_kv_heads);
-        k::write_kv(k_cache, v_cache, layout, &kb, &vb, &batch.slot_mapping);
+        let slots = &batch.slot_mapping;
+        match (k_cache, v_cache) {
+            (KvStore::F32(kc), KvStore::F32(vc)) => k::write_kv(kc, vc, layout, &kb, &vb, slots),
+            (KvStore::F16(kc), KvStore::F16(vc)) => k::write_kv(kc, vc, layout, &kb, &vb, slots),
+            _ => panic!("K and V caches of different dtypes"),
+        }
     }
     fn paged_attention(
         &self,
         out: &mut Vec<f32>,
         q: &Vec<f32>,
-        k_cache: &Vec<f32>,
-        v_cache: &Vec<f32>,
+        k_cache: &KvStore,
+        v_cache: &KvStore,
         layout: &KvLayout,
         num_heads: usize,
         batch: &Batch,
@@ -143,16 +156,16 @@ impl Backend for CpuBackend {
             .collect();
         let n = batch.num_tokens() * num_heads * layout.head_dim;
         let scale = 1.0 / (layout.head_dim as f32).sqrt();
-        k::paged_attention(
-            &mut out[..n],
-            &q[..n],
-            k_cache,
-            v_cache,
-            layout,
-            num_heads,
-            &seqs,
-            scale,
-        );
+        let (out, q) = (&mut out[..n], &q[..n]);
+        match (k_cache, v_cache) {
+            (KvStore::F32(kc), KvStore::F32(vc)) => {
+                k::paged_attention(out, q, kc, vc, layout, num_heads, &seqs, scale)
+            }
+            (KvStore::F16(kc), KvStore::F16(vc)) => {
+                k::paged_attention(out, q, kc, vc, layout, num_heads, &seqs, scale)
+            }
+            _ => panic!("K and V caches of different dtypes"),
+        }
     }
     fn silu_and_mul(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, inter: usize, tokens: usize) {
         k::silu_and_mul(
@@ -169,26 +182,26 @@ impl Backend for CpuBackend {
             out[i * dim..(i + 1) * dim].copy_from_slice(&x[r * dim..(r + 1) * dim]);
         }
     }
-    fn copy_blocks(&self, cache: &mut Vec<f32>, layout: &KvLayout, pairs: &[(u32, u32)]) {
-        k::copy_blocks(cache, layout, pairs);
+    fn copy_blocks(&self, cache: &mut KvStore, layout: &KvLayout, pairs: &[(u32, u32)]) {
+        cache.copy_blocks(layout, pairs);
     }
     fn copy_to_host(
         &self,
-        host: &mut [f32],
-        dev: &Vec<f32>,
+        host: &mut KvStore,
+        dev: &KvStore,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
     ) {
-        k::swap_blocks(host, dev, layout, pairs);
+        host.swap_from(dev, layout, pairs);
     }
     fn copy_from_host(
         &self,
-        dev: &mut Vec<f32>,
-        host: &[f32],
+        dev: &mut KvStore,
+        host: &KvStore,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
     ) {
-        k::swap_blocks(dev, host, layout, pairs);
+        dev.swap_from(host, layout, pairs);
     }
 }
 
@@ -200,7 +213,7 @@ impl Backend for CpuBackend {
 /// K/V landed on fresh pages (`qkv_rope_write_kv`: 2.9-3.7 s of 57 s). Huge pages make
 /// that 512 times fewer faults, and attention, which jumps between scattered pages, misses
 /// the TLB less. (Touching every page at start-up instead cost 5 s of start-up for 2 GiB.)
-fn advise_huge_pages(buf: &[f32]) {
+fn advise_huge_pages(buf: &[u8]) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use cudarc::cublas::sys::cublasOperation_t as Op;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
-use kernels::cpu::Rope;
+use kernels::cpu::{KvDtype, KvStore, Rope};
 use kernels::cuda::attention::{
     paged_attention_decode, paged_attention_prefill, AttentionInputs, DecodeWorkspace,
     DECODE_MAX_GROUP,
@@ -68,6 +68,33 @@ impl CudaBackend {
 
     fn failed(&self) -> bool {
         self.error.lock().is_some()
+    }
+
+    /// Whether this backend has kernels for a `dtype` KV cache; records an error if not.
+    fn kv_dtype_supported(&self, dtype: KvDtype) -> bool {
+        if dtype == KvDtype::F32 {
+            return true;
+        }
+        self.record::<()>(
+            "kv cache",
+            Err(CudaError::Unsupported {
+                kernel: "paged_attention".into(),
+                problem: format!("a {dtype} KV cache on CUDA is not supported yet; use f32"),
+            }),
+        );
+        false
+    }
+
+    /// A swap whose host store is not f32 (the engine allocates swap space in the cache's
+    /// dtype, and this backend's cache is f32, so this is a bug upstream, not user input).
+    fn record_swap_dtype(&self, dtype: KvDtype) {
+        self.record::<()>(
+            "swap",
+            Err(CudaError::Unsupported {
+                kernel: "swap".into(),
+                problem: format!("{dtype} host swap space for an f32 CUDA KV cache"),
+            }),
+        );
     }
 
     /// Keeps the first error; returns whether `r` was fine.
@@ -143,6 +170,8 @@ impl Backend for CudaBackend {
     type Buf = CudaSlice<f32>;
     /// f32 for now: `--dtype bf16` on CUDA is refused (see `upload_weight`).
     type Weight = CudaSlice<f32>;
+    /// f32 for now: `--kv-cache-dtype f16` on CUDA is refused (see `kv_zeros`).
+    type KvBuf = CudaSlice<f32>;
 
     fn name(&self) -> &str {
         "cuda"
@@ -174,6 +203,20 @@ impl Backend for CudaBackend {
             Some(b) => b,
             None => self.zeros(0),
         }
+    }
+
+    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> CudaSlice<f32> {
+        if !self.kv_dtype_supported(dtype) {
+            return self.zeros(0);
+        }
+        self.zeros(n)
+    }
+
+    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> CudaSlice<f32> {
+        if !self.kv_dtype_supported(dtype) {
+            return self.zeros(0);
+        }
+        self.upload(data)
     }
 
     fn upload_weight(&self, data: Vec<f32>, _cols: usize, dtype: WeightDtype) -> CudaSlice<f32> {
@@ -406,12 +449,15 @@ impl Backend for CudaBackend {
 
     fn copy_to_host(
         &self,
-        host: &mut [f32],
+        host: &mut KvStore,
         dev: &CudaSlice<f32>,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
     ) {
         let n = layout.block_elems();
+        let KvStore::F32(host) = host else {
+            return self.record_swap_dtype(host.dtype());
+        };
         self.run("swap out", || {
             for &(s, d) in pairs {
                 let (s, d) = (s as usize * n, d as usize * n);
@@ -427,11 +473,14 @@ impl Backend for CudaBackend {
     fn copy_from_host(
         &self,
         dev: &mut CudaSlice<f32>,
-        host: &[f32],
+        host: &KvStore,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
     ) {
         let n = layout.block_elems();
+        let KvStore::F32(host) = host else {
+            return self.record_swap_dtype(host.dtype());
+        };
         self.run("swap in", || {
             for &(s, d) in pairs {
                 let (s, d) = (s as usize * n, d as usize * n);

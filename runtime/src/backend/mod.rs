@@ -5,7 +5,7 @@
 pub mod cpu;
 pub mod cuda;
 
-use kernels::cpu::Rope;
+use kernels::cpu::{KvDtype, KvStore, Rope};
 use kernels::KvLayout;
 
 /// One flattened step: every token of every scheduled sequence, in plan order.
@@ -37,8 +37,8 @@ impl Batch {
     }
 }
 
-/// How the weight matrices are stored (`--dtype`); activations, norms and the KV cache are
-/// f32 either way.
+/// How the weight matrices are stored (`--dtype`); activations and norms are f32 either way
+/// (the KV cache has its own `--kv-cache-dtype`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightDtype {
     #[default]
@@ -52,6 +52,8 @@ pub trait Backend: Sync {
     type Buf: Send + Sync;
     /// A weight matrix (`[rows, cols]`, row-major) in the backend's chosen storage.
     type Weight: Send + Sync;
+    /// One layer's K or V cache, in the dtype it was allocated with (`kv_zeros`).
+    type KvBuf: Send + Sync;
 
     fn name(&self) -> &str;
     /// The first error of the operations since the last call, if any (a device backend's
@@ -66,11 +68,12 @@ pub trait Backend: Sync {
         forward()
     }
     fn zeros(&self, n: usize) -> Self::Buf;
-    /// One layer's K or V cache, allocated once when the engine starts (the CPU backend
-    /// asks for huge pages here, so the steps that first write each page fault less).
-    fn kv_zeros(&self, n: usize) -> Self::Buf {
-        self.zeros(n)
-    }
+    /// One layer's K or V cache of `n` elements of `dtype`, allocated once when the engine
+    /// starts (the CPU backend asks for huge pages here, so the steps that first write each
+    /// page fault less). A backend without `dtype` kernels records an error.
+    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> Self::KvBuf;
+    /// A K or V cache holding `data` rounded to `dtype` (the benchmarks' synthetic caches).
+    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> Self::KvBuf;
     fn upload(&self, data: Vec<f32>) -> Self::Buf;
     fn download(&self, buf: &Self::Buf, n: usize) -> Vec<f32>;
     /// A weight matrix `[data.len() / cols, cols]` stored as `dtype` (values rounded to
@@ -102,16 +105,16 @@ pub trait Backend: Sync {
         batch: &Batch,
         num_heads: usize,
         layout: &KvLayout,
-        k_cache: &mut Self::Buf,
-        v_cache: &mut Self::Buf,
+        k_cache: &mut Self::KvBuf,
+        v_cache: &mut Self::KvBuf,
     );
     #[allow(clippy::too_many_arguments)]
     fn paged_attention(
         &self,
         out: &mut Self::Buf,
         q: &Self::Buf,
-        k_cache: &Self::Buf,
-        v_cache: &Self::Buf,
+        k_cache: &Self::KvBuf,
+        v_cache: &Self::KvBuf,
         layout: &KvLayout,
         num_heads: usize,
         batch: &Batch,
@@ -121,20 +124,21 @@ pub trait Backend: Sync {
     /// `out[i] = x[rows[i]]` for rows of `dim`.
     fn gather_rows(&self, out: &mut Self::Buf, x: &Self::Buf, rows: &[usize], dim: usize);
     /// Copies whole pages inside one cache (copy-on-write).
-    fn copy_blocks(&self, cache: &mut Self::Buf, layout: &KvLayout, pairs: &[(u32, u32)]);
-    /// Swap out: device pages `src` to host pages `dst`.
+    fn copy_blocks(&self, cache: &mut Self::KvBuf, layout: &KvLayout, pairs: &[(u32, u32)]);
+    /// Swap out: device pages `src` to host pages `dst` (the host store has the cache's
+    /// dtype).
     fn copy_to_host(
         &self,
-        host: &mut [f32],
-        dev: &Self::Buf,
+        host: &mut KvStore,
+        dev: &Self::KvBuf,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
     );
     /// Swap in: host pages `src` to device pages `dst`.
     fn copy_from_host(
         &self,
-        dev: &mut Self::Buf,
-        host: &[f32],
+        dev: &mut Self::KvBuf,
+        host: &KvStore,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
     );

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use kernels::cpu::KvDtype;
 use scheduler::sim::CostModel;
 
 use super::bench_context::time;
@@ -28,6 +29,9 @@ pub struct CalibrateArgs {
     /// The KV cache the served engine will have (sets the model's capacity in tokens).
     #[arg(long, default_value = "2GiB")]
     kv_cache_memory: String,
+    /// The served engine's --kv-cache-dtype (its bytes per token and capacity).
+    #[arg(long, default_value_t = KvDtype::F32)]
+    kv_cache_dtype: KvDtype,
     /// Timed repetitions per shape (median); slow shapes run once.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -73,6 +77,7 @@ fn time_design(
             shape.context,
             shape.prefill,
             a.block_size,
+            a.kv_cache_dtype,
         );
         let s = time(a.reps, || {
             let _ = model.forward(&b, &batch, &mut cache);
@@ -112,10 +117,11 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
         }
     };
     let cfg = &cfg;
-    let kv = 2.0 * (cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4) as f64;
+    let dtype = a.kv_cache_dtype;
+    let kv = 2.0 * (cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype.bytes()) as f64;
     let bytes = parse_bytes(&a.kv_cache_memory)?;
-    let blocks =
-        bytes / KvCache::<crate::backend::cpu::CpuBackend>::bytes_per_block(cfg, a.block_size);
+    let blocks = bytes
+        / KvCache::<crate::backend::cpu::CpuBackend>::bytes_per_block(cfg, a.block_size, dtype);
     let name = format!(
         "calibrated:{}",
         a.model

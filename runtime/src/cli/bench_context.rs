@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
+use kernels::cpu::KvDtype;
 use serde::Serialize;
 
 use crate::backend::Backend;
@@ -45,6 +46,9 @@ pub struct ContextScalingArgs {
     reps: usize,
     #[arg(long, default_value_t = 16)]
     block_size: usize,
+    /// Storage of the cached K and V (f32 or f16); the uncached baseline stays f32.
+    #[arg(long, default_value_t = KvDtype::F32)]
+    kv_cache_dtype: KvDtype,
     #[arg(long)]
     json: Option<PathBuf>,
     #[arg(long)]
@@ -162,7 +166,8 @@ fn measure<B: Backend>(
     }
     for &batch in &a.batch_sizes {
         for &t in &contexts {
-            let (mut cache, input) = synthetic_step(b, cfg, batch, t, 0, a.block_size);
+            let (mut cache, input) =
+                synthetic_step(b, cfg, batch, t, 0, a.block_size, a.kv_cache_dtype);
             let s = time(a.reps, || {
                 let _ = model.forward(b, &input, &mut cache);
             });
@@ -282,7 +287,7 @@ pub fn run(a: ContextScalingArgs) -> Result<(), String> {
     let b = crate::backend::cpu::CpuBackend;
     let points = measure(&a, &b, &model)?;
     let c = &model.config;
-    let kv_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4;
+    let kv_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * a.kv_cache_dtype.bytes();
     let crossover = a
         .batch_sizes
         .iter()

@@ -1,6 +1,7 @@
 //! Engine options shared by `generate`, `bench throughput` (and `serve`).
 
 use clap::Args;
+use kernels::cpu::KvDtype;
 use scheduler::{PreemptionMode, SchedulerConfig};
 
 use crate::backend::cpu::CpuBackend;
@@ -48,9 +49,13 @@ pub struct EngineArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Storage of the weight matrices: f32, or bf16 (half the memory; on the CPU, decode
-    /// reads half the bytes). Activations and the KV cache stay f32.
+    /// reads half the bytes). Activations stay f32.
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub dtype: WeightDtype,
+    /// Storage of the KV cache: f32, or f16 (half the bytes per token: twice the tokens in
+    /// the same --kv-cache-memory, and decode attention reads half as much; CPU only).
+    #[arg(long, default_value_t = KvDtype::F32)]
+    pub kv_cache_dtype: KvDtype,
     /// Refuse new requests (429, Retry-After) while this many are waiting.
     #[arg(long)]
     pub max_queue: Option<usize>,
@@ -87,11 +92,17 @@ impl EngineArgs {
                     "--device cuda takes --dtype f32 for now (bf16 weights are CPU-only)".into(),
                 )
             }
+            "cuda" if self.kv_cache_dtype != KvDtype::F32 => {
+                return Err(
+                    "--device cuda takes --kv-cache-dtype f32 for now (an f16 cache is CPU-only)"
+                        .into(),
+                )
+            }
             "cuda" => Some(
                 CudaBackend::new(0)
                     .map_err(|e| format!("--device cuda: {e} (pagedrt doctor says more)"))?,
             ),
-            "auto" if self.dtype != WeightDtype::F32 => None,
+            "auto" if self.dtype != WeightDtype::F32 || self.kv_cache_dtype != KvDtype::F32 => None,
             "auto" => match CudaBackend::new(0) {
                 Ok(b) => Some(b),
                 Err(e) => {
@@ -112,7 +123,12 @@ impl EngineArgs {
             Some(n) => n,
             None => {
                 let bytes = parse_bytes(&self.kv_cache_memory)?;
-                bytes / KvCache::<CpuBackend>::bytes_per_block(&mc, self.block_size)
+                bytes
+                    / KvCache::<CpuBackend>::bytes_per_block(
+                        &mc,
+                        self.block_size,
+                        self.kv_cache_dtype,
+                    )
             }
         };
         if num_blocks == 0 {
@@ -122,6 +138,7 @@ impl EngineArgs {
             block_size: self.block_size,
             num_blocks,
             num_host_blocks: self.swap_blocks,
+            kv_dtype: self.kv_cache_dtype,
             watermark: 0.01,
             enable_prefix_caching: !self.no_prefix_caching,
             scheduler: SchedulerConfig {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use block_manager::{BlockManager, BlockManagerConfig, SeqId};
+use kernels::cpu::KvDtype;
 use rand::rngs::StdRng;
 use scheduler::{policy, FinishReason, Request, Scheduler, SchedulerConfig, StepResult};
 
@@ -25,6 +26,8 @@ pub struct EngineConfig {
     pub block_size: usize,
     pub num_blocks: usize,
     pub num_host_blocks: usize,
+    /// How K and V are stored (`--kv-cache-dtype`).
+    pub kv_dtype: KvDtype,
     pub watermark: f64,
     pub enable_prefix_caching: bool,
     pub scheduler: SchedulerConfig,
@@ -39,6 +42,7 @@ impl Default for EngineConfig {
             block_size: 16,
             num_blocks: 1024,
             num_host_blocks: 0,
+            kv_dtype: KvDtype::F32,
             watermark: 0.01,
             enable_prefix_caching: true,
             scheduler: SchedulerConfig::default(),
@@ -153,11 +157,21 @@ impl<B: Backend> EngineCore<B> {
                 .map_or(model_max, |m| m.min(model_max)),
         );
         let scheduler = Scheduler::new(sched_cfg, bm, pol)?;
-        let cache = KvCache::new(&backend, &model.config, cfg.num_blocks, cfg.block_size);
+        let cache = KvCache::new(
+            &backend,
+            &model.config,
+            cfg.num_blocks,
+            cfg.block_size,
+            cfg.kv_dtype,
+        );
+        if let Some(e) = backend.take_error() {
+            // Model upload and KV allocation failures (e.g. a dtype the backend lacks).
+            return Err(EngineError::Config(format!("backend: {e}")));
+        }
         let host = (cfg.num_host_blocks > 0).then(|| {
             let mut l = cache.layout;
             l.num_blocks = cfg.num_host_blocks;
-            HostCache::new(model.config.num_layers, l.elems())
+            HostCache::new(model.config.num_layers, l.elems(), cfg.kv_dtype)
         });
         let eos_ids = tokenizer
             .as_ref()

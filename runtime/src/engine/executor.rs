@@ -1,5 +1,6 @@
 //! From a scheduler plan to the model's batch, and the page copies that come before it.
 
+use kernels::cpu::{KvDtype, KvStore};
 use scheduler::StepPlan;
 
 use crate::backend::{Backend, Batch, BatchSeq};
@@ -41,14 +42,15 @@ pub fn build_batch(plan: &StepPlan, block_size: usize) -> Batch {
 
 /// Host copies of every layer's K and V (the swap pool).
 pub struct HostCache {
-    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
+    pub layers: Vec<(KvStore, KvStore)>,
 }
 
 impl HostCache {
-    pub fn new(num_layers: usize, elems: usize) -> Self {
+    /// Swap space in the device cache's dtype (pages move as they are, never converted).
+    pub fn new(num_layers: usize, elems: usize, dtype: KvDtype) -> Self {
         HostCache {
             layers: (0..num_layers)
-                .map(|_| (vec![0.0; elems], vec![0.0; elems]))
+                .map(|_| (KvStore::zeros(elems, dtype), KvStore::zeros(elems, dtype)))
                 .collect(),
         }
     }

@@ -7,6 +7,7 @@
 //! needs K and V of every position within one forward pass; they go to scratch pages that
 //! are overwritten from position 0 at the next step, never reused across steps.
 
+use kernels::cpu::KvDtype;
 use rand::rngs::StdRng;
 
 use crate::backend::{Backend, Batch, BatchSeq};
@@ -76,6 +77,7 @@ impl<'a, B: Backend> NoCacheRunner<'a, B> {
                 &self.model.config,
                 pages.next_power_of_two(),
                 self.block_size,
+                KvDtype::F32,
             ));
         }
         let cache = self.scratch.as_mut().expect("allocated above");

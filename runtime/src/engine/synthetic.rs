@@ -2,6 +2,8 @@
 //! the work of a step does not depend on the cached values, and building real contexts of
 //! thousands of tokens would take minutes on a CPU.
 
+use kernels::cpu::KvDtype;
+
 use crate::backend::{Backend, Batch, BatchSeq};
 use crate::model::config::ModelConfig;
 use crate::model::llama::{KvCache, LayerCache};
@@ -17,10 +19,11 @@ pub fn synthetic_step<B: Backend>(
     t: usize,
     prefill: usize,
     bs: usize,
+    kv_dtype: KvDtype,
 ) -> (KvCache<B>, Batch) {
     let pages = (t + 1).div_ceil(bs);
     let prefill_pages = prefill.div_ceil(bs);
-    let mut cache = KvCache::new(b, cfg, 0, bs);
+    let mut cache = KvCache::new(b, cfg, 0, bs, kv_dtype);
     cache.layout.num_blocks = decodes * pages + prefill_pages;
     let elems = cache.layout.elems();
     let fill = |seed: usize| -> Vec<f32> {
@@ -30,8 +33,8 @@ pub fn synthetic_step<B: Backend>(
     };
     cache.layers = (0..cfg.num_layers)
         .map(|l| LayerCache {
-            k: b.upload(fill(2 * l)),
-            v: b.upload(fill(2 * l + 1)),
+            k: b.kv_upload(fill(2 * l), kv_dtype),
+            v: b.kv_upload(fill(2 * l + 1), kv_dtype),
         })
         .collect();
     let mut batch = Batch::default();

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use kernels::cpu::Rope;
+use kernels::cpu::{KvDtype, Rope};
 use kernels::KvLayout;
 
 use super::config::ModelConfig;
@@ -39,18 +39,25 @@ pub struct LlamaModel<B: Backend> {
 
 /// One layer's K and V caches.
 pub struct LayerCache<B: Backend> {
-    pub k: B::Buf,
-    pub v: B::Buf,
+    pub k: B::KvBuf,
+    pub v: B::KvBuf,
 }
 
 /// The paged KV cache of every layer.
 pub struct KvCache<B: Backend> {
     pub layout: KvLayout,
+    pub dtype: KvDtype,
     pub layers: Vec<LayerCache<B>>,
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(backend: &B, cfg: &ModelConfig, num_blocks: usize, block_size: usize) -> Self {
+    pub fn new(
+        backend: &B,
+        cfg: &ModelConfig,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: KvDtype,
+    ) -> Self {
         let layout = KvLayout {
             num_blocks,
             num_kv_heads: cfg.num_kv_heads,
@@ -59,16 +66,20 @@ impl<B: Backend> KvCache<B> {
         };
         let layers = (0..cfg.num_layers)
             .map(|_| LayerCache {
-                k: backend.kv_zeros(layout.elems()),
-                v: backend.kv_zeros(layout.elems()),
+                k: backend.kv_zeros(layout.elems(), dtype),
+                v: backend.kv_zeros(layout.elems(), dtype),
             })
             .collect();
-        KvCache { layout, layers }
+        KvCache {
+            layout,
+            dtype,
+            layers,
+        }
     }
 
-    /// Bytes of one page across all layers (K and V, f32).
-    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize) -> usize {
-        2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * block_size * 4
+    /// Bytes of one page across all layers (K and V, at `dtype`).
+    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize, dtype: KvDtype) -> usize {
+        2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * block_size * dtype.bytes()
     }
 }
 

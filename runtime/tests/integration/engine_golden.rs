@@ -4,6 +4,7 @@
 use crate::common;
 
 use common::{default_model, golden, Golden};
+use kernels::cpu::KvDtype;
 use runtime::engine::{cpu_engine, run_to_completion, EngineConfig, GenerateRequest};
 use runtime::sampler::SamplingParams;
 use scheduler::{PreemptionMode, SchedulerConfig};
@@ -36,6 +37,7 @@ fn config(blocks: usize, budget: usize, host: usize, mode: PreemptionMode) -> En
         },
         policy: "fcfs".into(),
         max_queue: None,
+        kv_dtype: KvDtype::F32,
     }
 }
 
@@ -107,6 +109,57 @@ fn bf16_weights_reproduce_the_reference_away_from_near_ties() {
         "too little compared"
     );
     assert_eq!(e.scheduler().kv_stats().device.used_blocks, 0);
+}
+
+/// An f16 KV cache moves the first-step logits by a few thousandths
+/// (`golden_logits.rs`): the reference's tokens up to its first near tie (margin below 0.1)
+/// must come out, alone and in a batch whose cache is small enough to preempt by swapping
+/// (the swap space holds f16 pages too), with the same tokens either way.
+#[test]
+fn an_f16_kv_cache_reproduces_the_reference_alone_and_when_swapped() {
+    let gold = common::golden_with_margin(0.1);
+    let f16 = |blocks, budget, host, mode| EngineConfig {
+        kv_dtype: KvDtype::F16,
+        ..config(blocks, budget, host, mode)
+    };
+    let mut e = cpu_engine(
+        &default_model(),
+        f16(256, 2048, 0, PreemptionMode::Recompute),
+    )
+    .unwrap();
+    for (i, g) in gold.iter().enumerate() {
+        e.add_request(greedy_req(i as u64, g.prompt.clone(), 24))
+            .unwrap();
+    }
+    let alone = run_to_completion(&mut e).unwrap();
+    for (i, g) in gold.iter().enumerate() {
+        check(&alone[&(i as u64, 0)].tokens, g, "f16 KV cache");
+    }
+    assert!(
+        gold.iter().map(|g| g.trusted).sum::<usize>() >= 20,
+        "too little compared"
+    );
+    let mut e = cpu_engine(&default_model(), f16(24, 32, 64, PreemptionMode::Swap)).unwrap();
+    let mut id = 0;
+    for _ in 0..3 {
+        for g in &gold {
+            e.add_request(greedy_req(id, g.prompt.clone(), 24)).unwrap();
+            id += 1;
+        }
+    }
+    let out = run_to_completion(&mut e).unwrap();
+    for r in 0..id {
+        let i = r as usize % gold.len();
+        assert_eq!(
+            out[&(r, 0)].tokens,
+            alone[&(i as u64, 0)].tokens,
+            "request {r}: swapped f16 pages changed a token"
+        );
+    }
+    assert!(e.scheduler().counters().preemptions > 0, "never preempted");
+    let st = e.scheduler().kv_stats();
+    assert_eq!(st.device.used_blocks, 0, "pages leaked");
+    assert_eq!(st.host.used_blocks, 0, "host pages leaked");
 }
 
 #[test]

@@ -4,21 +4,34 @@
 use crate::common;
 
 use common::{default_model, golden_cases, golden_dir, ids};
+use kernels::cpu::KvDtype;
 use runtime::backend::{cpu::CpuBackend, Batch, BatchSeq, WeightDtype};
 use runtime::model::config::ModelConfig;
 use runtime::model::llama::{KvCache, LlamaModel};
 
 #[test]
 fn first_step_logits_match_the_float64_reference() {
-    let err = first_step_logit_error(WeightDtype::F32);
+    let err = first_step_logit_error(WeightDtype::F32, KvDtype::F32);
     assert!(err < 1e-3, "max abs logit difference {err}");
 }
+
+/// An f16 KV cache rounds each cached K and V by up to 2^-11 relative: the logits move by
+/// a few thousandths (the argmax of every prompt still matches).
+#[test]
+fn first_step_logits_with_an_f16_kv_cache_stay_close() {
+    let err = first_step_logit_error(WeightDtype::F32, KvDtype::F16);
+    eprintln!("f16 KV cache: max abs logit difference {err}");
+    assert!(err < F16_KV_LOGIT_TOL, "max abs logit difference {err}");
+    assert!(err > 1e-4, "the f16 cache was not used ({err})");
+}
+
+const F16_KV_LOGIT_TOL: f32 = 0.05;
 
 /// With bf16 weights (each rounded by up to 2^-9 relative) the logits move by a few
 /// hundredths; the argmax of every prompt still matches.
 #[test]
 fn first_step_logits_with_bf16_weights_stay_close() {
-    let err = first_step_logit_error(WeightDtype::Bf16);
+    let err = first_step_logit_error(WeightDtype::Bf16, KvDtype::F32);
     eprintln!("bf16 weights: max abs logit difference {err}");
     assert!(err < BF16_LOGIT_TOL, "max abs logit difference {err}");
     assert!(err > 1e-3, "bf16 weights were not used ({err})");
@@ -27,14 +40,14 @@ fn first_step_logits_with_bf16_weights_stay_close() {
 const BF16_LOGIT_TOL: f32 = 0.25;
 
 /// The max abs difference of the four prompts' first-step logits from the reference (and
-/// each argmax must match), with weights stored as `dtype`.
-fn first_step_logit_error(dtype: WeightDtype) -> f32 {
+/// each argmax must match), with weights stored as `dtype` and the cache as `kv_dtype`.
+fn first_step_logit_error(dtype: WeightDtype, kv_dtype: KvDtype) -> f32 {
     let dir = default_model();
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let b = CpuBackend;
     let model = LlamaModel::load_as(&b, &dir, cfg.clone(), dtype).unwrap();
     let bs = 16;
-    let mut cache = KvCache::new(&b, &cfg, 64, bs);
+    let mut cache = KvCache::new(&b, &cfg, 64, bs, kv_dtype);
     let cases = golden_cases();
     let mut batch = Batch::default();
     // Pages handed out back to front, so the tables are not the identity.
