@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Simulator vs real server, as benches/RESULTS.md reports it (issue 7).
 #
-#   scripts/validate-simulator.sh [BINARY] [OUT_DIR] [REPEATS]
+#   scripts/validate-simulator.sh [BINARY] [OUT_DIR] [ROUNDS]
 #
+# Each round, back to back so the machine's speed is the same for all three parts:
 # 1. Calibration: `pagedrt serve --step-log` driven by a calibration workload (two rates, a
-#    wide length mix), then `pagedrt bench calibrate --from-steps` fits the cost model to the
-#    steps the server actually ran (serving's own load on the cores included).
+#    wide length mix), then `pagedrt bench calibrate --from-steps` fits the round's cost model
+#    to the steps the server actually ran (serving's own load on the cores included).
 # 2. Validation on two held-out workloads (other rates and length mixes): each is served
-#    REPEATS times (`bench serve --save-trace`), and the simulator replays the same trace
-#    with the calibrated cost model. Prints each figure's error against the mean of the
-#    real runs and the spread of the real runs themselves (this shared 2-core VM varies
-#    by 15-25 % from run to run).
+#    once (`bench serve --save-trace`), and the simulator replays that trace with the
+#    round's cost model.
+# Prints each round's errors, and the error of the mean over rounds. Why rounds: on this
+# shared 2-core VM the machine's speed drifts by 10-15 % within minutes, so a cost model
+# fitted once and checked against runs several minutes later measured the drift as well
+# as the model (benches/RESULTS.md, issue 7, third round).
 set -euo pipefail
 B=${1:-target/release/pagedrt}
 OUT=${2:-validate-out}
-REPEATS=${3:-2}
+ROUNDS=${3:-3}
 PORT=${PORT:-8125}
 mkdir -p "$OUT"
 
@@ -39,45 +42,47 @@ load() {  # load NAME NUM RATE IN OUT SEED [extra args...]
         --ignore-eos --seed "$seed" "$@" >"$OUT/$name.bench.log" 2>&1
 }
 
-echo "== calibration from served steps"
-serve "$OUT/calib.serve.log" --step-log "$OUT/steps.jsonl"
-load calib1 30 0.7 uniform:8:400 uniform:4:96 7
-load calib2 50 4 uniform:8:600 uniform:4:48 8
-stop
-"$B" bench calibrate --from-steps "$OUT/steps.jsonl" --out "$OUT/cost.json" | tail -2
-
-for w in "A 40 1 64 32" "B 60 2 uniform:32:256 uniform:16:64"; do
-    set -- $w
-    name=$1
-    for r in $(seq 1 "$REPEATS"); do
-        echo "== workload $name, run $r"
-        serve "$OUT/$name$r.serve.log"
+for r in $(seq 1 "$ROUNDS"); do
+    echo "== round $r: calibration from served steps"
+    serve "$OUT/calib$r.serve.log" --step-log "$OUT/steps$r.jsonl"
+    load "calib1-$r" 30 0.7 uniform:8:400 uniform:4:96 7
+    load "calib2-$r" 50 4 uniform:8:600 uniform:4:48 8
+    stop
+    "$B" bench calibrate --from-steps "$OUT/steps$r.jsonl" --out "$OUT/cost$r.json" | tail -2
+    for w in "A 40 1 64 32" "B 60 2 uniform:32:256 uniform:16:64"; do
+        set -- $w
+        name=$1
+        echo "== round $r: workload $name"
+        serve "$OUT/$name$r.serve.log" --step-log "$OUT/$name$r.steps.jsonl"
         load "$name$r" "$2" "$3" "$4" "$5" 0 --save-result "$OUT/$name$r.real.json" \
-            --save-trace "$OUT/$name.trace.jsonl"
+            --save-trace "$OUT/$name$r.trace.jsonl"
         stop
+        "$B" simulate --workload "trace:$OUT/$name$r.trace.jsonl" --cost-model "$OUT/cost$r.json" \
+            --max-num-batched-tokens 2048 --json "$OUT/$name$r.sim.json" --quiet >/dev/null
     done
-    "$B" simulate --workload "trace:$OUT/$name.trace.jsonl" --cost-model "$OUT/cost.json" \
-        --max-num-batched-tokens 2048 --json "$OUT/$name.sim.json" --quiet >/dev/null
 done
 
-python3 - "$OUT" "$REPEATS" <<'PY'
+python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, sys
-out, repeats = sys.argv[1], int(sys.argv[2])
+out, rounds = sys.argv[1], int(sys.argv[2])
 def one(path):
     v = json.load(open(path))
     return v[0] if isinstance(v, list) else v
 figures = [("request throughput (req/s)", lambda d: d["request_throughput"]),
            ("median TTFT (ms)", lambda d: 1e3 * d["ttft_s"]["median"]),
            ("median TPOT (ms)", lambda d: 1e3 * d["tpot_s"]["median"])]
-print("| workload | figure | real runs | real mean | simulated | error | real spread |")
-print("|---|---|---|---:|---:|---:|---:|")
+print("| workload | figure | real per round | simulated per round | error per round | "
+      "error of the means | real spread |")
+print("|---|---|---|---|---|---:|---:|")
 for w in ["A", "B"]:
-    sim = one(f"{out}/{w}.sim.json")
-    reals = [one(f"{out}/{w}{r}.real.json") for r in range(1, repeats + 1)]
+    reals = [one(f"{out}/{w}{r}.real.json") for r in range(1, rounds + 1)]
+    sims = [one(f"{out}/{w}{r}.sim.json") for r in range(1, rounds + 1)]
     for name, f in figures:
-        xs = [f(r) for r in reals]
-        m = sum(xs) / len(xs)
-        spread = 100 * (max(xs) - min(xs)) / m
-        print(f"| {w} | {name} | {', '.join(f'{x:.3g}' for x in xs)} | {m:.3g} | "
-              f"{f(sim):.3g} | {100 * (f(sim) - m) / m:+.1f} % | {spread:.0f} % |")
+        xs, ys = [f(d) for d in reals], [f(d) for d in sims]
+        errs = [100 * (y - x) / x for x, y in zip(xs, ys)]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        spread = 100 * (max(xs) - min(xs)) / mx
+        print(f"| {w} | {name} | {', '.join(f'{x:.3g}' for x in xs)} | "
+              f"{', '.join(f'{y:.3g}' for y in ys)} | {', '.join(f'{e:+.1f} %' for e in errs)} | "
+              f"{100 * (my - mx) / mx:+.1f} % | {spread:.0f} % |")
 PY
