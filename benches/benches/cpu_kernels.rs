@@ -39,6 +39,9 @@ fn attention(c: &mut Criterion) {
     };
     let kc = vec![0.01f32; layout.elems()];
     let vc = vec![0.02f32; layout.elems()];
+    // The same cache in f16 (`--kv-cache-dtype f16`): half the bytes per token.
+    let kc16 = vec![half::f16::from_f32(0.01); layout.elems()];
+    let vc16 = vec![half::f16::from_f32(0.02); layout.elems()];
     let heads = 9;
     let mut g = c.benchmark_group("paged attention decode, 9/3 heads, hd 64");
     for (order, ctx) in [64usize, 256, 1024]
@@ -80,6 +83,16 @@ fn attention(c: &mut Criterion) {
             |b, _| {
                 b.iter(|| {
                     cpu::paged_attention(&mut out, &q, &kc, &vc, &layout, heads, &seqs, 0.125)
+                })
+            },
+        );
+        g.throughput(Throughput::Bytes((batch * ctx * 2 * 3 * 64 * 2) as u64));
+        g.bench_with_input(
+            BenchmarkId::new(format!("batch {batch}, {order} pages, f16 cache"), ctx),
+            &ctx,
+            |b, _| {
+                b.iter(|| {
+                    cpu::paged_attention(&mut out, &q, &kc16, &vc16, &layout, heads, &seqs, 0.125)
                 })
             },
         );
