@@ -6,6 +6,9 @@
 //! page `block_table[p / block_size]` at offset `p % block_size`; its *slot* is
 //! `page * block_size + offset`. A slot of `-1` in a slot mapping marks padding (nothing is
 //! written).
+//!
+//! Offsets here count elements, whatever the cache stores: f32, or f16 with
+//! `--kv-cache-dtype f16` (`cpu::KvDtype`; the CUDA kernels take f32 only for now).
 
 /// Shape of one layer's K (or V) cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
