@@ -9,6 +9,7 @@ use scheduler::sim::CostModel;
 
 use super::bench_context::time;
 use super::engine_args::parse_bytes;
+use crate::backend::cpu::CpuBackend;
 use crate::calibrate::{choose_knee, design, fit_cost_model, read_step_log, StepCounts};
 use crate::engine::cpu_model;
 use crate::engine::synthetic::synthetic_step;
@@ -118,10 +119,9 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
     };
     let cfg = &cfg;
     let dtype = a.kv_cache_dtype;
-    let kv = 2.0 * (cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype.bytes()) as f64;
+    let kv = KvCache::<CpuBackend>::bytes_per_block(cfg, 1, dtype) as f64;
     let bytes = parse_bytes(&a.kv_cache_memory)?;
-    let blocks = bytes
-        / KvCache::<crate::backend::cpu::CpuBackend>::bytes_per_block(cfg, a.block_size, dtype);
+    let blocks = bytes / KvCache::<CpuBackend>::bytes_per_block(cfg, a.block_size, dtype);
     let name = format!(
         "calibrated:{}",
         a.model

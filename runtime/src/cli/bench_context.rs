@@ -19,7 +19,7 @@ use crate::engine::no_cache::NoCacheRunner;
 use crate::engine::synthetic::synthetic_step;
 use crate::fit::{fit_relative, Fit};
 use crate::model::config::ModelConfig;
-use crate::model::llama::LlamaModel;
+use crate::model::llama::{KvCache, LlamaModel};
 use crate::model::resolve::resolve_source;
 use crate::plot::{log_log_chart, Line};
 
@@ -287,7 +287,9 @@ pub fn run(a: ContextScalingArgs) -> Result<(), String> {
     let b = crate::backend::cpu::CpuBackend;
     let points = measure(&a, &b, &model)?;
     let c = &model.config;
-    let kv_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * a.kv_cache_dtype.bytes();
+    // A page of one token: K and V of every layer.
+    let kv_bytes =
+        KvCache::<crate::backend::cpu::CpuBackend>::bytes_per_block(c, 1, a.kv_cache_dtype);
     let crossover = a
         .batch_sizes
         .iter()
