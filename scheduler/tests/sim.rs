@@ -66,6 +66,35 @@ fn constant_step_time_and_unlimited_memory_all_in_one_batch() {
 }
 
 #[test]
+fn a_scaled_cost_model_is_a_proportionally_slower_machine() {
+    // Every coefficient of a realistic model scaled by f: each step takes f times as long,
+    // and with all requests at t = 0 (no arrival times to race) every latency scales by f.
+    let base = CostModel::cpu_smollm2_135m();
+    let f = 1.37;
+    let slow = base.scaled(f);
+    let counts = [(0, 1, 200, 0), (512, 0, 512, 131_328), (100, 7, 3000, 5050)];
+    for (p, d, c, pairs) in counts {
+        let (b, s) = (
+            base.compute_time(p, d, c, pairs),
+            slow.compute_time(p, d, c, pairs),
+        );
+        assert!(close(s, f * b), "{s} vs {f} x {b}");
+    }
+    assert_eq!(slow.kv_bytes_per_token, base.kv_bytes_per_token);
+    assert_eq!(slow.kv_capacity_tokens, base.kv_capacity_tokens);
+    let mut cfg = config(8, 256, 4096, 0.0);
+    cfg.cost_model = base;
+    let r1 = simulate(&cfg, &fixed(20, 100, 12), &mut |_| {}).unwrap();
+    cfg.cost_model = slow;
+    let r2 = simulate(&cfg, &fixed(20, 100, 12), &mut |_| {}).unwrap();
+    assert_eq!(r1.steps, r2.steps);
+    assert!(close(r2.duration_s, f * r1.duration_s));
+    assert!(close(r2.ttft_s.median, f * r1.ttft_s.median));
+    assert!(close(r2.tpot_s.median, f * r1.tpot_s.median));
+    assert!(close(r2.request_throughput, r1.request_throughput / f));
+}
+
+#[test]
 fn constant_step_time_one_at_a_time_is_a_queue() {
     // max_num_seqs = 1: request k starts after k·O steps. TTFT_k = (kO + 1)c, e2e_k = (k+1)Oc.
     let (n, o, c) = (10usize, 5usize, 0.1);

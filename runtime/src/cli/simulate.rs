@@ -16,6 +16,11 @@ pub struct SimulateArgs {
     /// A preset (h100-llama3-8b, cpu-smollm2-135m) or a JSON file.
     #[arg(long, default_value = "h100-llama3-8b")]
     cost_model: String,
+    /// Multiply every step's time by this factor: the same model on a machine that much
+    /// slower (above 1) or faster. `pagedrt bench check-steps` measures the factor a real
+    /// run had against the model (its `ratio`).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
+    cost_scale: f64,
     /// One policy or a comma-separated list (fcfs, priority, sjf, prefix-aware).
     #[arg(long, default_value = "fcfs")]
     policy: String,
@@ -66,8 +71,19 @@ pub struct SimulateArgs {
     quiet: bool,
 }
 
+/// `--cost-scale`: a positive, finite factor.
+fn parse_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+        _ => Err(format!("`{s}`: expected a positive number")),
+    }
+}
+
 fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> Result<SimConfig, String> {
-    let cost_model = CostModel::load(&a.cost_model)?;
+    let mut cost_model = CostModel::load(&a.cost_model)?;
+    if a.cost_scale != 1.0 {
+        cost_model = cost_model.scaled(a.cost_scale);
+    }
     let num_blocks = match (a.num_blocks, cost_model.kv_capacity_tokens) {
         (Some(n), _) => n,
         (None, Some(t)) => t / a.block_size.max(1),

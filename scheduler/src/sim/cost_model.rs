@@ -154,6 +154,24 @@ impl CostModel {
         }
     }
 
+    /// The same model on a machine `factor` times slower (every time coefficient scaled;
+    /// the KV geometry unchanged). What `pagedrt simulate --cost-scale` runs, to ask what a
+    /// measured drift in the machine's speed does to latency without refitting.
+    pub fn scaled(&self, factor: f64) -> Self {
+        CostModel {
+            name: format!("{} x{factor}", self.name),
+            step_overhead_s: self.step_overhead_s * factor,
+            per_prefill_token_s: self.per_prefill_token_s * factor,
+            per_decode_seq_s: self.per_decode_seq_s * factor,
+            per_context_token_s: self.per_context_token_s * factor,
+            per_prefill_attention_pair_s: self.per_prefill_attention_pair_s * factor,
+            small_batch_per_row_s: self.small_batch_per_row_s * factor,
+            gemm_switch_s: self.gemm_switch_s * factor,
+            per_swap_byte_s: self.per_swap_byte_s * factor,
+            ..self.clone()
+        }
+    }
+
     /// A preset name, or a path to a JSON file with these fields.
     pub fn load(name_or_path: &str) -> Result<Self, String> {
         match name_or_path {
