@@ -1,5 +1,6 @@
-//! The pagedrt runtime: the command line and its tools (simulator front end, plots); models,
-//! engine and server come next (see `../shared/DESIGN.md`).
+//! The pagedrt runtime: models, the engine and its backends, the OpenAI-compatible server,
+//! the load generator, and the command line with its tools (simulator front end,
+//! calibration, plots); see `../shared/DESIGN.md`.
 
 pub mod backend;
 pub mod calibrate;
@@ -11,3 +12,4 @@ pub mod model;
 pub mod plot;
 pub mod sampler;
 pub mod server;
+pub mod step_check;

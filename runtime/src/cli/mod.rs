@@ -1,6 +1,7 @@
 //! The `pagedrt` command line: one subcommand per module.
 
 mod bench_calibrate;
+mod bench_check_steps;
 mod bench_context;
 mod bench_kernels;
 mod bench_serve;
@@ -61,6 +62,9 @@ pub enum BenchCommand {
     Serve(Box<bench_serve::BenchServeArgs>),
     /// Fit the simulator's cost model to this engine's measured step times.
     Calibrate(Box<bench_calibrate::CalibrateArgs>),
+    /// Cost a server's step log with a cost model: measured / predicted, in total and by
+    /// class of step (a machine drift, or a model of the wrong shape).
+    CheckSteps(bench_check_steps::CheckStepsArgs),
     /// CUDA kernel timings: copy bandwidth, decode attention, paging cost, prefill TFLOP/s.
     Kernels(bench_kernels::BenchKernelsArgs),
 }
@@ -93,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Bench(BenchCommand::ContextScaling(args)) => bench_context::run(*args),
         Command::Bench(BenchCommand::Serve(args)) => bench_serve::run(*args),
         Command::Bench(BenchCommand::Calibrate(args)) => bench_calibrate::run(*args),
+        Command::Bench(BenchCommand::CheckSteps(args)) => bench_check_steps::run(args),
         Command::Pull(args) => model_cmds::run_pull(args),
         Command::Convert(args) => model_cmds::run_convert(args),
         Command::Doctor(args) => doctor::run(args),

@@ -62,9 +62,11 @@ pub fn pagedrt() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_pagedrt"))
 }
 
-/// Runs a `pagedrt` command to completion, failing the test with its stderr unless it exits 0.
+/// Runs a `pagedrt` command to completion, failing the test with its stderr unless it exits 0
+/// (`run_ok`), or unless it fails with a message containing `needle` (`run_fails_with`).
 pub trait RunOk {
     fn run_ok(&mut self) -> std::process::Output;
+    fn run_fails_with(&mut self, needle: &str);
 }
 
 impl RunOk for std::process::Command {
@@ -77,6 +79,22 @@ impl RunOk for std::process::Command {
         );
         out
     }
+
+    fn run_fails_with(&mut self, needle: &str) {
+        let out = self.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "succeeded; wanted an error with {needle:?}"
+        );
+        assert!(err.contains(needle), "wanted {needle:?} in: {err}");
+    }
+}
+
+/// A JSON file a command wrote.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// A fresh scratch folder for one test, under `target/tmp` so test runs leave nothing in

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{pagedrt, tmp};
+use common::{pagedrt, read_json, tmp};
 
 #[test]
 fn a_bad_architecture_is_a_clear_error() {
@@ -43,8 +43,7 @@ fn compile_kernels_reports_every_kernel_and_exits_zero() {
         stdout.contains("Compiling every kernel for sm_80"),
         "{stdout}"
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_json(&json);
     assert_eq!(report["ok"], true);
     let rows = report["compile"]["kernels"].as_array().unwrap();
     let expected: usize = kernels::cuda::source::ALL

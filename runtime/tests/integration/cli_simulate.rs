@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{pagedrt, tmp, RunOk};
+use common::{pagedrt, read_json, tmp, RunOk};
 
 #[test]
 fn simulate_writes_the_documented_json() {
@@ -28,8 +28,7 @@ fn simulate_writes_the_documented_json() {
         ])
         .arg(&out)
         .run_ok();
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let v = read_json(&out);
     for key in [
         "requests",
         "duration_s",
@@ -81,8 +80,7 @@ fn a_sweep_writes_csvs_and_plots() {
         .arg("--json")
         .arg(dir.join("sweep.json"))
         .run_ok();
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
+    let v = read_json(&dir.join("sweep.json"));
     assert_eq!(v.as_array().unwrap().len(), 4);
     let rows = std::fs::read_to_string(dir.join("req.csv")).unwrap();
     assert_eq!(rows.lines().count(), 1 + 4 * 100);
@@ -100,21 +98,94 @@ fn a_sweep_writes_csvs_and_plots() {
 
 #[test]
 fn bad_arguments_are_explained() {
-    let st = pagedrt()
+    pagedrt()
         .args(["simulate", "--policy", "lottery", "--quiet"])
-        .output()
-        .unwrap();
-    assert!(!st.status.success());
-    assert!(String::from_utf8_lossy(&st.stderr).contains("unknown policy 'lottery'"));
-    let st = pagedrt()
+        .run_fails_with("unknown policy 'lottery'");
+    pagedrt()
+        .args(["simulate", "--workload", "trace:/nonexistent.csv"])
+        .arg("--quiet")
+        .run_fails_with("/nonexistent.csv");
+}
+
+#[test]
+fn check_steps_measures_a_drift_that_cost_scale_replays() {
+    // A step log whose steps all took 1.5 times what the preset predicts: the check reports
+    // a ratio of 1.5 in total and in every class.
+    let dir = tmp("check-steps");
+    let model = scheduler::sim::CostModel::cpu_smollm2_135m();
+    let mut log = String::new();
+    for (p, d, c) in [(128, 0, 128), (0, 1, 300), (0, 6, 2000), (64, 3, 900)] {
+        let pairs = p * (p + 1) / 2;
+        let s = 1.5 * model.compute_time(p, d, c, pairs);
+        log += &format!(
+            "{{\"prefill_tokens\":{p},\"decode_seqs\":{d},\"context_tokens\":{c},\
+             \"prefill_pairs\":{pairs},\"seconds\":{s}}}\n"
+        );
+    }
+    let steps = dir.join("steps.jsonl");
+    std::fs::write(&steps, log).unwrap();
+    let out = dir.join("check.json");
+    pagedrt()
         .args([
-            "simulate",
-            "--workload",
-            "trace:/nonexistent.csv",
-            "--quiet",
+            "bench",
+            "check-steps",
+            "--cost-model",
+            "cpu-smollm2-135m",
+            "--steps",
         ])
-        .output()
-        .unwrap();
-    assert!(!st.status.success());
-    assert!(String::from_utf8_lossy(&st.stderr).contains("/nonexistent.csv"));
+        .arg(&steps)
+        .arg("--json")
+        .arg(&out)
+        .run_ok();
+    let v = read_json(&out);
+    assert_eq!(v["steps"], 4);
+    assert!((v["ratio"].as_f64().unwrap() - 1.5).abs() < 1e-9, "{v}");
+    let classes = v["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 4);
+    for c in classes {
+        assert!(
+            (c["median_ratio"].as_f64().unwrap() - 1.5).abs() < 1e-9,
+            "{c}"
+        );
+    }
+
+    // Replaying with --cost-scale 1.5: all requests arrive at once, so the run takes exactly
+    // 1.5 times as long.
+    let duration = |scale: &str| {
+        let out = dir.join(format!("sim-{scale}.json"));
+        pagedrt()
+            .args([
+                "simulate",
+                "--workload",
+                "fixed",
+                "--input-len",
+                "uniform:16:300",
+                "--output-len",
+                "uniform:4:64",
+                "--num-requests",
+                "40",
+                "--cost-model",
+                "cpu-smollm2-135m",
+                "--cost-scale",
+                scale,
+                "--quiet",
+                "--json",
+            ])
+            .arg(&out)
+            .run_ok();
+        let v = read_json(&out);
+        v["duration_s"].as_f64().unwrap()
+    };
+    let (d1, d15) = (duration("1"), duration("1.5"));
+    assert!((d15 / d1 - 1.5).abs() < 1e-9, "{d1} s, {d15} s");
+
+    pagedrt()
+        .args(["simulate", "--cost-scale", "0", "--quiet"])
+        .run_fails_with("expected a positive number");
+    pagedrt()
+        .args(["bench", "check-steps", "--cost-model", "cpu-smollm2-135m"])
+        .arg("--steps")
+        .arg(dir.join("missing.jsonl"))
+        .run_fails_with("missing.jsonl");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
