@@ -11,10 +11,11 @@
 //!
 //! Blocking (AVX2/FMA, 16 vector registers): a 6 × 16 tile of the output lives in 12
 //! accumulators; per step of the inner dimension it takes two loads of the panel and six
-//! broadcasts of the activations for 12 FMAs. A 256-deep slice of a panel (16 KiB) stays
-//! in L1 while a block of activation rows (in L2) passes over it. Threads split the
-//! panels, so each weight byte is read from memory once per call; for decode-sized inputs
-//! each panel is read front to back.
+//! broadcasts of the activations for 12 FMAs. For prefill-sized inputs a 256-deep slice of
+//! a panel (16 KiB) stays in L1 while a block of activation rows (in L2) passes over it;
+//! decode-sized inputs are not sliced: each tile runs the whole depth, the panel streaming
+//! from L2. Threads split the panels, so each weight byte is read from memory once per
+//! call; for decode-sized inputs each panel is read front to back.
 
 use rayon::prelude::*;
 
@@ -29,6 +30,12 @@ const MC: usize = 264;
 /// each panel can be read whole, front to back (one stream for the prefetcher), rather
 /// than a depth slice at a time.
 const X_IN_L2_BYTES: usize = 256 << 10;
+/// Activations up to this size (one core's L2) are not sliced in depth at all: each
+/// 6-row tile runs the whole inner dimension in one micro-kernel call, its panel streaming
+/// from L2, so no output is written and read back between slices. Measured against 192- and
+/// 256-deep slices at decode shapes (1-128 rows, depth 576 and 1,536), interleaved: equal
+/// to 8 % faster, never slower (benches/RESULTS.md).
+const FULL_DEPTH_BYTES: usize = 512 << 10;
 
 /// A weight matrix `[rows, cols]` in panel order, in f32 or bf16; see the module docs.
 #[derive(Debug, Clone)]
@@ -89,7 +96,12 @@ impl<E: PanelElem> PackedMatrix<E> {
         if m == 0 || n == 0 {
             return;
         }
-        let kc = depth_slice(k);
+        let m_pad = m.div_ceil(MR) * MR;
+        let kc = if m_pad * k * 4 <= FULL_DEPTH_BYTES {
+            k
+        } else {
+            depth_slice(k)
+        };
         // The buffer is taken out of the thread-local for the call, not borrowed: while
         // this thread waits in the parallel loop below, rayon may run another `linear` on
         // it (another engine's step, stolen), which then simply finds no buffer to reuse.
