@@ -30,6 +30,32 @@ fn gemm(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same GEMM with the weights coming from memory, as in a real decode step (a step reads
+/// all ~540 MB of the model's f32 weights, far more than the caches): each call uses the
+/// next of enough distinct matrices to cover 256 MB.
+fn gemm_cold(c: &mut Criterion) {
+    let mut g = c.benchmark_group("linear 576x1536, weights from memory");
+    let (k, n) = (576usize, 1536usize);
+    let copies = (256 << 20) / (n * k * 4);
+    let w: Vec<f32> = (0..n * k).map(|i| (i % 97) as f32 * 1e-3).collect();
+    let packed: Vec<_> = (0..copies)
+        .map(|_| cpu::packed::PackedMatrix::<f32>::pack(&w, n, k))
+        .collect();
+    for m in [1usize, 8, 64] {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
+        let mut out = vec![0f32; m * n];
+        let mut next = 0;
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_with_input(BenchmarkId::new("packed panels", m), &m, |b, &m| {
+            b.iter(|| {
+                next = (next + 1) % copies;
+                packed[next].linear(&mut out, &x, m)
+            })
+        });
+    }
+    g.finish();
+}
+
 fn attention(c: &mut Criterion) {
     let layout = KvLayout {
         num_blocks: 64 * 1024 / 16 + 1,
@@ -100,5 +126,5 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, attention);
+criterion_group!(benches, gemm, gemm_cold, attention);
 criterion_main!(benches);
