@@ -59,6 +59,16 @@ impl StepCounts {
         }
     }
 
+    /// What `model` says a step with these counts takes (no swapping).
+    pub fn predicted_s(&self, model: &CostModel) -> f64 {
+        model.compute_time(
+            self.prefill_tokens,
+            self.decode_seqs,
+            self.context_tokens,
+            self.prefill_pairs,
+        )
+    }
+
     /// The cost model's features for a knee of `knee` rows: [1, above, rows if at or below
     /// the knee, prefill tokens if above, decoding sequences if above, context tokens
     /// attended, prefill attention pairs].
@@ -95,6 +105,12 @@ pub fn read_step_log(text: &str) -> Result<Vec<(StepCounts, f64)>, String> {
             Ok((x.counts, x.seconds))
         })
         .collect()
+}
+
+/// Reads the step log at `path` ([`read_step_log`]), errors naming the file.
+pub fn load_step_log(path: &std::path::Path) -> Result<Vec<(StepCounts, f64)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    read_step_log(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The designed set of step shapes.

@@ -8,26 +8,29 @@
 //! the workload at the speed the machine actually had); if the classes disagree, the
 //! model's shape is wrong for that mix of steps.
 
-use scheduler::sim::CostModel;
+use scheduler::sim::{percentile_sorted, CostModel};
 use serde::Serialize;
 
 use crate::calibrate::StepCounts;
 
-/// The step classes the check reports on: their costs scale differently (prefill with
+/// The class of a step, as a sort key: prefill only, mixed, then decode-only steps by
+/// batch size in doublings (1, 2-3, 4-7, ...). Their costs scale differently (prefill with
 /// tokens, decode with sequences, and small decode batches with neither).
-pub fn class_of(c: &StepCounts) -> String {
+fn class_key(c: &StepCounts) -> (u8, u32) {
     match (c.prefill_tokens, c.decode_seqs) {
-        (_, 0) => "prefill only".into(),
-        (0, d) => {
-            // Powers of two: 1, 2-3, 4-7, ... so each class spans one doubling.
-            let lo = 1usize << (usize::BITS - 1 - d.leading_zeros());
-            if lo == 1 {
-                "decode 1".into()
-            } else {
-                format!("decode {lo}-{}", 2 * lo - 1)
-            }
-        }
-        _ => "mixed".into(),
+        (_, 0) => (0, 0),
+        (0, d) => (2, d.ilog2()),
+        _ => (1, 0),
+    }
+}
+
+/// The name a class is reported under.
+fn class_name(key: (u8, u32)) -> String {
+    match key {
+        (0, _) => "prefill only".into(),
+        (1, _) => "mixed".into(),
+        (_, 0) => "decode 1".into(),
+        (_, log) => format!("decode {}-{}", 1usize << log, (2usize << log) - 1),
     }
 }
 
@@ -57,19 +60,10 @@ pub fn check_steps(samples: &[(StepCounts, f64)], model: &CostModel) -> Result<S
     if samples.is_empty() {
         return Err("the step log has no steps".into());
     }
-    let predict = |c: &StepCounts| {
-        model.compute_time(
-            c.prefill_tokens,
-            c.decode_seqs,
-            c.context_tokens,
-            c.prefill_pairs,
-        )
-    };
-    let mut by_class: std::collections::BTreeMap<(u8, usize), (String, Vec<f64>)> =
-        Default::default();
+    let mut by_class: std::collections::BTreeMap<(u8, u32), Vec<f64>> = Default::default();
     let (mut measured, mut predicted) = (0.0, 0.0);
     for (c, s) in samples {
-        let p = predict(c);
+        let p = c.predicted_s(model);
         if p <= 0.0 {
             return Err(format!(
                 "the cost model predicts {p} s for a step ({c:?}); it cannot score steps"
@@ -77,31 +71,16 @@ pub fn check_steps(samples: &[(StepCounts, f64)], model: &CostModel) -> Result<S
         }
         measured += s;
         predicted += p;
-        let order = match (c.prefill_tokens, c.decode_seqs) {
-            (_, 0) => (0, 0),
-            (0, d) => (2, d.ilog2() as usize),
-            _ => (1, 0),
-        };
-        by_class
-            .entry(order)
-            .or_insert_with(|| (class_of(c), Vec::new()))
-            .1
-            .push(s / p);
+        by_class.entry(class_key(c)).or_default().push(s / p);
     }
     let classes = by_class
-        .into_values()
-        .map(|(class, mut ratios)| {
+        .into_iter()
+        .map(|(key, mut ratios)| {
             ratios.sort_by(f64::total_cmp);
-            let n = ratios.len();
-            let median = if n % 2 == 1 {
-                ratios[n / 2]
-            } else {
-                0.5 * (ratios[n / 2 - 1] + ratios[n / 2])
-            };
             ClassCheck {
-                class,
-                steps: n,
-                median_ratio: median,
+                class: class_name(key),
+                steps: ratios.len(),
+                median_ratio: percentile_sorted(&ratios, 50.0),
             }
         })
         .collect();
@@ -139,15 +118,7 @@ mod tests {
         ];
         let samples: Vec<_> = shapes
             .iter()
-            .map(|c| {
-                let p = model.compute_time(
-                    c.prefill_tokens,
-                    c.decode_seqs,
-                    c.context_tokens,
-                    c.prefill_pairs,
-                );
-                (*c, 1.25 * p)
-            })
+            .map(|c| (*c, 1.25 * c.predicted_s(&model)))
             .collect();
         let r = check_steps(&samples, &model).unwrap();
         assert_eq!(r.steps, 5);
@@ -173,14 +144,7 @@ mod tests {
     fn a_wrong_shape_shows_as_classes_that_disagree() {
         // Decode steps measured twice as slow as predicted, prefill steps as predicted.
         let model = CostModel::cpu_smollm2_135m();
-        let p = |c: &StepCounts| {
-            model.compute_time(
-                c.prefill_tokens,
-                c.decode_seqs,
-                c.context_tokens,
-                c.prefill_pairs,
-            )
-        };
+        let p = |c: &StepCounts| c.predicted_s(&model);
         let (a, b, d) = (counts(64, 0, 64), counts(0, 4, 400), counts(0, 5, 500));
         let samples = vec![(a, p(&a)), (b, 2.0 * p(&b)), (d, 2.0 * p(&d))];
         let r = check_steps(&samples, &model).unwrap();

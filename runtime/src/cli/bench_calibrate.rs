@@ -10,7 +10,7 @@ use scheduler::sim::CostModel;
 use super::bench_context::time;
 use super::engine_args::parse_bytes;
 use crate::backend::cpu::CpuBackend;
-use crate::calibrate::{choose_knee, design, fit_cost_model, read_step_log, StepCounts};
+use crate::calibrate::{choose_knee, design, fit_cost_model, load_step_log, StepCounts};
 use crate::engine::cpu_model;
 use crate::engine::synthetic::synthetic_step;
 use crate::model::config::ModelConfig;
@@ -100,9 +100,7 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
         resolve_source(a.model.as_deref(), &mut |l| eprintln!("{l}")).map_err(|e| e.to_string())?;
     let (cfg, samples) = match &a.from_steps {
         Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let samples = read_step_log(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let samples = load_step_log(path)?;
             eprintln!("{} steps from {}", samples.len(), path.display());
             let cfg = match &source {
                 ModelSource::Dir(dir) => ModelConfig::from_file(&dir.join("config.json")),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use scheduler::sim::CostModel;
 
-use crate::calibrate::read_step_log;
+use crate::calibrate::load_step_log;
 use crate::step_check::check_steps;
 
 #[derive(Args, Debug, Clone)]
@@ -24,8 +24,7 @@ pub struct CheckStepsArgs {
 
 pub fn run(a: CheckStepsArgs) -> Result<(), String> {
     let path = &a.steps;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let samples = read_step_log(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let samples = load_step_log(path)?;
     let model = CostModel::load(&a.cost_model)?;
     let r = check_steps(&samples, &model).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("| steps | measured / predicted (median) |");
