@@ -47,6 +47,13 @@ load() {  # load NAME NUM RATE IN OUT SEED [extra args...]
         --ignore-eos --seed "$seed" "$@" >"$OUT/$name.bench.log" 2>&1
 }
 
+replay() {  # replay RUN ROUND KIND [extra args...]: simulates RUN's trace with ROUND's model
+    local run=$1 round=$2 kind=$3
+    shift 3
+    "$B" simulate --workload "trace:$OUT/$run.trace.jsonl" --cost-model "$OUT/cost$round.json" \
+        --max-num-batched-tokens 2048 --json "$OUT/$run.$kind.json" --quiet "$@" >/dev/null
+}
+
 for r in $(seq 1 "$ROUNDS"); do
     echo "== round $r: calibration from served steps"
     serve "$OUT/calib$r.serve.log" --step-log "$OUT/steps$r.jsonl"
@@ -66,15 +73,12 @@ for r in $(seq 1 "$ROUNDS"); do
         load "$name$r" "$2" "$3" "$4" "$5" 0 --save-result "$OUT/$name$r.real.json" \
             --save-trace "$OUT/$name$r.trace.jsonl"
         stop
-        "$B" simulate --workload "trace:$OUT/$name$r.trace.jsonl" --cost-model "$OUT/cost$r.json" \
-            --max-num-batched-tokens 2048 --json "$OUT/$name$r.sim.json" --quiet >/dev/null
+        replay "$name$r" "$r" sim
         "$B" bench check-steps --steps "$OUT/$name$r.steps.jsonl" --cost-model "$OUT/cost$r.json" \
             --json "$OUT/$name$r.check.json" | tail -1
         ratio=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['ratio'])" \
             "$OUT/$name$r.check.json")
-        "$B" simulate --workload "trace:$OUT/$name$r.trace.jsonl" --cost-model "$OUT/cost$r.json" \
-            --cost-scale "$ratio" --max-num-batched-tokens 2048 --json "$OUT/$name$r.norm.json" \
-            --quiet >/dev/null
+        replay "$name$r" "$r" norm --cost-scale "$ratio"
     done
 done
 
