@@ -35,6 +35,10 @@ pub struct ThroughputArgs {
     json: Option<PathBuf>,
     #[arg(long)]
     quiet: bool,
+    /// Write each step's shape and duration as JSON lines (as `serve --step-log`), to see
+    /// where a run's time goes (prefill vs decode steps) or to check a cost model against it.
+    #[arg(long)]
+    step_log: Option<PathBuf>,
 }
 
 pub fn run(a: ThroughputArgs) -> Result<(), String> {
@@ -42,6 +46,10 @@ pub fn run(a: ThroughputArgs) -> Result<(), String> {
 }
 
 fn run_on<B: Backend>(a: ThroughputArgs, mut engine: EngineCore<B>) -> Result<(), String> {
+    if let Some(path) = &a.step_log {
+        let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        engine.set_step_log(Box::new(std::io::BufWriter::new(f)));
+    }
     let vocab = engine.model().config.vocab_size as u32;
     let mut rng = StdRng::seed_from_u64(a.seed);
     // Random prompts over ordinary tokens (the first ids are special tokens in most vocabularies).
