@@ -5,7 +5,9 @@
 //! and profiling the 64 × (128 + 128) run put 13 % of the whole run in that packing. Here a
 //! weight `[rows, cols]` (Hugging Face's `[out, in]`) is stored as panels of 16 rows, each
 //! panel column-interleaved (`[cols][16]`), which is exactly the order the micro-kernel
-//! reads it in; activations are packed per call into 6-row tiles. bf16 panels are widened
+//! reads it in; activations are packed per call into 6-row tiles, except decode-sized
+//! inputs to matrices of up to `IN_PLACE_MAX_COLS` outputs, which are read in place
+//! (packing them cost more than it saved). bf16 panels are widened
 //! in registers by their micro-kernel (`packed_kernel`), so `--dtype bf16` needs no
 //! widening pass and decode reads half the bytes.
 //!
@@ -20,7 +22,7 @@
 use rayon::prelude::*;
 
 pub use super::packed_kernel::{PanelElem, PANEL};
-use super::packed_kernel::{Tile, MR};
+use super::packed_kernel::{Tile, XLayout, MR};
 
 /// Depth of the inner-dimension slice a panel contributes per pass (16 KiB of f32).
 const KC: usize = 256;
@@ -36,6 +38,13 @@ const X_IN_L2_BYTES: usize = 256 << 10;
 /// 256-deep slices at decode shapes (1-128 rows, depth 576 and 1,536), interleaved: equal
 /// to 8 % faster, never slower (benches/RESULTS.md).
 const FULL_DEPTH_BYTES: usize = 512 << 10;
+/// Full-depth inputs are read in place, not packed, when the matrix has at most this many
+/// rows (output columns). Packing is one pass over the activations on one thread, paid
+/// once per call; reading six row streams instead of one costs a little in every tile.
+/// A 30-matrix probe at 64 rows, both alternated in one process (median GFLOP/s, in place
+/// / packed): 576 x 576 1.11-1.21x, 1,536 -> 576 1.07-1.08x, 576 -> 960 1.02-1.03x,
+/// 576 -> 1,536 1.01-1.06x, 576 -> 3,072 0.95x.
+const IN_PLACE_MAX_COLS: usize = 2048;
 
 /// A weight matrix `[rows, cols]` in panel order, in f32 or bf16; see the module docs.
 #[derive(Debug, Clone)]
@@ -97,17 +106,28 @@ impl<E: PanelElem> PackedMatrix<E> {
             return;
         }
         let m_pad = m.div_ceil(MR) * MR;
-        let kc = if m_pad * k * 4 <= FULL_DEPTH_BYTES {
-            k
+        let full_depth = m_pad * k * 4 <= FULL_DEPTH_BYTES;
+        let kc = if full_depth { k } else { depth_slice(k) };
+        // Decode-sized inputs of matrices with few output columns are read in place (see
+        // `XLayout::Rows`); the rest are packed. The buffer is taken out of the
+        // thread-local for the call, not borrowed: while this thread waits in the parallel
+        // loop below, rayon may run another `linear` on it (another engine's step,
+        // stolen), which then simply finds no buffer to reuse.
+        let in_place = full_depth && n <= IN_PLACE_MAX_COLS;
+        let mut buf = Vec::new();
+        let xs = if in_place {
+            Activations {
+                x,
+                layout: XLayout::Rows(k),
+            }
         } else {
-            depth_slice(k)
+            buf = PACKED_X.take();
+            pack_activations(&mut buf, x, m, k, kc);
+            Activations {
+                x: &buf,
+                layout: XLayout::Packed,
+            }
         };
-        // The buffer is taken out of the thread-local for the call, not borrowed: while
-        // this thread waits in the parallel loop below, rayon may run another `linear` on
-        // it (another engine's step, stolen), which then simply finds no buffer to reuse.
-        let mut buf = PACKED_X.take();
-        pack_activations(&mut buf, x, m, k, kc);
-        let xp: &[f32] = &buf;
         let panels = n.div_ceil(PANEL);
         let threads = rayon::current_num_threads().max(1);
         // A few tasks per thread so a thread slowed by a noisy neighbour does not hold
@@ -118,20 +138,22 @@ impl<E: PanelElem> PackedMatrix<E> {
         tasks.par_iter().for_each(|&p0| {
             let p1 = (p0 + per_task).min(panels);
             // SAFETY: each task writes only the output columns of its own panels.
-            unsafe { self.panels_into(out_ptr, xp, m, kc, p0..p1) };
+            unsafe { self.panels_into(out_ptr, xs, m, kc, p0..p1) };
         });
-        PACKED_X.set(buf);
+        if !in_place {
+            PACKED_X.set(buf);
+        }
     }
 
-    /// The output columns of panels `range`, for all `m` rows, from activations packed by
-    /// `pack_activations` with slice depth `kc`.
+    /// The output columns of panels `range`, for all `m` rows, from activations in place
+    /// or packed by `pack_activations` with slice depth `kc`.
     ///
     /// # Safety
     /// `out` holds `m * rows` elements and no other thread writes these columns.
     unsafe fn panels_into(
         &self,
         out: SendPtr,
-        xp: &[f32],
+        xs: Activations,
         m: usize,
         kc: usize,
         range: std::ops::Range<usize>,
@@ -142,7 +164,7 @@ impl<E: PanelElem> PackedMatrix<E> {
             // Decode-sized: panel by panel, each read front to back.
             for p in range {
                 for k0 in (0..k).step_by(kc) {
-                    self.slice_into(out, xp, m, kc, k0, 0..m, p);
+                    self.slice_into(out, xs, m, kc, k0, 0..m, p);
                 }
             }
         } else {
@@ -155,7 +177,7 @@ impl<E: PanelElem> PackedMatrix<E> {
             for i0 in (0..m).step_by(MC) {
                 for k0 in (0..k).step_by(kc) {
                     for p in range.clone() {
-                        self.slice_into(out, xp, m, kc, k0, i0..(i0 + MC).min(m), p);
+                        self.slice_into(out, xs, m, kc, k0, i0..(i0 + MC).min(m), p);
                     }
                 }
             }
@@ -171,7 +193,7 @@ impl<E: PanelElem> PackedMatrix<E> {
     unsafe fn slice_into(
         &self,
         out: SendPtr,
-        xp: &[f32],
+        xs: Activations,
         m: usize,
         kc: usize,
         k0: usize,
@@ -181,12 +203,16 @@ impl<E: PanelElem> PackedMatrix<E> {
         let (n, k) = (self.rows, self.cols);
         let m_pad = m.div_ceil(MR) * MR;
         let depth = kc.min(k - k0);
-        let x_slice = &xp[k0 * m_pad..][..depth * m_pad];
         let w = &self.data[p * PANEL * k + k0 * PANEL..][..depth * PANEL];
         let kernel = E::micro_kernel();
         for ir in rows.step_by(MR) {
+            let x = match xs.layout {
+                XLayout::Packed => xs.x[k0 * m_pad..][..depth * m_pad].as_ptr().add(ir * depth),
+                XLayout::Rows(stride) => xs.x[ir * stride + k0..].as_ptr(),
+            };
             let tile = Tile {
-                x: x_slice.as_ptr().add(ir * depth),
+                x,
+                x_layout: xs.layout,
                 rows: MR.min(m - ir),
                 w: w.as_ptr(),
                 depth,
@@ -242,6 +268,13 @@ fn pack_activations(buf: &mut Vec<f32>, x: &[f32], m: usize, k: usize, kc: usize
     }
 }
 
+/// The activations a call reads, in place or packed.
+#[derive(Clone, Copy)]
+struct Activations<'a> {
+    x: &'a [f32],
+    layout: XLayout,
+}
+
 /// The output pointer, shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -269,7 +302,15 @@ mod tests {
         out
     }
 
-    fn check<E: PanelElem>(m: usize, k: usize, n: usize, kernel: Option<MicroKernel<E>>) {
+    /// `kernel`: `None` goes through `linear`; `Some((f, layout))` runs every tile through
+    /// `f` with the activations laid out as `layout` says (`Rows` with any stride reads `x`
+    /// in place).
+    fn check<E: PanelElem>(
+        m: usize,
+        k: usize,
+        n: usize,
+        kernel: Option<(MicroKernel<E>, XLayout)>,
+    ) {
         let x: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
             .collect();
@@ -280,8 +321,9 @@ mod tests {
         let mut out = vec![f32::NAN; m * n];
         match kernel {
             None => p.linear(&mut out, &x, m),
-            Some(f) => {
-                // The whole matrix through one given micro-kernel, single-threaded.
+            Some((f, layout)) => {
+                // The whole matrix through one given micro-kernel, single-threaded, in
+                // depth slices (so `accumulate` is exercised too).
                 let kc = depth_slice(k);
                 let mut xp = vec![];
                 pack_activations(&mut xp, &x, m, k, kc);
@@ -290,8 +332,13 @@ mod tests {
                     let depth = kc.min(k - k0);
                     for pi in 0..n.div_ceil(PANEL) {
                         for ir in (0..m).step_by(MR) {
+                            let xt = match layout {
+                                XLayout::Packed => xp[k0 * m_pad + ir * depth..].as_ptr(),
+                                XLayout::Rows(_) => x[ir * k + k0..].as_ptr(),
+                            };
                             let tile = Tile {
-                                x: xp[k0 * m_pad + ir * depth..].as_ptr(),
+                                x: xt,
+                                x_layout: layout,
                                 rows: MR.min(m - ir),
                                 w: p.data[pi * PANEL * k + k0 * PANEL..].as_ptr(),
                                 depth,
@@ -317,7 +364,8 @@ mod tests {
     }
 
     /// Shapes cover ragged tiles and panels, odd depths (the single-row kernel's tail),
-    /// and both loop orders (packed activations under and over `X_IN_L2_BYTES`).
+    /// both loop orders (packed activations under and over `X_IN_L2_BYTES`), and through
+    /// `linear`, activations read in place (up to `FULL_DEPTH_BYTES`) and packed.
     const SHAPES: [(usize, usize, usize); 8] = [
         (1, 576, 576),
         (1, 257, 40),
@@ -333,7 +381,10 @@ mod tests {
     fn packed_linear_matches_f64_for_ragged_shapes() {
         for &(m, k, n) in &SHAPES {
             check::<f32>(m, k, n, None);
-            check::<f32>(m, k, n, Some(f32::portable_kernel()));
+            for layout in [XLayout::Packed, XLayout::Rows(k)] {
+                check::<f32>(m, k, n, Some((f32::portable_kernel(), layout)));
+                check::<f32>(m, k, n, Some((f32::micro_kernel(), layout)));
+            }
         }
     }
 
@@ -341,7 +392,10 @@ mod tests {
     fn packed_bf16_linear_matches_f64_on_the_rounded_weights() {
         for &(m, k, n) in &SHAPES {
             check::<bf16>(m, k, n, None);
-            check::<bf16>(m, k, n, Some(bf16::portable_kernel()));
+            for layout in [XLayout::Packed, XLayout::Rows(k)] {
+                check::<bf16>(m, k, n, Some((bf16::portable_kernel(), layout)));
+                check::<bf16>(m, k, n, Some((bf16::micro_kernel(), layout)));
+            }
         }
     }
 

@@ -13,11 +13,23 @@ pub const PANEL: usize = 16;
 /// Activation rows per micro-kernel tile.
 pub(crate) const MR: usize = 6;
 
-/// One micro-kernel call (see the module docs): `x` packed `[depth][MR]`, `w` packed
+/// How a tile's activations are laid out in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum XLayout {
+    /// Packed by `pack_activations`: `[depth][MR]`, one contiguous stream.
+    Packed,
+    /// The caller's row-major rows, this many elements apart: no packing pass. Decode-sized
+    /// inputs sit in L2 whole, so six row streams feed the tile as well as one packed one,
+    /// and the single-threaded packing pass between parallel GEMMs is gone.
+    Rows(usize),
+}
+
+/// One micro-kernel call (see the module docs): `x` laid out as `x_layout` says, `w` packed
 /// `[depth][PANEL]`, `rows ≤ MR` valid rows, `cols ≤ PANEL` valid columns. Public only
 /// because `PanelElem` names it; nothing outside the crate can build one.
 pub struct Tile<E> {
     pub(crate) x: *const f32,
+    pub(crate) x_layout: XLayout,
     pub(crate) rows: usize,
     pub(crate) w: *const E,
     pub(crate) depth: usize,
@@ -79,10 +91,14 @@ impl PanelElem for bf16 {
 /// # Safety
 /// The tile's pointers cover the extents it names.
 unsafe fn micro_kernel_portable<E: PanelElem>(t: &Tile<E>) {
+    let (row_step, depth_step) = match t.x_layout {
+        XLayout::Packed => (1, MR),
+        XLayout::Rows(stride) => (stride, 1),
+    };
     for r in 0..t.rows {
         let mut acc = [0f32; PANEL];
         for d in 0..t.depth {
-            let xv = *t.x.add(d * MR + r);
+            let xv = *t.x.add(r * row_step + d * depth_step);
             for (c, a) in acc.iter_mut().enumerate() {
                 *a += xv * (*t.w.add(d * PANEL + c)).to_f32();
             }
@@ -111,7 +127,7 @@ mod avx2 {
     //! row (decode) alternates two accumulator pairs so the FMA latency does not bound a
     //! loop that should be bound by memory.
 
-    use super::{store, Tile, MR, PANEL};
+    use super::{store, Tile, XLayout, MR, PANEL};
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -151,24 +167,38 @@ mod avx2 {
             /// AVX2 and FMA present; the tile's pointers cover the extents it names.
             #[target_feature(enable = "avx2,fma")]
             pub(super) unsafe fn $name(t: &Tile<$elem>) {
-                match t.rows {
-                    6 => $rows::<6>(t),
-                    5 => $rows::<5>(t),
-                    4 => $rows::<4>(t),
-                    3 => $rows::<3>(t),
-                    2 => $rows::<2>(t),
-                    _ => single_row(t),
+                let packed = t.x_layout == XLayout::Packed;
+                match (t.rows, packed) {
+                    (6, true) => $rows::<6, true>(t),
+                    (5, true) => $rows::<5, true>(t),
+                    (4, true) => $rows::<4, true>(t),
+                    (3, true) => $rows::<3, true>(t),
+                    (2, true) => $rows::<2, true>(t),
+                    (6, false) => $rows::<6, false>(t),
+                    (5, false) => $rows::<5, false>(t),
+                    (4, false) => $rows::<4, false>(t),
+                    (3, false) => $rows::<3, false>(t),
+                    (2, false) => $rows::<2, false>(t),
+                    (_, true) => single_row::<_, MR>(t),
+                    (_, false) => single_row::<_, 1>(t),
                 }
             }
 
+            /// `R` rows; `PACKED` says whether x is `[depth][MR]` or row-major rows (the
+            /// depth step is then a compile-time constant either way).
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::needless_range_loop)] // rows index x and the accumulators in lockstep
-            unsafe fn $rows<const R: usize>(t: &Tile<$elem>) {
+            unsafe fn $rows<const R: usize, const PACKED: bool>(t: &Tile<$elem>) {
+                let xr: [*const f32; R] = std::array::from_fn(|r| match t.x_layout {
+                    XLayout::Rows(stride) if !PACKED => t.x.add(r * stride),
+                    _ => t.x.add(r),
+                });
+                let depth_step = if PACKED { MR } else { 1 };
                 let mut acc = [[_mm256_setzero_ps(); 2]; R];
                 for d in 0..t.depth {
                     let (w0, w1) = <$elem as Load>::load(t.w, d);
                     for r in 0..R {
-                        let xv = _mm256_broadcast_ss(&*t.x.add(d * MR + r));
+                        let xv = _mm256_broadcast_ss(&*xr[r].add(d * depth_step));
                         acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
                         acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
                     }
@@ -184,16 +214,17 @@ mod avx2 {
     tile_fn!(bf16_tile, bf16, bf16_rows);
 
     /// One activation row: two independent accumulator pairs over even and odd steps.
+    /// `STEP` is the distance between its consecutive depth elements (`MR` packed, 1 not).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn single_row<E: Load>(t: &Tile<E>) {
+    unsafe fn single_row<E: Load, const STEP: usize>(t: &Tile<E>) {
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let (mut b0, mut b1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut d = 0;
         while d + 1 < t.depth {
             let (w0, w1) = E::load(t.w, d);
             let (v0, v1) = E::load(t.w, d + 1);
-            let xa = _mm256_broadcast_ss(&*t.x.add(d * MR));
-            let xb = _mm256_broadcast_ss(&*t.x.add((d + 1) * MR));
+            let xa = _mm256_broadcast_ss(&*t.x.add(d * STEP));
+            let xb = _mm256_broadcast_ss(&*t.x.add((d + 1) * STEP));
             a0 = _mm256_fmadd_ps(xa, w0, a0);
             a1 = _mm256_fmadd_ps(xa, w1, a1);
             b0 = _mm256_fmadd_ps(xb, v0, b0);
@@ -202,7 +233,7 @@ mod avx2 {
         }
         if d < t.depth {
             let (w0, w1) = E::load(t.w, d);
-            let xa = _mm256_broadcast_ss(&*t.x.add(d * MR));
+            let xa = _mm256_broadcast_ss(&*t.x.add(d * STEP));
             a0 = _mm256_fmadd_ps(xa, w0, a0);
             a1 = _mm256_fmadd_ps(xa, w1, a1);
         }
