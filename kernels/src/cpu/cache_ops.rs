@@ -22,16 +22,9 @@ pub fn write_kv<E: KvElem>(
         for h in 0..layout.num_kv_heads {
             let dst = layout.offset(slot as usize, h);
             let src = t * row + h * hd;
-            store(&mut k_cache[dst..dst + hd], &k[src..src + hd]);
-            store(&mut v_cache[dst..dst + hd], &v[src..src + hd]);
+            E::store_slice(&mut k_cache[dst..dst + hd], &k[src..src + hd]);
+            E::store_slice(&mut v_cache[dst..dst + hd], &v[src..src + hd]);
         }
-    }
-}
-
-#[inline]
-fn store<E: KvElem>(dst: &mut [E], src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = E::from_f32(s);
     }
 }
 
