@@ -205,13 +205,14 @@ impl<E: PanelElem> PackedMatrix<E> {
         let depth = kc.min(k - k0);
         let w = &self.data[p * PANEL * k + k0 * PANEL..][..depth * PANEL];
         let kernel = E::micro_kernel();
+        // Where this slice's activations start, and the distance from one tile to the next.
+        let (x_slice, tile_step) = match xs.layout {
+            XLayout::Packed => (xs.x[k0 * m_pad..][..depth * m_pad].as_ptr(), depth),
+            XLayout::Rows(stride) => (xs.x[k0..].as_ptr(), stride),
+        };
         for ir in rows.step_by(MR) {
-            let x = match xs.layout {
-                XLayout::Packed => xs.x[k0 * m_pad..][..depth * m_pad].as_ptr().add(ir * depth),
-                XLayout::Rows(stride) => xs.x[ir * stride + k0..].as_ptr(),
-            };
             let tile = Tile {
-                x,
+                x: x_slice.add(ir * tile_step),
                 x_layout: xs.layout,
                 rows: MR.min(m - ir),
                 w: w.as_ptr(),

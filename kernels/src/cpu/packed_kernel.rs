@@ -24,6 +24,16 @@ pub(crate) enum XLayout {
     Rows(usize),
 }
 
+impl XLayout {
+    /// Elements between (consecutive rows, consecutive depth steps) of a tile.
+    pub(crate) fn steps(self) -> (usize, usize) {
+        match self {
+            XLayout::Packed => (1, MR),
+            XLayout::Rows(stride) => (stride, 1),
+        }
+    }
+}
+
 /// One micro-kernel call (see the module docs): `x` laid out as `x_layout` says, `w` packed
 /// `[depth][PANEL]`, `rows ≤ MR` valid rows, `cols ≤ PANEL` valid columns. Public only
 /// because `PanelElem` names it; nothing outside the crate can build one.
@@ -91,10 +101,7 @@ impl PanelElem for bf16 {
 /// # Safety
 /// The tile's pointers cover the extents it names.
 unsafe fn micro_kernel_portable<E: PanelElem>(t: &Tile<E>) {
-    let (row_step, depth_step) = match t.x_layout {
-        XLayout::Packed => (1, MR),
-        XLayout::Rows(stride) => (stride, 1),
-    };
+    let (row_step, depth_step) = t.x_layout.steps();
     for r in 0..t.rows {
         let mut acc = [0f32; PANEL];
         for d in 0..t.depth {
@@ -189,11 +196,10 @@ mod avx2 {
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::needless_range_loop)] // rows index x and the accumulators in lockstep
             unsafe fn $rows<const R: usize, const PACKED: bool>(t: &Tile<$elem>) {
-                let xr: [*const f32; R] = std::array::from_fn(|r| match t.x_layout {
-                    XLayout::Rows(stride) if !PACKED => t.x.add(r * stride),
-                    _ => t.x.add(r),
-                });
-                let depth_step = if PACKED { MR } else { 1 };
+                // Compile-time steps for packed tiles, so their six broadcasts are fixed
+                // offsets from one pointer.
+                let (row_step, depth_step) = if PACKED { (1, MR) } else { t.x_layout.steps() };
+                let xr: [*const f32; R] = std::array::from_fn(|r| t.x.add(r * row_step));
                 if t.accumulate {
                     // The output this tile adds to was written one depth slice ago; for a
                     // prefill-sized block (with its activations, more than L2 holds) it has
