@@ -2,7 +2,9 @@
 
 use rayon::prelude::*;
 
-/// Rows at or above this many elements in all are split over threads.
+/// Rows at or above this many elements in all are split over threads. Below it, waking the
+/// other thread costs more than it saves: a 64-row decode step's norm (36,864 elements)
+/// took 46-59 µs split over two threads and ~14 µs on one once vectorized.
 const PAR_THRESHOLD: usize = 1 << 16;
 
 /// `out[t] = x[t] / sqrt(mean(x[t]²) + eps) * weight`, per row of `dim`.
@@ -10,7 +12,7 @@ pub fn rms_norm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     let dim = weight.len();
     let f = |(o, xr): (&mut [f32], &[f32])| {
         // Sixteen partial sums, not one serial chain of `dim` dependent adds (that made a
-        // 64-row norm ~50 µs, a fifth of a decode step's non-GEMM time).
+        // 64-row norm ~50 µs: 0.46 s of a 64 x (128 + 128) run's decode steps).
         let ms = super::simd::dot_lanes(xr, xr) / dim as f32;
         let inv = 1.0 / (ms + eps).sqrt();
         for ((ov, &xv), &w) in o.iter_mut().zip(xr).zip(weight) {

@@ -205,7 +205,7 @@ mod avx2 {
                     // prefill-sized block (with its activations, more than L2 holds) it has
                     // gone to L3, and `finish` waited on it (5 % of a prefill run's
                     // samples). Asked for now, it arrives while the tile computes: 2,048-row
-                    // probe, median 1.02-1.13x in 10 alternated runs, never slower.
+                    // probe, median 1.00-1.13x in 10 alternated runs.
                     for r in 0..R {
                         let o = t.out.add(r * t.out_stride) as *const i8;
                         _mm_prefetch::<_MM_HINT_T0>(o);
