@@ -12,6 +12,7 @@ pub mod packed;
 mod packed_kernel;
 pub mod simd;
 pub mod softmax;
+pub mod team;
 
 pub use attention::{paged_attention, AttentionElem, SeqChunk};
 pub use cache_ops::{copy_blocks, swap_blocks, write_kv};

@@ -1,6 +1,6 @@
 //! Element-wise and per-row operations of a Llama-family layer.
 
-use rayon::prelude::*;
+use super::team;
 
 /// Rows at or above this many elements in all are split over threads. Below it, waking the
 /// other thread costs more than it saves: a 64-row decode step's norm (36,864 elements)
@@ -10,7 +10,7 @@ const PAR_THRESHOLD: usize = 1 << 16;
 /// `out[t] = x[t] / sqrt(mean(x[t]²) + eps) * weight`, per row of `dim`.
 pub fn rms_norm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     let dim = weight.len();
-    let f = |(o, xr): (&mut [f32], &[f32])| {
+    let f = |o: &mut [f32], xr: &[f32]| {
         // Sixteen partial sums, not one serial chain of `dim` dependent adds (that made a
         // 64-row norm ~50 µs: 0.46 s of a 64 x (128 + 128) run's decode steps).
         let ms = super::simd::dot_lanes(xr, xr) / dim as f32;
@@ -19,10 +19,14 @@ pub fn rms_norm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
             *ov = xv * inv * w;
         }
     };
+    let n = out.len().min(x.len());
+    let out = &mut out[..n];
     if x.len() >= PAR_THRESHOLD {
-        out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(f);
+        team::for_each_chunk_mut(out, dim, |t, o| f(o, &x[t * dim..][..dim]));
     } else {
-        out.chunks_mut(dim).zip(x.chunks(dim)).for_each(f);
+        out.chunks_mut(dim)
+            .zip(x.chunks(dim))
+            .for_each(|(o, xr)| f(o, xr));
     }
 }
 
@@ -34,7 +38,7 @@ pub fn add_inplace(x: &mut [f32], y: &[f32]) {
 /// `out[t, i] = silu(gu[t, i]) * gu[t, inter + i]` where `gu` rows are `[gate | up]`.
 pub fn silu_and_mul(out: &mut [f32], gate_up: &[f32], inter: usize) {
     let avx2 = super::simd::has_avx2_fma();
-    let f = |(o, g): (&mut [f32], &[f32])| {
+    let f = |o: &mut [f32], g: &[f32]| {
         let (gate, up) = g.split_at(inter);
         #[cfg(target_arch = "x86_64")]
         if avx2 {
@@ -44,14 +48,17 @@ pub fn silu_and_mul(out: &mut [f32], gate_up: &[f32], inter: usize) {
         let _ = avx2;
         silu_mul_scalar(o, gate, up);
     };
+    let rows = gate_up.len() / (2 * inter).max(1);
+    let n = out.len().min(rows * inter);
+    let out = &mut out[..n];
     if out.len() >= PAR_THRESHOLD {
-        out.par_chunks_mut(inter)
-            .zip(gate_up.par_chunks(2 * inter))
-            .for_each(f);
+        team::for_each_chunk_mut(out, inter, |t, o| {
+            f(o, &gate_up[t * 2 * inter..][..2 * inter])
+        });
     } else {
         out.chunks_mut(inter)
             .zip(gate_up.chunks(2 * inter))
-            .for_each(f);
+            .for_each(|(o, g)| f(o, g));
     }
 }
 
@@ -165,11 +172,12 @@ impl Rope {
     pub fn apply(&self, x: &mut [f32], positions: &[usize], num_heads: usize) {
         let row = num_heads * 2 * self.half;
         let x = &mut x[..positions.len() * row];
-        let rotate = |(v, &pos): (&mut [f32], &usize)| self.apply_token(v, pos);
         if x.len() >= PAR_THRESHOLD {
-            x.par_chunks_mut(row).zip(positions).for_each(rotate);
+            team::for_each_chunk_mut(x, row, |t, v| self.apply_token(v, positions[t]));
         } else {
-            x.chunks_mut(row).zip(positions).for_each(rotate);
+            for (v, &pos) in x.chunks_mut(row).zip(positions) {
+                self.apply_token(v, pos);
+            }
         }
     }
 

@@ -16,13 +16,12 @@
 //! broadcasts of the activations for 12 FMAs. For prefill-sized inputs a 256-deep slice of
 //! a panel (16 KiB) stays in L1 while a block of activation rows (in L2) passes over it;
 //! decode-sized inputs are not sliced: each tile runs the whole depth, the panel streaming
-//! from L2. Threads split the panels, so each weight byte is read from memory once per
-//! call; for decode-sized inputs each panel is read front to back.
-
-use rayon::prelude::*;
+//! from L2. The thread team (`team`) splits the panels, so each weight byte is read from
+//! memory once per call; for decode-sized inputs each panel is read front to back.
 
 pub use super::packed_kernel::{PanelElem, PANEL};
 use super::packed_kernel::{Tile, XLayout, MR};
+use super::team::{self, SendPtr};
 
 /// Depth of the inner-dimension slice a panel contributes per pass (16 KiB of f32).
 const KC: usize = 256;
@@ -62,16 +61,14 @@ impl<E: PanelElem> PackedMatrix<E> {
         let panels = rows.div_ceil(PANEL);
         let mut data = vec![E::default(); panels * PANEL * cols];
         if cols > 0 {
-            data.par_chunks_mut(PANEL * cols)
-                .enumerate()
-                .for_each(|(p, panel)| {
-                    for j in 0..PANEL.min(rows - p * PANEL) {
-                        let src = &w[(p * PANEL + j) * cols..(p * PANEL + j + 1) * cols];
-                        for (kk, &v) in src.iter().enumerate() {
-                            panel[kk * PANEL + j] = E::from_f32(v);
-                        }
+            team::for_each_chunk_mut(&mut data, PANEL * cols, |p, panel| {
+                for j in 0..PANEL.min(rows - p * PANEL) {
+                    let src = &w[(p * PANEL + j) * cols..(p * PANEL + j + 1) * cols];
+                    for (kk, &v) in src.iter().enumerate() {
+                        panel[kk * PANEL + j] = E::from_f32(v);
                     }
-                });
+                }
+            });
         }
         PackedMatrix { rows, cols, data }
     }
@@ -110,9 +107,8 @@ impl<E: PanelElem> PackedMatrix<E> {
         let kc = if full_depth { k } else { depth_slice(k) };
         // Decode-sized inputs of matrices with few output columns are read in place (see
         // `XLayout::Rows`); the rest are packed. The buffer is taken out of the
-        // thread-local for the call, not borrowed: while this thread waits in the parallel
-        // loop below, rayon may run another `linear` on it (another engine's step,
-        // stolen), which then simply finds no buffer to reuse.
+        // thread-local for the call, not borrowed, so a `linear` nested in a task on this
+        // thread would simply find no buffer to reuse.
         let in_place = full_depth && n <= IN_PLACE_MAX_COLS;
         let mut buf = Vec::new();
         let xs = if in_place {
@@ -129,13 +125,13 @@ impl<E: PanelElem> PackedMatrix<E> {
             }
         };
         let panels = n.div_ceil(PANEL);
-        let threads = rayon::current_num_threads().max(1);
+        let threads = team::threads();
         // A few tasks per thread so a thread slowed by a noisy neighbour does not hold
         // up the step; each task still streams whole panels.
         let per_task = panels.div_ceil(threads * 4).max(1);
         let out_ptr = SendPtr(out.as_mut_ptr());
-        let tasks: Vec<usize> = (0..panels).step_by(per_task).collect();
-        tasks.par_iter().for_each(|&p0| {
+        team::for_each_task(panels.div_ceil(per_task), |task| {
+            let p0 = task * per_task;
             let p1 = (p0 + per_task).min(panels);
             // SAFETY: each task writes only the output columns of its own panels.
             unsafe { self.panels_into(out_ptr, xs, m, kc, p0..p1) };
@@ -152,7 +148,7 @@ impl<E: PanelElem> PackedMatrix<E> {
     /// `out` holds `m * rows` elements and no other thread writes these columns.
     unsafe fn panels_into(
         &self,
-        out: SendPtr,
+        out: SendPtr<f32>,
         xs: Activations,
         m: usize,
         kc: usize,
@@ -192,7 +188,7 @@ impl<E: PanelElem> PackedMatrix<E> {
     #[inline]
     unsafe fn slice_into(
         &self,
-        out: SendPtr,
+        out: SendPtr<f32>,
         xs: Activations,
         m: usize,
         kc: usize,
@@ -217,7 +213,7 @@ impl<E: PanelElem> PackedMatrix<E> {
                 rows: MR.min(m - ir),
                 w: w.as_ptr(),
                 depth,
-                out: out.0.add(ir * n + p * PANEL),
+                out: out.get().add(ir * n + p * PANEL),
                 out_stride: n,
                 cols: PANEL.min(n - p * PANEL),
                 accumulate: k0 > 0,
@@ -249,7 +245,7 @@ fn pack_activations(buf: &mut Vec<f32>, x: &[f32], m: usize, k: usize, kc: usize
     for k0 in (0..k).step_by(kc) {
         let depth = kc.min(k - k0);
         let slice = &mut buf[k0 * m_pad..][..depth * m_pad];
-        let pack_tile = |(t, tile): (usize, &mut [f32])| {
+        let pack_tile = |t: usize, tile: &mut [f32]| {
             for r in 0..MR.min(m - t * MR) {
                 let row = &x[(t * MR + r) * k + k0..][..depth];
                 for (d, &v) in row.iter().enumerate() {
@@ -259,12 +255,11 @@ fn pack_activations(buf: &mut Vec<f32>, x: &[f32], m: usize, k: usize, kc: usize
         };
         // Prefill-sized inputs are megabytes: pack them on all threads.
         if m >= 256 {
-            slice
-                .par_chunks_mut(depth * MR)
-                .enumerate()
-                .for_each(pack_tile);
+            team::for_each_chunk_mut(slice, depth * MR, pack_tile);
         } else {
-            slice.chunks_mut(depth * MR).enumerate().for_each(pack_tile);
+            for (t, tile) in slice.chunks_mut(depth * MR).enumerate() {
+                pack_tile(t, tile);
+            }
         }
     }
 }
@@ -275,13 +270,6 @@ struct Activations<'a> {
     x: &'a [f32],
     layout: XLayout,
 }
-
-/// The output pointer, shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of the output.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 #[cfg(test)]
 mod tests {

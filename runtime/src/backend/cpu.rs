@@ -37,10 +37,9 @@ impl Backend for CpuBackend {
         "cpu"
     }
     fn run_forward<R: Send>(&self, forward: impl FnOnce() -> R + Send) -> R {
-        // `rayon::scope` called from outside the pool runs its body on a worker. Measured
-        // on the 2-core VM: single-sequence decode spent a third of each step in the
-        // caller's wake-ups, one per parallel kernel (about 130 per step).
-        rayon::scope(|_| forward())
+        // The pass's parallel kernels run on `kernels::cpu::team`, whose workers spin
+        // between kernels; the calling thread takes part in each, so it runs here.
+        forward()
     }
     fn zeros(&self, n: usize) -> Vec<f32> {
         vec![0.0; n]

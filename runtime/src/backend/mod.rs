@@ -61,9 +61,8 @@ pub trait Backend: Sync {
     fn take_error(&self) -> Option<String> {
         None
     }
-    /// Runs one forward pass. A backend with a host thread pool runs it on one of the pool's
-    /// threads, so the pass's many parallel kernels fork from a worker instead of waking
-    /// a blocked outside thread after each one.
+    /// Runs one forward pass. A backend whose host thread pool needs the pass on a
+    /// particular thread runs it there (the CPU backend's team takes the caller in).
     fn run_forward<R: Send>(&self, forward: impl FnOnce() -> R + Send) -> R {
         forward()
     }

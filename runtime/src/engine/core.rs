@@ -399,7 +399,6 @@ fn draw_samples(
     logits: &mut [f32],
     vocab: usize,
 ) -> Vec<Option<(Sampled, Option<Vec<f32>>)>> {
-    use rayon::prelude::*;
     let rows_of: HashMap<SeqId, usize> = plan
         .seqs
         .iter()
@@ -415,18 +414,19 @@ fn draw_samples(
             Some((row, st, std::mem::take(rows.get_mut(row)?)))
         })
         .collect();
-    let results: Vec<(usize, Sampled, Option<Vec<f32>>)> = jobs
-        .par_iter_mut()
-        .map(|(row, st, l)| {
-            let wants_fork = st.index == 0 && st.output.is_empty() && st.params.n > 1;
-            let raw = wants_fork.then(|| l.to_vec());
-            let s = sample(l, &st.params, &st.prompt, &st.output, &mut st.rng);
-            (*row, s, raw)
-        })
-        .collect();
+    // Each job fills its own result slot. On the CPU backend's thread team, not rayon:
+    // rayon's workers, spinning after the step, competed with the team's for both cores.
+    let mut work: Vec<_> = jobs.iter_mut().map(|j| (j, None)).collect();
+    kernels::cpu::team::for_each_chunk_mut(&mut work, 1, |_, w| {
+        let ((row, st, l), result) = &mut w[0];
+        let wants_fork = st.index == 0 && st.output.is_empty() && st.params.n > 1;
+        let raw = wants_fork.then(|| l.to_vec());
+        let s = sample(l, &st.params, &st.prompt, &st.output, &mut st.rng);
+        *result = Some((*row, s, raw));
+    });
     let mut drawn: Vec<Option<(Sampled, Option<Vec<f32>>)>> = Vec::new();
     drawn.resize_with(rows_of.len(), || None);
-    for (row, s, raw) in results {
+    for (row, s, raw) in work.into_iter().filter_map(|(_, r)| r) {
         drawn[row] = Some((s, raw));
     }
     drawn
