@@ -44,6 +44,11 @@ impl Backend for CpuBackend {
     fn zeros(&self, n: usize) -> Vec<f32> {
         vec![0.0; n]
     }
+    fn reuse_scratch(&self) -> bool {
+        // Every CPU kernel writes all of its output; `tests/integration/engine_golden.rs`
+        // runs batches of changing shapes through the same model, alone and mixed.
+        true
+    }
     fn kv_zeros(&self, n: usize, dtype: KvDtype) -> KvStore {
         let v = KvStore::zeros(n, dtype);
         advise_huge_pages(v.as_bytes());

@@ -67,6 +67,12 @@ pub trait Backend: Sync {
         forward()
     }
     fn zeros(&self, n: usize) -> Self::Buf;
+    /// Whether a forward pass may reuse an earlier step's buffer of the same length without
+    /// zeroing it: true where every kernel writes all of its output (the model's
+    /// `ScratchPool`).
+    fn reuse_scratch(&self) -> bool {
+        false
+    }
     /// One layer's K or V cache of `n` elements of `dtype`, allocated once when the engine
     /// starts (the CPU backend asks for huge pages here, so the steps that first write each
     /// page fault less). A backend without `dtype` kernels records an error.

@@ -12,6 +12,7 @@ use kernels::KvLayout;
 
 use super::config::ModelConfig;
 use super::error::ModelError;
+use super::scratch::ScratchPool;
 use super::weights::WeightFiles;
 use crate::backend::{Backend, Batch, WeightDtype};
 
@@ -35,6 +36,7 @@ pub struct LlamaModel<B: Backend> {
     /// `None` when tied to the embedding.
     lm_head: Option<B::Weight>,
     rope: Rope,
+    scratch: ScratchPool<B>,
 }
 
 /// One layer's K and V caches.
@@ -151,6 +153,7 @@ impl<B: Backend> LlamaModel<B> {
             layers,
             rope: Self::rope(&cfg),
             config: cfg,
+            scratch: ScratchPool::default(),
         })
     }
 
@@ -205,6 +208,7 @@ impl<B: Backend> LlamaModel<B> {
             layers,
             rope: Self::rope(&cfg),
             config: cfg,
+            scratch: ScratchPool::default(),
         }
     }
 
@@ -215,15 +219,19 @@ impl<B: Backend> LlamaModel<B> {
         let t = batch.num_tokens();
         let (e, inter) = (c.hidden_size, c.intermediate_size);
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
-        let mut x = b.zeros(t * e);
+        let sizes = [
+            t * e,
+            t * e,
+            t * (qd + 2 * kvd),
+            t * qd,
+            t * qd,
+            t * e,
+            t * 2 * inter,
+        ];
+        let [mut x, mut h, mut qkv, mut q, mut attn, mut proj, mut gu] =
+            sizes.map(|n| self.scratch.take(b, n));
+        let mut act = self.scratch.take(b, t * inter);
         b.embedding(&mut x, &self.embed, &batch.input_ids, e);
-        let mut h = b.zeros(t * e);
-        let mut qkv = b.zeros(t * (qd + 2 * kvd));
-        let mut q = b.zeros(t * qd);
-        let mut attn = b.zeros(t * qd);
-        let mut proj = b.zeros(t * e);
-        let mut gu = b.zeros(t * 2 * inter);
-        let mut act = b.zeros(t * inter);
         let layout = cache.layout;
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
             b.rms_norm(&mut h, &x, &layer.input_norm, c.rms_norm_eps, t * e);
@@ -256,17 +264,29 @@ impl<B: Backend> LlamaModel<B> {
             b.add_inplace(&mut x, &proj, t * e);
         }
         let rows = batch.logit_rows.len();
-        if rows == 0 {
-            return Vec::new();
+        let mut logits = Vec::new();
+        if rows > 0 {
+            let mut last = self.scratch.take(b, rows * e);
+            b.gather_rows(&mut last, &x, &batch.logit_rows, e);
+            let mut normed = self.scratch.take(b, rows * e);
+            b.rms_norm(&mut normed, &last, &self.norm, c.rms_norm_eps, rows * e);
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+            let mut out = self.scratch.take(b, rows * c.vocab_size);
+            b.linear(&mut out, &normed, head, None, rows, e, c.vocab_size);
+            logits = b.download(&out, rows * c.vocab_size);
+            for (n, buf) in [
+                (rows * e, last),
+                (rows * e, normed),
+                (rows * c.vocab_size, out),
+            ] {
+                self.scratch.give(b, n, buf);
+            }
         }
-        let mut last = b.zeros(rows * e);
-        b.gather_rows(&mut last, &x, &batch.logit_rows, e);
-        let mut normed = b.zeros(rows * e);
-        b.rms_norm(&mut normed, &last, &self.norm, c.rms_norm_eps, rows * e);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let mut logits = b.zeros(rows * c.vocab_size);
-        b.linear(&mut logits, &normed, head, None, rows, e, c.vocab_size);
-        b.download(&logits, rows * c.vocab_size)
+        for (n, buf) in sizes.into_iter().zip([x, h, qkv, q, attn, proj, gu]) {
+            self.scratch.give(b, n, buf);
+        }
+        self.scratch.give(b, t * inter, act);
+        logits
     }
 
     /// Whether position `p` has a RoPE angle (the model's maximum length).

@@ -9,6 +9,7 @@ pub mod gguf_tokenizer;
 pub mod llama;
 pub mod pull;
 pub mod resolve;
+mod scratch;
 pub mod tokenizer;
 pub mod weights;
 
