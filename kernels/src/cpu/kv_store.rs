@@ -155,6 +155,26 @@ impl KvStore {
         }
     }
 
+    /// Writes every 4 KiB page of the store once (keeping its contents), so the operating
+    /// system backs all of it now rather than on the first K/V written to each page.
+    pub fn prefault(&mut self) {
+        fn touch<T: Copy + Send>(v: &mut [T]) {
+            let per_page = (4096 / std::mem::size_of::<T>()).max(1);
+            // A few megabytes per task; the pages of one task are touched in order.
+            super::team::for_each_chunk_mut(v, per_page * 512, |_, part| {
+                for i in (0..part.len()).step_by(per_page) {
+                    // SAFETY: `i` is in bounds; a volatile write of the value already
+                    // there, so the compiler cannot drop the store.
+                    unsafe { std::ptr::write_volatile(&mut part[i], part[i]) };
+                }
+            });
+        }
+        match self {
+            KvStore::F32(v) => touch(v),
+            KvStore::F16(v) => touch(v),
+        }
+    }
+
     /// Element `i` widened to f32 (tests and diagnostics).
     pub fn get(&self, i: usize) -> f32 {
         match self {

@@ -54,6 +54,9 @@ impl Backend for CpuBackend {
         advise_huge_pages(v.as_bytes());
         v
     }
+    fn kv_prefault(&self, buf: &mut KvStore) {
+        buf.prefault();
+    }
     fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> KvStore {
         match dtype {
             KvDtype::F32 => KvStore::F32(data),

@@ -77,6 +77,9 @@ pub trait Backend: Sync {
     /// starts (the CPU backend asks for huge pages here, so the steps that first write each
     /// page fault less). A backend without `dtype` kernels records an error.
     fn kv_zeros(&self, n: usize, dtype: KvDtype) -> Self::KvBuf;
+    /// Makes the operating system back all of a K or V cache now (`--kv-prefault`); a
+    /// device backend's memory is backed when allocated, so by default nothing to do.
+    fn kv_prefault(&self, _buf: &mut Self::KvBuf) {}
     /// A K or V cache holding `data` rounded to `dtype` (the benchmarks' synthetic caches).
     fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> Self::KvBuf;
     fn upload(&self, data: Vec<f32>) -> Self::Buf;

@@ -38,6 +38,8 @@ fn config(blocks: usize, budget: usize, host: usize, mode: PreemptionMode) -> En
         policy: "fcfs".into(),
         max_queue: None,
         kv_dtype: KvDtype::F32,
+        // Every golden run also checks that pre-faulting the cache changes no token.
+        kv_prefault: true,
     }
 }
 
