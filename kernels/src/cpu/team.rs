@@ -2,13 +2,12 @@
 //!
 //! Why not rayon: a decode step runs about 130 parallel kernels, each a few tens of
 //! microseconds to a millisecond, with short single-threaded work in between. rayon's idle
-//! workers yield, then sleep on a futex, and the next kernel waits for them to wake; on the
-//! 2-core VMs here single-sequence decode lost a third of its step to that before the
-//! forward pass moved onto a rayon worker, and a chain of back-to-back model-sized GEMVs
-//! still read the weights at 32 GB/s where two threads spinning on a barrier between
-//! them read 46 GB/s. The team's workers spin for a while after each job (as llama.cpp's
-//! threads do between graph nodes) and only then sleep, so a job posted within a forward
-//! pass starts on every core at once.
+//! workers yield, then sleep on a futex, and the next kernel waits for them to wake. With
+//! the forward pass on a rayon worker, a single-sequence bf16 profile still had ~10 % of
+//! its samples in the kernel's scheduler. The team's workers spin for a while after each
+//! job (as llama.cpp's threads do between graph nodes) and only then sleep, so a job posted
+//! within a forward pass starts on every core at once: single-sequence decode 1.00-1.20x
+//! in six interleaved pairs (benches/RESULTS.md).
 //!
 //! A job is `tasks` calls of one closure, `f(0..tasks)`, claimed one at a time by the
 //! caller and the workers; the caller returns when all have run. One job runs at a time:

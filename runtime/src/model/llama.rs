@@ -28,6 +28,10 @@ struct Layer<B: Backend> {
     down: B::Weight,
 }
 
+/// Buffers one forward pass takes from its `ScratchPool`: eight for the layers, three for
+/// the logits.
+const SCRATCH_BUFFERS: usize = 11;
+
 pub struct LlamaModel<B: Backend> {
     pub config: ModelConfig,
     embed: B::Weight,
@@ -36,6 +40,7 @@ pub struct LlamaModel<B: Backend> {
     /// `None` when tied to the embedding.
     lm_head: Option<B::Weight>,
     rope: Rope,
+    /// The last forward pass's buffers, for the next one.
     scratch: ScratchPool<B>,
 }
 
@@ -153,7 +158,7 @@ impl<B: Backend> LlamaModel<B> {
             layers,
             rope: Self::rope(&cfg),
             config: cfg,
-            scratch: ScratchPool::default(),
+            scratch: ScratchPool::new(SCRATCH_BUFFERS),
         })
     }
 
@@ -208,7 +213,7 @@ impl<B: Backend> LlamaModel<B> {
             layers,
             rope: Self::rope(&cfg),
             config: cfg,
-            scratch: ScratchPool::default(),
+            scratch: ScratchPool::new(SCRATCH_BUFFERS),
         }
     }
 
