@@ -232,10 +232,10 @@ impl<B: Backend> LlamaModel<B> {
             t * qd,
             t * e,
             t * 2 * inter,
+            t * inter,
         ];
-        let [mut x, mut h, mut qkv, mut q, mut attn, mut proj, mut gu] =
+        let [mut x, mut h, mut qkv, mut q, mut attn, mut proj, mut gu, mut act] =
             sizes.map(|n| self.scratch.take(b, n));
-        let mut act = self.scratch.take(b, t * inter);
         b.embedding(&mut x, &self.embed, &batch.input_ids, e);
         let layout = cache.layout;
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -287,10 +287,9 @@ impl<B: Backend> LlamaModel<B> {
                 self.scratch.give(b, n, buf);
             }
         }
-        for (n, buf) in sizes.into_iter().zip([x, h, qkv, q, attn, proj, gu]) {
+        for (n, buf) in sizes.into_iter().zip([x, h, qkv, q, attn, proj, gu, act]) {
             self.scratch.give(b, n, buf);
         }
-        self.scratch.give(b, t * inter, act);
         logits
     }
 

@@ -37,7 +37,8 @@ impl<B: Backend> ScratchPool<B> {
         if b.reuse_scratch() {
             let mut free = self.free.lock();
             if let Some(i) = free.iter().position(|(len, _)| *len == n) {
-                return free.swap_remove(i).1;
+                // `remove`, not `swap_remove`: the order stays oldest first for `give`.
+                return free.remove(i).1;
             }
         }
         b.zeros(n)
