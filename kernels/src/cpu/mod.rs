@@ -5,6 +5,7 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2;
 pub mod cache_ops;
+pub mod huge_pages;
 pub mod kv_store;
 pub mod matmul;
 pub mod ops;

@@ -19,6 +19,7 @@
 //! from L2. The thread team (`team`) splits the panels, so each weight byte is read from
 //! memory once per call; for decode-sized inputs each panel is read front to back.
 
+use super::huge_pages::HugePageBuf;
 pub use super::packed_kernel::{PanelElem, PANEL};
 use super::packed_kernel::{Tile, XLayout, MR};
 use super::team::{self, SendPtr};
@@ -45,12 +46,13 @@ const FULL_DEPTH_BYTES: usize = 512 << 10;
 /// 576 -> 1,536 1.01-1.06x, 576 -> 3,072 0.95x.
 const IN_PLACE_MAX_COLS: usize = 2048;
 
-/// A weight matrix `[rows, cols]` in panel order, in f32 or bf16; see the module docs.
+/// A weight matrix `[rows, cols]` in panel order, in f32 or bf16, in huge-page-backed
+/// memory (`huge_pages`: the decode step streams it); see the module docs.
 #[derive(Debug, Clone)]
-pub struct PackedMatrix<E = f32> {
+pub struct PackedMatrix<E: PanelElem = f32> {
     rows: usize,
     cols: usize,
-    data: Vec<E>,
+    data: HugePageBuf<E>,
 }
 
 impl<E: PanelElem> PackedMatrix<E> {
@@ -59,7 +61,7 @@ impl<E: PanelElem> PackedMatrix<E> {
     pub fn pack(w: &[f32], rows: usize, cols: usize) -> Self {
         assert_eq!(w.len(), rows * cols, "weight of {rows} x {cols}");
         let panels = rows.div_ceil(PANEL);
-        let mut data = vec![E::default(); panels * PANEL * cols];
+        let mut data = HugePageBuf::zeroed(panels * PANEL * cols);
         if cols > 0 {
             team::for_each_chunk_mut(&mut data, PANEL * cols, |p, panel| {
                 for j in 0..PANEL.min(rows - p * PANEL) {

@@ -50,7 +50,7 @@ pub struct Tile<E> {
 }
 
 /// A weight element the packed GEMM can store: how it converts, and its micro-kernel.
-pub trait PanelElem: Copy + Default + Send + Sync + 'static {
+pub trait PanelElem: super::huge_pages::ZeroBits + Default {
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
     /// The fastest micro-kernel this CPU supports for this element type.

@@ -1,6 +1,7 @@
 //! The CPU backend: buffers are `Vec<f32>`, the KV cache a `KvStore` (f32 or f16), compute
 //! is `kernels::cpu`.
 
+use kernels::cpu::huge_pages::advise_huge_pages;
 use kernels::cpu::packed::PackedMatrix;
 use kernels::cpu::{self as k, KvDtype, KvStore, Rope, SeqChunk};
 use kernels::KvLayout;
@@ -51,6 +52,11 @@ impl Backend for CpuBackend {
     }
     fn kv_zeros(&self, n: usize, dtype: KvDtype) -> KvStore {
         let v = KvStore::zeros(n, dtype);
+        // A large zeroed `Vec` is mapped lazily, and with 4 KiB pages the prefill steps of a
+        // 64 x (128 + 128) run took about 2,000 page faults per layer as their K/V landed on
+        // fresh pages (`qkv_rope_write_kv`: 2.9-3.7 s of 57 s). Huge pages make that 512
+        // times fewer faults, and attention, which jumps between scattered pages, misses the
+        // TLB less. (Touching every page at start-up instead cost 5 s for 2 GiB.)
         advise_huge_pages(v.as_bytes());
         v
     }
@@ -210,29 +216,4 @@ impl Backend for CpuBackend {
     ) {
         dev.swap_from(host, layout, pairs);
     }
-}
-
-/// Asks the kernel to back the 2 MiB-aligned interior of `buf` with transparent huge
-/// pages (Linux only; best effort, silently without effect elsewhere or where THP is off).
-///
-/// Why, for the KV cache: a large zeroed `Vec` is mapped lazily, and with 4 KiB pages the
-/// prefill steps of a 64 x (128 + 128) run took about 2,000 page faults per layer as their
-/// K/V landed on fresh pages (`qkv_rope_write_kv`: 2.9-3.7 s of 57 s). Huge pages make
-/// that 512 times fewer faults, and attention, which jumps between scattered pages, misses
-/// the TLB less. (Touching every page at start-up instead cost 5 s of start-up for 2 GiB.)
-fn advise_huge_pages(buf: &[u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = buf.as_ptr() as usize;
-        let end = start + std::mem::size_of_val(buf);
-        let (lo, hi) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
-        if hi > lo {
-            // SAFETY: [lo, hi) lies inside `buf`'s allocation; MADV_HUGEPAGE changes only
-            // how the kernel backs those pages, not their contents or validity.
-            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = buf;
 }
