@@ -9,6 +9,7 @@ pub mod huge_pages;
 pub mod kv_store;
 pub mod matmul;
 pub mod ops;
+mod pack_x;
 pub mod packed;
 mod packed_kernel;
 pub mod simd;

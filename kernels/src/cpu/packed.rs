@@ -20,6 +20,7 @@
 //! memory once per call; for decode-sized inputs each panel is read front to back.
 
 use super::huge_pages::HugePageBuf;
+use super::pack_x::pack_activations;
 pub use super::packed_kernel::{PanelElem, PANEL};
 use super::packed_kernel::{Tile, XLayout, MR};
 use super::team::{self, SendPtr};
@@ -251,35 +252,6 @@ fn panels_per_task(panels: usize, threads: usize) -> usize {
 
 fn depth_slice(k: usize) -> usize {
     k.div_ceil(k.div_ceil(KC).max(1)).max(1)
-}
-
-/// Lays `x[m, k]` out as the micro-kernel reads it: per depth slice, per tile of `MR`
-/// rows, `[depth][MR]` (rows past `m` zero). One contiguous stream per tile instead of
-/// `MR` strided ones.
-fn pack_activations(buf: &mut Vec<f32>, x: &[f32], m: usize, k: usize, kc: usize) {
-    let m_pad = m.div_ceil(MR) * MR;
-    buf.clear();
-    buf.resize(m_pad * k, 0.0);
-    for k0 in (0..k).step_by(kc) {
-        let depth = kc.min(k - k0);
-        let slice = &mut buf[k0 * m_pad..][..depth * m_pad];
-        let pack_tile = |t: usize, tile: &mut [f32]| {
-            for r in 0..MR.min(m - t * MR) {
-                let row = &x[(t * MR + r) * k + k0..][..depth];
-                for (d, &v) in row.iter().enumerate() {
-                    tile[d * MR + r] = v;
-                }
-            }
-        };
-        // Prefill-sized inputs are megabytes: pack them on all threads.
-        if m >= 256 {
-            team::for_each_chunk_mut(slice, depth * MR, pack_tile);
-        } else {
-            for (t, tile) in slice.chunks_mut(depth * MR).enumerate() {
-                pack_tile(t, tile);
-            }
-        }
-    }
 }
 
 /// The activations a call reads, in place or packed.
