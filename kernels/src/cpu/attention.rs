@@ -102,6 +102,8 @@ pub fn paged_attention<E: AttentionElem>(
                         v_cache,
                         layout,
                         kvh,
+                        // The task's next KV head, whose first pages are fetched ahead.
+                        (kvh + 1 < heads.end).then_some(kvh + 1),
                         job.table,
                         pos,
                         scale,

@@ -63,6 +63,10 @@ const HEAD_BATCH: usize = 4;
 
 /// One query token, one KV head: attention of the `group` query heads in `qs`
 /// (`[group, head_dim]`) over positions `0..=pos`, written to `out` (same shape).
+/// `next_kv_head` is the KV head the caller attends to next for this token, if any: its
+/// first pages are fetched while this head's last ones are used (without that, the first
+/// page of every head came from memory on demand: a 30-layer decode probe, 64 sequences at
+/// context 192, 20.8-22.5 -> 18.9-20.9 ms).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA (and `E::avx2_supported()`), and
@@ -76,6 +80,7 @@ pub(crate) unsafe fn attend_kv_head<E: KvElem + Lanes>(
     v_cache: &[E],
     layout: &KvLayout,
     kv_head: usize,
+    next_kv_head: Option<usize>,
     table: &[u32],
     pos: usize,
     scale: f32,
@@ -89,7 +94,13 @@ pub(crate) unsafe fn attend_kv_head<E: KvElem + Lanes>(
             &qs[g0 * hd..(g0 + hb) * hd],
             &mut out[g0 * hd..(g0 + hb) * hd],
         );
-        let args = (k_cache, v_cache, layout, kv_head, table, pos, scale);
+        // A later batch of this group reads the same pages again.
+        let then = if g0 + hb < group {
+            Some(kv_head)
+        } else {
+            next_kv_head
+        };
+        let args = (k_cache, v_cache, layout, kv_head, table, pos, scale, then);
         match hb {
             1 => heads::<E, 1>(o, q, args),
             2 => heads::<E, 2>(o, q, args),
@@ -100,12 +111,23 @@ pub(crate) unsafe fn attend_kv_head<E: KvElem + Lanes>(
     }
 }
 
-type PageArgs<'a, E> = (&'a [E], &'a [E], &'a KvLayout, usize, &'a [u32], usize, f32);
+/// The caches, the layout, the KV head, the block table, the position, the scale, and the KV
+/// head whose pages (of the same token) are read after these, if any.
+type PageArgs<'a, E> = (
+    &'a [E],
+    &'a [E],
+    &'a KvLayout,
+    usize,
+    &'a [u32],
+    usize,
+    f32,
+    Option<usize>,
+);
 
 /// `H` query heads over all pages of the sequence, online softmax per page.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn heads<E: Lanes, const H: usize>(out: &mut [f32], q: &[f32], args: PageArgs<E>) {
-    let (k_cache, v_cache, layout, kv_head, table, pos, scale) = args;
+    let (k_cache, v_cache, layout, kv_head, table, pos, scale, then_head) = args;
     let (hd, bs) = (layout.head_dim, layout.block_size);
     // Scores then weights of the current page, padded to a multiple of 8 keys.
     let mut w = [[0f32; 256]; H];
@@ -115,18 +137,26 @@ unsafe fn heads<E: Lanes, const H: usize>(out: &mut [f32], q: &[f32], args: Page
     let pages = pos / bs + 1;
     for (b, &page) in table.iter().enumerate().take(pages) {
         let n = (pos + 1 - b * bs).min(bs);
-        // Two pages ahead into L2, the next one on into L1 (see `prefetch`).
-        if b + 2 < pages {
-            let ahead = layout.tile(table[b + 2] as usize, kv_head);
-            let len = (pos + 1 - (b + 2) * bs).min(bs) * hd;
-            prefetch::<_MM_HINT_T1, E>(k_cache, ahead, len);
-            prefetch::<_MM_HINT_T1, E>(v_cache, ahead, len);
+        // Two pages ahead into L2, the next one on into L1 (see `prefetch`); past the last
+        // page, the first pages of the head that is read next.
+        let ahead = |d: usize| {
+            let (head, i) = if b + d < pages {
+                (kv_head, b + d)
+            } else {
+                (then_head?, b + d - pages)
+            };
+            (i < pages).then(|| {
+                let len = (pos + 1 - i * bs).min(bs) * hd;
+                (layout.tile(table[i] as usize, head), len)
+            })
+        };
+        if let Some((start, len)) = ahead(2) {
+            prefetch::<_MM_HINT_T1, E>(k_cache, start, len);
+            prefetch::<_MM_HINT_T1, E>(v_cache, start, len);
         }
-        if b + 1 < pages {
-            let next = layout.tile(table[b + 1] as usize, kv_head);
-            let len = (pos + 1 - (b + 1) * bs).min(bs) * hd;
-            prefetch::<_MM_HINT_T0, E>(k_cache, next, len);
-            prefetch::<_MM_HINT_T0, E>(v_cache, next, len);
+        if let Some((start, len)) = ahead(1) {
+            prefetch::<_MM_HINT_T0, E>(k_cache, start, len);
+            prefetch::<_MM_HINT_T0, E>(v_cache, start, len);
         }
         let tile = layout.tile(page as usize, kv_head);
         let kt = &k_cache[tile..tile + n * hd];
