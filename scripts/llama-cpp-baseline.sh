@@ -61,7 +61,20 @@ llama() { # weights, parallel sequences
 }
 pagedrt() { # weights, sequences
     "$BIN" bench throughput --num-prompts "$2" --input-len 128 --output-len 128 --ignore-eos \
-        --kv-cache-dtype f16 --kv-prefault --dtype "$1" --quiet 2>&1 | tail -1
+        --kv-cache-dtype f16 --kv-prefault --dtype "$1" --quiet --step-log "$WORK/steps.jsonl" \
+        2>&1 | tail -1
+    # The prefill and decode rates on their own, from the step log (llama.cpp's S_PP and
+    # S_TG columns): prefill steps are those with prompt tokens, decode steps the rest.
+    python3 - "$WORK/steps.jsonl" <<'EOF'
+import json, sys
+steps = [json.loads(line) for line in open(sys.argv[1])]
+pre = [s for s in steps if s["prefill_tokens"] > 0]
+dec = [s for s in steps if s["prefill_tokens"] == 0 and s["decode_seqs"] > 0]
+def rate(ss, key):
+    return sum(s[key] for s in ss) / max(sum(s["seconds"] for s in ss), 1e-9)
+print(f"    prefill steps {rate(pre, 'prefill_tokens'):.1f} tok/s, "
+      f"decode-only steps {rate(dec, 'decode_seqs'):.1f} tok/s")
+EOF
 }
 
 echo "llama.cpp columns: PP TG B N_KV T_PP S_PP T_TG S_TG T S"
