@@ -68,7 +68,7 @@ impl<E: PanelElem> PackedMatrix<E> {
                 for j in 0..PANEL.min(rows - p * PANEL) {
                     let src = &w[(p * PANEL + j) * cols..(p * PANEL + j + 1) * cols];
                     for (kk, &v) in src.iter().enumerate() {
-                        panel[kk * PANEL + j] = E::from_f32(v);
+                        panel[kk * PANEL + E::slot(j)] = E::from_f32(v);
                     }
                 }
             });
@@ -94,7 +94,7 @@ impl<E: PanelElem> PackedMatrix<E> {
         }
         let panel = &self.data[j / PANEL * PANEL * self.cols..][..PANEL * self.cols];
         for (kk, d) in dst[..self.cols].iter_mut().enumerate() {
-            *d = panel[kk * PANEL + j % PANEL].to_f32();
+            *d = panel[kk * PANEL + E::slot(j % PANEL)].to_f32();
         }
     }
 
