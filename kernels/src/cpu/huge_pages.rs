@@ -4,8 +4,8 @@
 //! Why, for weights: a decode step streams every weight byte from memory once, and with
 //! 4 KiB pages that stream crosses a page, and a TLB entry, every 4 KiB. A C streaming sum
 //! here read 28.6 GB/s on one thread from 4 KiB pages and 34.2 GB/s from huge pages, and a
-//! single-sequence bf16 decode step ran 3-5 % faster with every anonymous mapping huge
-//! (benches/RESULTS.md). Linux gives huge pages only to 2 MiB-aligned ranges that ask for
+//! single-sequence bf16 decode step ran 3-5 % faster with every anonymous mapping huge;
+//! with the weights in these chunks, single-stream runs were 1.05-1.17x (benches/RESULTS.md). Linux gives huge pages only to 2 MiB-aligned ranges that ask for
 //! them (`madvise` mode, the common default), and a model's matrices are mostly smaller
 //! than 2 MiB (SmolLM2's bf16 O projection is 0.66 MB), so each would get none of its own.
 //! Matrices are therefore cut from shared 2 MiB-aligned chunks, laid end to end.

@@ -16,9 +16,8 @@ use super::team;
 pub(crate) fn pack_activations(buf: &mut Vec<f32>, x: &[f32], m: usize, k: usize, kc: usize) {
     let m_pad = m.div_ceil(MR) * MR;
     // Every element is written below (padding rows included), so the buffer's old
-    // contents need no clearing.
+    // contents need no clearing: `resize` keeps them and zeroes only what it adds.
     buf.resize(m_pad * k, 0.0);
-    buf.truncate(m_pad * k);
     for k0 in (0..k).step_by(kc.max(1)) {
         let depth = kc.min(k - k0);
         let slice = &mut buf[k0 * m_pad..][..depth * m_pad];

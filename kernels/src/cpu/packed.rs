@@ -230,8 +230,6 @@ thread_local! {
     static PACKED_X: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The inner-dimension slice depth: at most `KC`, and equal slices (576 → 3 × 192 rather
-/// than 256 + 256 + 64, whose short last pass pays the tile overhead for little work).
 /// Panels per task: about four tasks per thread, so a thread slowed by a noisy neighbour
 /// does not hold up the step (each task still streams whole panels), with the size chosen
 /// so that the tasks share out evenly. Four tasks per thread of `ceil(panels / 8)` gave a
@@ -250,6 +248,8 @@ fn panels_per_task(panels: usize, threads: usize) -> usize {
         .unwrap_or(base)
 }
 
+/// The inner-dimension slice depth: at most `KC`, and equal slices (576 → 3 × 192 rather
+/// than 256 + 256 + 64, whose short last pass pays the tile overhead for little work).
 fn depth_slice(k: usize) -> usize {
     k.div_ceil(k.div_ceil(KC).max(1)).max(1)
 }
