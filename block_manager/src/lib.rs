@@ -33,6 +33,7 @@ mod prefix_cache;
 mod stats;
 mod swap;
 
+pub use audit::InvariantViolation;
 pub use error::BlockError;
 pub use manager::{Allocation, BlockManager, BlockManagerConfig, PrefixHit};
 pub use pool::{BlockPool, PoolStats};

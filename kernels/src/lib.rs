@@ -4,4 +4,4 @@ pub mod cpu;
 pub mod cuda;
 pub mod layout;
 
-pub use layout::KvLayout;
+pub use layout::{KvDtype, KvLayout, UnknownKvDtype};

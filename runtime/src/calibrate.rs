@@ -11,6 +11,7 @@
 //! batch sizes and context lengths, and mixed steps), so the fit can tell them apart.
 
 use scheduler::sim::CostModel;
+pub use scheduler::StepCounts;
 use serde::Serialize;
 
 use crate::fit::{fit_relative, Fit};
@@ -35,55 +36,6 @@ impl StepShape {
             context_tokens: self.decodes * (self.context + 1) + n,
             prefill_pairs: n * (n + 1) / 2,
         }
-    }
-}
-
-/// The quantities of a step the cost model is linear in (taken from a real plan by
-/// [`StepCounts::of`], or from a designed [`StepShape`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct StepCounts {
-    pub prefill_tokens: usize,
-    pub decode_seqs: usize,
-    pub context_tokens: usize,
-    pub prefill_pairs: usize,
-}
-
-impl StepCounts {
-    /// The counts of a scheduled step, as `CostModel::step_time` reads them.
-    pub fn of(plan: &scheduler::StepPlan) -> Self {
-        StepCounts {
-            prefill_tokens: plan.num_prefill_tokens(),
-            decode_seqs: plan.num_decode_seqs(),
-            context_tokens: plan.num_context_tokens(),
-            prefill_pairs: plan.num_prefill_attention_pairs(),
-        }
-    }
-
-    /// What `model` says a step with these counts takes (no swapping).
-    pub fn predicted_s(&self, model: &CostModel) -> f64 {
-        model.compute_time(
-            self.prefill_tokens,
-            self.decode_seqs,
-            self.context_tokens,
-            self.prefill_pairs,
-        )
-    }
-
-    /// The cost model's features for a knee of `knee` rows: [1, above, rows if at or below
-    /// the knee, prefill tokens if above, decoding sequences if above, context tokens
-    /// attended, prefill attention pairs].
-    pub fn features(&self, knee: usize) -> Vec<f64> {
-        let rows = self.prefill_tokens + self.decode_seqs;
-        let above = if rows > knee { 1.0 } else { 0.0 };
-        vec![
-            1.0,
-            above,
-            (1.0 - above) * rows as f64,
-            above * self.prefill_tokens as f64,
-            above * self.decode_seqs as f64,
-            self.context_tokens as f64,
-            self.prefill_pairs as f64,
-        ]
     }
 }
 

@@ -10,12 +10,14 @@ mod error;
 mod plan;
 pub mod policy;
 mod sequence;
+mod step_counts;
 
 pub use crate::core::{Scheduler, SchedulerCounters};
 pub use config::{PreemptionCosts, PreemptionMode, SchedulerConfig};
 pub use error::SchedulerError;
 pub use plan::{ScheduledSeq, StepPlan, StepResult};
 pub use policy::Policy;
+pub use step_counts::StepCounts;
 pub mod frag;
 pub mod sim;
 pub use sequence::{FinishReason, OrderKey, Request, SeqStatus, Sequence};

@@ -3,7 +3,8 @@
 
 use kernels::cpu::huge_pages::advise_huge_pages;
 use kernels::cpu::packed::PackedMatrix;
-use kernels::cpu::{self as k, KvDtype, KvStore, Rope, SeqChunk};
+use kernels::cpu::{self as k, KvStore, Rope, SeqChunk};
+use kernels::KvDtype;
 use kernels::KvLayout;
 
 use super::{Backend, Batch, WeightDtype};

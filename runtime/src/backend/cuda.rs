@@ -13,13 +13,14 @@ use std::collections::HashMap;
 use cudarc::cublas::sys::cublasOperation_t as Op;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
-use kernels::cpu::{KvDtype, KvStore, Rope};
+use kernels::cpu::{KvStore, Rope};
 use kernels::cuda::attention::{
     paged_attention_decode, paged_attention_prefill, AttentionInputs, DecodeWorkspace,
     DECODE_MAX_GROUP,
 };
 use kernels::cuda::libs::{locate, CudaLib};
 use kernels::cuda::{ops, source, CudaError, Gpu};
+use kernels::KvDtype;
 use kernels::KvLayout;
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 

@@ -5,7 +5,8 @@
 pub mod cpu;
 pub mod cuda;
 
-use kernels::cpu::{KvDtype, KvStore, Rope};
+use kernels::cpu::{KvStore, Rope};
+use kernels::KvDtype;
 use kernels::KvLayout;
 
 /// One flattened step: every token of every scheduled sequence, in plan order.

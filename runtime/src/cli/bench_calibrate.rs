@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kernels::cpu::KvDtype;
+use kernels::KvDtype;
 use scheduler::sim::CostModel;
 
 use super::bench_context::time;

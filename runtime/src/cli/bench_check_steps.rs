@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use scheduler::sim::CostModel;
 
 use crate::calibrate::load_step_log;
 use crate::step_check::check_steps;
@@ -25,7 +24,7 @@ pub struct CheckStepsArgs {
 pub fn run(a: CheckStepsArgs) -> Result<(), String> {
     let path = &a.steps;
     let samples = load_step_log(path)?;
-    let model = CostModel::load(&a.cost_model)?;
+    let model = crate::sim_inputs::load_cost_model(&a.cost_model).map_err(|e| e.to_string())?;
     let r = check_steps(&samples, &model).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("| steps | measured / predicted (median) |");
     println!("|---|---:|");

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use kernels::cpu::KvDtype;
+use kernels::KvDtype;
 use serde::Serialize;
 
 use crate::backend::Backend;

@@ -121,8 +121,8 @@ fn run_once(
     let reqs = build(&DatasetSpec {
         name: a.dataset.clone(),
         num_prompts: a.num_prompts,
-        input_len: LenDist::parse(&a.input_len)?,
-        output_len: LenDist::parse(&a.output_len)?,
+        input_len: LenDist::parse(&a.input_len).map_err(|e| e.to_string())?,
+        output_len: LenDist::parse(&a.output_len).map_err(|e| e.to_string())?,
         prefix_groups: a.prefix_groups,
         prefix_len: a.prefix_len,
         seed: a.seed,
@@ -143,7 +143,7 @@ fn run_once(
         Arc::new(move || b2.inc(1)),
     ));
     bar.finish_and_clear();
-    let slo = Slo::parse(&a.goodput)?;
+    let slo = Slo::parse(&a.goodput).map_err(|e| e.to_string())?;
     let r = BenchResult::of(&outcomes, secs, &slo, rate, a.burstiness, a.max_concurrency);
     Ok((r, outcomes))
 }

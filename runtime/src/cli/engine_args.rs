@@ -1,7 +1,7 @@
 //! Engine options shared by `generate`, `bench throughput` (and `serve`).
 
 use clap::Args;
-use kernels::cpu::KvDtype;
+use kernels::KvDtype;
 use scheduler::{PreemptionMode, SchedulerConfig};
 
 use crate::backend::cpu::CpuBackend;

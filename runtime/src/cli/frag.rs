@@ -3,9 +3,9 @@
 
 use clap::Args;
 use scheduler::frag::{
-    final_len, prepare_workload, run_study, AllocatorReport, AllocatorSpec, Fit, FragConfig,
+    final_len, prepare_workload, AllocatorReport, AllocatorSpec, Fit, FragConfig,
 };
-use scheduler::sim::{CostModel, SimRequest};
+use scheduler::sim::SimRequest;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -120,7 +120,7 @@ fn specs(a: &FragArgs) -> Result<Vec<AllocatorSpec>, String> {
     }
     a.allocators
         .iter()
-        .map(|s| AllocatorSpec::parse(s.trim()))
+        .map(|s| AllocatorSpec::parse(s.trim()).map_err(|e| e.to_string()))
         .collect()
 }
 
@@ -135,7 +135,7 @@ pub fn run(a: FragArgs) -> Result<(), String> {
         max_num_batched_tokens: a.max_num_batched_tokens,
         enable_chunked_prefill: !a.no_chunked_prefill,
         watermark: a.watermark,
-        cost_model: CostModel::load(&a.cost_model)?,
+        cost_model: crate::sim_inputs::load_cost_model(&a.cost_model).map_err(|e| e.to_string())?,
         shared_prefix_len: prefix_len,
         series_points: 2000,
     };
@@ -149,7 +149,8 @@ pub fn run(a: FragArgs) -> Result<(), String> {
         "{msg} [{bar:40}] {pos}/{len} request replays ({elapsed}, eta {eta})",
     )?;
     bar.set_message(format!("{} allocators", specs.len()));
-    let reports = run_study(&cfg, &specs, &reqs, &|d| bar.inc(d as u64))?;
+    let reports = crate::frag_study::run_study(&cfg, &specs, &reqs, &|d| bar.inc(d as u64))
+        .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
     let mean = |f: &dyn Fn(&SimRequest) -> usize| {
         reqs.iter().map(|r| f(r) as f64).sum::<f64>() / reqs.len() as f64

@@ -1,7 +1,7 @@
 //! `pagedrt simulate`: the scheduler on a virtual clock, with reports.
 
 use clap::Args;
-use scheduler::sim::{simulate, CostModel, SimConfig, SimResult, Slo};
+use scheduler::sim::{simulate, SimConfig, SimResult, Slo};
 use scheduler::{policy::POLICY_NAMES, PreemptionMode, SchedulerConfig};
 use std::io::Write;
 use std::path::PathBuf;
@@ -80,7 +80,8 @@ fn parse_scale(s: &str) -> Result<f64, String> {
 }
 
 fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> Result<SimConfig, String> {
-    let mut cost_model = CostModel::load(&a.cost_model)?;
+    let mut cost_model =
+        crate::sim_inputs::load_cost_model(&a.cost_model).map_err(|e| e.to_string())?;
     if a.cost_scale != 1.0 {
         cost_model = cost_model.scaled(a.cost_scale);
     }
@@ -107,7 +108,7 @@ fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> Result<SimConfig
         enable_prefix_caching: !a.no_prefix_caching,
         cost_model,
         shared_prefix_len: prefix_len,
-        slo: Slo::parse(&a.goodput)?,
+        slo: Slo::parse(&a.goodput).map_err(|e| e.to_string())?,
         series_every: 1,
     })
 }
@@ -121,7 +122,8 @@ fn run_one(a: &SimulateArgs, policy: &str, rate: f64) -> Result<SimResult, Strin
         "{msg} [{bar:40}] {pos}/{len} requests ({elapsed})",
     )?;
     bar.set_message(format!("{policy} @ {rate} req/s"));
-    let r = simulate(&cfg, &reqs, &mut |done| bar.set_position(done as u64))?;
+    let r = simulate(&cfg, &reqs, &mut |done| bar.set_position(done as u64))
+        .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
     Ok(r)
 }

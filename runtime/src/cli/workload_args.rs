@@ -1,8 +1,9 @@
 //! The workload options shared by `simulate`, `frag` and `bench serve`: a generator or a
 //! trace, arrival process, lengths, sharing, and the seed.
 
+use crate::sim_inputs::load_trace;
 use clap::Args;
-use scheduler::sim::{load_trace, Arrivals, LenDist, SimRequest, WorkloadSpec};
+use scheduler::sim::{Arrivals, LenDist, SimRequest, WorkloadSpec};
 
 #[derive(Args, Debug, Clone)]
 pub struct WorkloadArgs {
@@ -59,8 +60,8 @@ impl WorkloadArgs {
         let mut spec = WorkloadSpec {
             num_requests: a.num_requests,
             arrivals,
-            prompt_len: LenDist::parse(&a.input_len)?,
-            output_len: LenDist::parse(&a.output_len)?,
+            prompt_len: LenDist::parse(&a.input_len).map_err(|e| e.to_string())?,
+            output_len: LenDist::parse(&a.output_len).map_err(|e| e.to_string())?,
             shared_prefix: None,
             priority_levels: a.priority_levels.max(1),
             parallel_samples: a.n.max(1),
@@ -83,9 +84,12 @@ impl WorkloadArgs {
                         "unknown workload '{w}' (sharegpt-like, fixed, prefix-sharing, trace:PATH)"
                     )
                 })?;
-                return Ok((load_trace(path.as_ref())?, a.prefix_len));
+                return Ok((
+                    load_trace(path.as_ref()).map_err(|e| e.to_string())?,
+                    a.prefix_len,
+                ));
             }
         }
-        Ok((spec.generate()?, prefix_len))
+        Ok((spec.generate().map_err(|e| e.to_string())?, prefix_len))
     }
 }

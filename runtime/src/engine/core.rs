@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use block_manager::{BlockManager, BlockManagerConfig, SeqId};
-use kernels::cpu::KvDtype;
+use kernels::KvDtype;
 use rand::rngs::StdRng;
 use scheduler::{policy, FinishReason, Request, Scheduler, SchedulerConfig, StepResult};
 
@@ -137,7 +137,7 @@ pub struct EngineCore<B: Backend> {
     pub last_step_queue_times: Vec<f64>,
     /// Where each step's shape and duration go (`pagedrt serve --step-log`), as JSON lines.
     step_log: Option<Box<dyn std::io::Write + Send>>,
-    last_step_counts: Option<crate::calibrate::StepCounts>,
+    last_step_counts: Option<scheduler::StepCounts>,
 }
 
 impl<B: Backend> EngineCore<B> {
@@ -286,7 +286,7 @@ impl<B: Backend> EngineCore<B> {
         }
     }
 
-    /// Logs every later step as one JSON line of [`crate::calibrate::StepCounts`] plus
+    /// Logs every later step as one JSON line of [`scheduler::StepCounts`] plus
     /// `seconds` (schedule to outputs), for `pagedrt bench calibrate --from-steps`.
     pub fn set_step_log(&mut self, w: Box<dyn std::io::Write + Send>) {
         self.step_log = Some(w);
@@ -314,7 +314,7 @@ impl<B: Backend> EngineCore<B> {
         let now = self.started.elapsed().as_secs_f64();
         let plan = self.scheduler.schedule(now)?;
         if self.step_log.is_some() && !plan.seqs.is_empty() {
-            self.last_step_counts = Some(crate::calibrate::StepCounts::of(&plan));
+            self.last_step_counts = Some(scheduler::StepCounts::of(&plan));
         }
         run_copies(&self.backend, &plan, &mut self.cache, self.host.as_mut());
         self.last_step_tokens = plan.num_tokens();

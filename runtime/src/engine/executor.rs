@@ -1,6 +1,7 @@
 //! From a scheduler plan to the model's batch, and the page copies that come before it.
 
-use kernels::cpu::{KvDtype, KvStore};
+use kernels::cpu::KvStore;
+use kernels::KvDtype;
 use scheduler::StepPlan;
 
 use crate::backend::{Backend, Batch, BatchSeq};

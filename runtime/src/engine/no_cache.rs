@@ -7,7 +7,7 @@
 //! needs K and V of every position within one forward pass; they go to scratch pages that
 //! are overwritten from position 0 at the next step, never reused across steps.
 
-use kernels::cpu::KvDtype;
+use kernels::KvDtype;
 use rand::rngs::StdRng;
 
 use crate::backend::{Backend, Batch, BatchSeq};

@@ -2,7 +2,7 @@
 //! the work of a step does not depend on the cached values, and building real contexts of
 //! thousands of tokens would take minutes on a CPU.
 
-use kernels::cpu::KvDtype;
+use kernels::KvDtype;
 
 use crate::backend::{Backend, Batch, BatchSeq};
 use crate::model::config::ModelConfig;

@@ -7,9 +7,10 @@
 
 use std::path::Path;
 
+use crate::sim_inputs::load_trace;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use scheduler::sim::{load_trace, LenDist};
+use scheduler::sim::LenDist;
 
 /// One request to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,8 +58,12 @@ fn sample(d: &LenDist, rng: &mut StdRng) -> usize {
 /// Builds the prompts.
 pub fn build(spec: &DatasetSpec) -> Result<Vec<BenchRequest>, String> {
     let mut check = StdRng::seed_from_u64(0);
-    spec.input_len.sample(&mut check)?;
-    spec.output_len.sample(&mut check)?;
+    spec.input_len
+        .sample(&mut check)
+        .map_err(|e| e.to_string())?;
+    spec.output_len
+        .sample(&mut check)
+        .map_err(|e| e.to_string())?;
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut synth = |input: &LenDist, output: &LenDist, prefixes: &[String]| {
         (0..spec.num_prompts)
@@ -110,7 +115,8 @@ fn from_file(path: &Path, spec: &DatasetSpec) -> Result<Vec<BenchRequest>, Strin
     let mut out = if is_sharegpt {
         sharegpt(path)?
     } else {
-        load_trace(path)?
+        load_trace(path)
+            .map_err(|e| e.to_string())?
             .into_iter()
             .map(|r| BenchRequest {
                 prompt: words(&mut rng, r.prompt_len),

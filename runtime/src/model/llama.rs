@@ -7,7 +7,8 @@
 
 use std::path::Path;
 
-use kernels::cpu::{KvDtype, Rope};
+use kernels::cpu::Rope;
+use kernels::KvDtype;
 use kernels::KvLayout;
 
 use super::config::ModelConfig;

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::{default_model, golden, Golden};
-use kernels::cpu::KvDtype;
+use kernels::KvDtype;
 use runtime::engine::{cpu_engine, run_to_completion, EngineConfig, GenerateRequest};
 use runtime::sampler::SamplingParams;
 use scheduler::{PreemptionMode, SchedulerConfig};

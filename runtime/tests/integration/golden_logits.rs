@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::{default_model, golden_cases, golden_dir, ids};
-use kernels::cpu::KvDtype;
+use kernels::KvDtype;
 use runtime::backend::{cpu::CpuBackend, Batch, BatchSeq, WeightDtype};
 use runtime::model::config::ModelConfig;
 use runtime::model::llama::{KvCache, LlamaModel};
