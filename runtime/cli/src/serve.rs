@@ -1,0 +1,102 @@
+//! `pagedrt serve`: the OpenAI-compatible server.
+
+use clap::Args;
+
+use super::engine_args::{with_engine, EngineArgs};
+use engine::backend::Backend;
+use std::sync::Arc;
+
+use engine::EngineCore;
+use models::tokenizer::Tokenizer;
+use server::{serve_with_grace, state_for};
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The model name clients must send (default: the --model argument, or the default
+    /// model's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on /v1 and tokenizer endpoints.
+    #[arg(long, env = "PAGEDRT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Log lines as text or as one JSON object per line (level from RUST_LOG, default info).
+    #[arg(long, default_value = "text")]
+    log_format: String,
+    /// Seconds in-flight requests may run after SIGINT/SIGTERM before they are aborted.
+    #[arg(long, default_value_t = 20.0)]
+    shutdown_grace_s: f64,
+    /// Record every engine step's shape and duration (JSON lines) for
+    /// `pagedrt bench calibrate --from-steps`.
+    #[arg(long)]
+    pub step_log: Option<std::path::PathBuf>,
+}
+
+/// Installs the global log subscriber.
+fn init_logging(format: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = match format {
+        "text" => builder.try_init(),
+        "json" => builder.json().try_init(),
+        f => return Err(format!("--log-format '{f}': text or json")),
+    };
+    res.map_err(|e| format!("cannot install the logger: {e}"))
+}
+
+pub fn run(a: ServeArgs) -> Result<(), String> {
+    init_logging(&a.log_format)?;
+    let (any, tok) = a.engine.build()?;
+    with_engine!(any, core => run_on(a, core, tok))
+}
+
+fn run_on<B>(a: ServeArgs, mut core: EngineCore<B>, tok: Arc<Tokenizer>) -> Result<(), String>
+where
+    B: Backend + Send + 'static,
+    B::Buf: Send,
+{
+    let name = a.served_model_name.clone().unwrap_or_else(|| {
+        a.engine
+            .model
+            .clone()
+            .unwrap_or_else(|| models::pull::DEFAULT_MODEL.to_string())
+    });
+    if let Some(path) = &a.step_log {
+        let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        core.set_step_log(Box::new(std::io::BufWriter::new(f)));
+    }
+    let kv = core.scheduler().kv_stats();
+    tracing::info!(
+        "{} KV pages of {} tokens ({} tokens in all); serving `{name}` on http://{}:{}",
+        kv.device.total_blocks,
+        kv.block_size,
+        kv.device.total_blocks * kv.block_size,
+        a.host,
+        a.port
+    );
+    let state = state_for(core, tok, name, a.api_key.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let grace = std::time::Duration::try_from_secs_f64(a.shutdown_grace_s)
+            .map_err(|e| format!("--shutdown-grace-s: {e}"))?;
+        serve_with_grace(listener, state, grace)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}

@@ -1,0 +1,29 @@
+//! The pagedrt engine: one step at a time over a paged KV cache (DESIGN.md, "One engine
+//! step").
+//!
+//! Owns: the model seam (`model`: the `Model` trait, `KvSpec`, weights by Hugging Face name
+//! from a `WeightSource`, the Llama family's forward pass), the backends behind one interface
+//! (`backend`: CPU, CUDA), the sampler, `EngineCore` (schedule, copies, forward, sample,
+//! update) and `EngineHandle` (the core on its own thread, driven through channels).
+//!
+//! Knows nothing of: HTTP, file formats (config.json, safetensors, GGUF, tokenizer.json: the
+//! `models` crate reads them and hands over a `WeightSource` and a `TokenDecoder`), the CLI.
+
+pub mod backend;
+pub mod core;
+pub mod detok;
+mod error;
+pub mod executor;
+pub mod handle;
+pub mod model;
+mod run;
+pub mod sampler;
+pub mod stop;
+
+pub use self::core::{EngineConfig, EngineCore, GenerateRequest, TokenOutput};
+pub use error::EngineError;
+pub use run::{run_to_completion, Completion};
+
+/// Types of the crates below that every user of the engine handles.
+pub use kernels::KvDtype;
+pub use scheduler::FinishReason;

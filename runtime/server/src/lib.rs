@@ -1,0 +1,163 @@
+//! The OpenAI-compatible HTTP server (axum on tokio) over an [`EngineHandle`].
+//!
+//! Owns: the HTTP API (request types, validation, handlers, SSE streaming, logprobs), its
+//! error bodies, Prometheus metrics, auth and graceful shutdown. Knows nothing of: the CLI,
+//! the tools; of the engine it sees only `EngineHandle` and the types it exchanges.
+
+mod api_types;
+mod error;
+mod handlers;
+mod logprobs;
+pub mod metrics;
+mod validate;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use engine::handle::EngineHandle;
+use models::tokenizer::Tokenizer;
+
+pub use error::ApiError;
+
+/// What every handler shares.
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    pub served_model_name: String,
+    pub api_key: Option<String>,
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+    pub next_id: AtomicU64,
+}
+
+/// Request bodies above this size are refused (413).
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(handlers::completions))
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/models", get(handlers::models))
+        .route("/tokenize", post(handlers::tokenize))
+        .route("/detokenize", post(handlers::detokenize))
+        .route("/health", get(handlers::health))
+        .route("/metrics", get(handlers::metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// One log line per request: method, path, status and time to the response head (a stream's
+/// body continues after it).
+async fn log_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if status >= 500 {
+        tracing::error!(%method, path, status, ms, "request");
+    } else if status >= 400 {
+        tracing::warn!(%method, path, status, ms, "request");
+    } else {
+        tracing::info!(%method, path, status, ms, "request");
+    }
+    res
+}
+
+/// Builds the shared state for an engine core and its tokenizer (the one the core decodes
+/// with), and starts the core's engine thread.
+pub fn state_for<B>(
+    core: engine::EngineCore<B>,
+    tokenizer: Arc<Tokenizer>,
+    served_model_name: String,
+    api_key: Option<String>,
+) -> Arc<AppState>
+where
+    B: engine::backend::Backend + Send + 'static,
+    B::Buf: Send,
+{
+    let max_model_len = core
+        .scheduler()
+        .config()
+        .max_model_len
+        .unwrap_or_else(|| core.model().max_len());
+    let vocab_size = core.model().config().vocab_size;
+    let _ = metrics::handle();
+    let engine = EngineHandle::spawn(core, |c, o| metrics::record_step(c, o));
+    Arc::new(AppState {
+        engine,
+        tokenizer,
+        served_model_name,
+        api_key,
+        max_model_len,
+        vocab_size,
+        next_id: AtomicU64::new(0),
+    })
+}
+
+/// How long in-flight requests may run after SIGINT/SIGTERM before they are cut off.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish for
+/// up to `grace`; whatever still runs then is aborted (its pages freed) and the call returns.
+pub async fn serve_with_grace(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let engine = state.engine.clone();
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let notify = stopping.clone();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections; in-flight requests have {grace:?}");
+        notify.notify_one();
+    });
+    let deadline = async {
+        stopping.notified().await;
+        tokio::time::sleep(grace).await;
+    };
+    let res = tokio::select! {
+        r = server => r,
+        _ = deadline => {
+            tracing::warn!("grace period over: aborting the requests still running");
+            Ok(())
+        }
+    };
+    engine.shutdown();
+    res
+}
+
+/// [`serve_with_grace`] with [`SHUTDOWN_GRACE`].
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
+    serve_with_grace(listener, state, SHUTDOWN_GRACE).await
+}
