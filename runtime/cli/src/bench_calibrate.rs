@@ -65,7 +65,7 @@ fn parse_knee(s: &str) -> Result<Knee, String> {
 fn time_design(
     model: &engine::model::LlamaModel<engine::backend::cpu::CpuBackend>,
     a: &CalibrateArgs,
-) -> Vec<(StepCounts, f64)> {
+) -> anyhow::Result<Vec<(StepCounts, f64)>> {
     let b = engine::backend::cpu::CpuBackend;
     let mut samples = Vec::new();
     for shape in design() {
@@ -77,7 +77,7 @@ fn time_design(
             shape.prefill,
             a.block_size,
             a.kv_cache_dtype,
-        );
+        )?;
         let s = time(a.reps, || {
             let _ = model.forward(&b, &batch, &mut cache);
         });
@@ -90,12 +90,11 @@ fn time_design(
         );
         samples.push((shape.counts(), s));
     }
-    samples
+    Ok(samples)
 }
 
-pub fn run(a: CalibrateArgs) -> Result<(), String> {
-    let source =
-        resolve_source(a.model.as_deref(), &mut |l| eprintln!("{l}")).map_err(|e| e.to_string())?;
+pub fn run(a: CalibrateArgs) -> anyhow::Result<()> {
+    let source = resolve_source(a.model.as_deref(), &mut |l| eprintln!("{l}"))?;
     let (cfg, samples) = match &a.from_steps {
         Some(path) => {
             let samples = load_step_log(path)?;
@@ -105,13 +104,12 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
                     models::config::from_file(&models::config::config_path(dir))
                 }
                 ModelSource::Dummy(spec) => models::dummy::dummy_config(spec),
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             (cfg, samples)
         }
         None => {
-            let (model, _) = cpu_model(&source, 0).map_err(|e| e.to_string())?;
-            let samples = time_design(&model, &a);
+            let (model, _) = cpu_model(&source, 0)?;
+            let samples = time_design(&model, &a)?;
             (model.config().clone(), samples)
         }
     };
@@ -119,7 +117,7 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
     let dtype = a.kv_cache_dtype;
     let spec = KvSpec::of(cfg, dtype);
     let kv = spec.bytes_per_token() as f64;
-    let bytes = parse_bytes(&a.kv_cache_memory)?;
+    let bytes = parse_bytes(&a.kv_cache_memory).map_err(anyhow::Error::msg)?;
     let blocks = bytes / spec.bytes_per_block(a.block_size);
     let name = format!(
         "calibrated:{}",
@@ -177,8 +175,8 @@ pub fn run(a: CalibrateArgs) -> Result<(), String> {
         100.0 * fit.rms_rel_residual,
         100.0 * fit.max_rel_residual
     );
-    let j = serde_json::to_string_pretty(&cm).map_err(|e| e.to_string())?;
-    std::fs::write(&a.out, j + "\n").map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let j = serde_json::to_string_pretty(&cm)?;
+    std::fs::write(&a.out, j + "\n").map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
     println!("wrote {}", a.out.display());
     Ok(())
 }

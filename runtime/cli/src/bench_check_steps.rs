@@ -21,11 +21,12 @@ pub struct CheckStepsArgs {
     json: Option<PathBuf>,
 }
 
-pub fn run(a: CheckStepsArgs) -> Result<(), String> {
+pub fn run(a: CheckStepsArgs) -> anyhow::Result<()> {
     let path = &a.steps;
     let samples = load_step_log(path)?;
-    let model = tools::sim_inputs::load_cost_model(&a.cost_model).map_err(|e| e.to_string())?;
-    let r = check_steps(&samples, &model).map_err(|e| format!("{}: {e}", path.display()))?;
+    let model = tools::sim_inputs::load_cost_model(&a.cost_model)?;
+    let r =
+        check_steps(&samples, &model).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     println!("| steps | measured / predicted (median) |");
     println!("|---|---:|");
     for c in &r.classes {
@@ -36,8 +37,8 @@ pub fn run(a: CheckStepsArgs) -> Result<(), String> {
         r.steps, r.measured_s, r.predicted_s, r.ratio
     );
     if let Some(p) = &a.json {
-        let j = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
-        std::fs::write(p, j + "\n").map_err(|e| format!("{}: {e}", p.display()))?;
+        let j = serde_json::to_string_pretty(&r)?;
+        std::fs::write(p, j + "\n").map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
     }
     Ok(())
 }

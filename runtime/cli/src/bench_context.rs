@@ -132,7 +132,7 @@ fn measure<B: Backend>(
     a: &ContextScalingArgs,
     b: &B,
     model: &LlamaModel<B>,
-) -> Result<Vec<Point>, String> {
+) -> anyhow::Result<Vec<Point>> {
     let cfg = &model.config;
     let mut points = Vec::new();
     let mut push = |cached: bool, batch: usize, t: usize, step_s: f64| {
@@ -166,7 +166,7 @@ fn measure<B: Backend>(
     for &batch in &a.batch_sizes {
         for &t in &contexts {
             let (mut cache, input) =
-                synthetic_step(b, cfg, batch, t, 0, a.block_size, a.kv_cache_dtype);
+                synthetic_step(b, cfg, batch, t, 0, a.block_size, a.kv_cache_dtype)?;
             let s = time(a.reps, || {
                 let _ = model.forward(b, &input, &mut cache);
             });
@@ -276,13 +276,14 @@ fn markdown(r: &Report) -> String {
     o
 }
 
-pub fn run(a: ContextScalingArgs) -> Result<(), String> {
+pub fn run(a: ContextScalingArgs) -> anyhow::Result<()> {
     if a.contexts.is_empty() || a.batch_sizes.contains(&0) || a.block_size == 0 {
-        return Err("give at least one context, and positive batch and block sizes".into());
+        return Err(anyhow::anyhow!(
+            "give at least one context, and positive batch and block sizes"
+        ));
     }
-    let source =
-        resolve_source(a.model.as_deref(), &mut |l| eprintln!("{l}")).map_err(|e| e.to_string())?;
-    let (model, _) = cpu_model(&source, 0).map_err(|e| e.to_string())?;
+    let source = resolve_source(a.model.as_deref(), &mut |l| eprintln!("{l}"))?;
+    let (model, _) = cpu_model(&source, 0)?;
     let b = engine::backend::cpu::CpuBackend;
     let points = measure(&a, &b, &model)?;
     let c = &model.config;
@@ -319,23 +320,24 @@ pub fn run(a: ContextScalingArgs) -> Result<(), String> {
     };
     let md = markdown(&report);
     print!("{md}");
-    let write =
-        |p: &PathBuf, s: &str| std::fs::write(p, s).map_err(|e| format!("{}: {e}", p.display()));
+    let write = |p: &PathBuf, s: &str| {
+        std::fs::write(p, s).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    };
     if let Some(p) = &a.markdown {
         write(p, &md)?;
     }
     if let Some(p) = &a.json {
-        let j = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        let j = serde_json::to_string_pretty(&report)?;
         write(p, &(j + "\n"))?;
     }
     if let Some(d) = &a.svg_dir {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("{}: {e}", d.display()))?;
         plot(&d.join("context_scaling.svg"), &report)?;
     }
     Ok(())
 }
 
-fn plot(path: &std::path::Path, r: &Report) -> Result<(), String> {
+fn plot(path: &std::path::Path, r: &Report) -> anyhow::Result<()> {
     let label = |cached: bool, batch: usize| {
         format!(
             "{} batch {batch}",
@@ -375,12 +377,12 @@ fn plot(path: &std::path::Path, r: &Report) -> Result<(), String> {
             points: curve,
         });
     }
-    log_log_chart(
+    Ok(log_log_chart(
         path,
         "One decode step vs context length",
         "context length t (tokens)",
         "step time (ms)",
         &measured,
         &fitted,
-    )
+    )?)
 }

@@ -13,16 +13,15 @@ pub struct BenchKernelsArgs {
     pub json: Option<PathBuf>,
 }
 
-pub fn run(args: BenchKernelsArgs) -> Result<(), String> {
-    let gpu = Gpu::open(0).map_err(|e| format!("bench kernels needs a GPU: {e}"))?;
+pub fn run(args: BenchKernelsArgs) -> anyhow::Result<()> {
+    let gpu = Gpu::open(0).map_err(|e| anyhow::anyhow!("bench kernels needs a GPU: {e}"))?;
     println!(
         "{} ({}, {} SMs)",
         gpu.info().name,
         gpu.info().arch,
         gpu.info().multiprocessors
     );
-    gpu.preload(&kernels::cuda::source::ALL)
-        .map_err(|e| e.to_string())?;
+    gpu.preload(&kernels::cuda::source::ALL)?;
     let mut copy_gb_s = None;
     let rows = bench::run_all(&gpu, |r| {
         let gb = r.gb_per_s();
@@ -39,8 +38,7 @@ pub fn run(args: BenchKernelsArgs) -> Result<(), String> {
             _ => String::new(),
         };
         println!("  {:<72} {:>10.1} us {rate} {frac}", r.name, r.median_us);
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     if let Some(path) = &args.json {
         let out = json!({
             "device": gpu.info().name,
@@ -48,8 +46,9 @@ pub fn run(args: BenchKernelsArgs) -> Result<(), String> {
             "rows": rows.iter().map(|r| json!({"name": r.name, "median_us": r.median_us,
                 "gb_per_s": r.gb_per_s(), "tflop_per_s": r.tflop_per_s()})).collect::<Vec<_>>(),
         });
-        let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let text = serde_json::to_string_pretty(&out)?;
+        std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
     Ok(())
 }

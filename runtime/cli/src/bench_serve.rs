@@ -94,20 +94,22 @@ pub struct BenchServeArgs {
     quiet: bool,
 }
 
-fn ramp(a: &BenchServeArgs) -> Result<Ramp, String> {
+fn ramp(a: &BenchServeArgs) -> anyhow::Result<Ramp> {
     let Some(kind) = &a.ramp_up else {
         return Ok(Ramp::Constant);
     };
     let (Some(start), Some(end)) = (a.ramp_up_start_rps, a.ramp_up_end_rps) else {
-        return Err("--ramp-up needs --ramp-up-start-rps and --ramp-up-end-rps".into());
+        return Err(anyhow::anyhow!(
+            "--ramp-up needs --ramp-up-start-rps and --ramp-up-end-rps"
+        ));
     };
     if !(start > 0.0 && end > 0.0 && start.is_finite() && end.is_finite()) {
-        return Err("ramp-up rates must be positive and finite".into());
+        return Err(anyhow::anyhow!("ramp-up rates must be positive and finite"));
     }
     match kind.as_str() {
         "linear" => Ok(Ramp::Linear { start, end }),
         "exponential" => Ok(Ramp::Exponential { start, end }),
-        k => Err(format!("--ramp-up '{k}': linear or exponential")),
+        k => Err(anyhow::anyhow!("--ramp-up '{k}': linear or exponential")),
     }
 }
 
@@ -117,12 +119,12 @@ fn run_once(
     rt: &tokio::runtime::Runtime,
     target: &Arc<Target>,
     rate: f64,
-) -> Result<(BenchResult, Vec<Outcome>), String> {
+) -> anyhow::Result<(BenchResult, Vec<Outcome>)> {
     let reqs = build(&DatasetSpec {
         name: a.dataset.clone(),
         num_prompts: a.num_prompts,
-        input_len: LenDist::parse(&a.input_len).map_err(|e| e.to_string())?,
-        output_len: LenDist::parse(&a.output_len).map_err(|e| e.to_string())?,
+        input_len: LenDist::parse(&a.input_len)?,
+        output_len: LenDist::parse(&a.output_len)?,
         prefix_groups: a.prefix_groups,
         prefix_len: a.prefix_len,
         seed: a.seed,
@@ -143,24 +145,24 @@ fn run_once(
         Arc::new(move || b2.inc(1)),
     ));
     bar.finish_and_clear();
-    let slo = Slo::parse(&a.goodput).map_err(|e| e.to_string())?;
+    let slo = Slo::parse(&a.goodput)?;
     let r = BenchResult::of(&outcomes, secs, &slo, rate, a.burstiness, a.max_concurrency);
     Ok((r, outcomes))
 }
 
-pub fn run(a: BenchServeArgs) -> Result<(), String> {
+pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
     if a.num_prompts == 0 {
-        return Err("--num-prompts must be positive".into());
+        return Err(anyhow::anyhow!("--num-prompts must be positive"));
     }
     if a.timeout_s.is_nan() || a.timeout_s <= 0.0 {
-        return Err("--timeout-s must be positive".into());
+        return Err(anyhow::anyhow!("--timeout-s must be positive"));
     }
     let endpoint = Endpoint::parse(&a.base_url)?;
     if !matches!(
         a.endpoint.as_str(),
         "/v1/completions" | "/v1/chat/completions"
     ) {
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "--endpoint {}: /v1/completions or /v1/chat/completions",
             a.endpoint
         ));
@@ -168,8 +170,7 @@ pub fn run(a: BenchServeArgs) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let model = match &a.model {
         Some(m) => m.clone(),
         None => rt.block_on(first_model(&endpoint, a.api_key.as_deref()))?,
@@ -204,9 +205,8 @@ pub fn run(a: BenchServeArgs) -> Result<(), String> {
             serde_json::to_string_pretty(results[0])
         } else {
             serde_json::to_string_pretty(&results)
-        }
-        .map_err(|e| e.to_string())?;
-        std::fs::write(p, j + "\n").map_err(|e| format!("{}: {e}", p.display()))?;
+        }?;
+        std::fs::write(p, j + "\n").map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
     }
     if let (Some(p), Some((_, _, outcomes))) = (&a.save_trace, runs.last()) {
         write_trace(p, outcomes)?;
@@ -218,7 +218,7 @@ pub fn run(a: BenchServeArgs) -> Result<(), String> {
 }
 
 /// The completed requests as simulator trace lines (JSONL).
-fn write_trace(path: &PathBuf, outcomes: &[Outcome]) -> Result<(), String> {
+fn write_trace(path: &PathBuf, outcomes: &[Outcome]) -> anyhow::Result<()> {
     let mut text = String::new();
     for o in outcomes.iter().filter(|o| o.ok()) {
         let line = serde_json::json!({
@@ -226,11 +226,11 @@ fn write_trace(path: &PathBuf, outcomes: &[Outcome]) -> Result<(), String> {
         });
         text += &format!("{line}\n");
     }
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::write(path, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn plots(dir: &PathBuf, runs: &[(f64, BenchResult, Vec<Outcome>)]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn plots(dir: &PathBuf, runs: &[(f64, BenchResult, Vec<Outcome>)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let cdfs = |f: &dyn Fn(&Outcome) -> Vec<f64>| -> Vec<Line> {
         runs.iter()
             .map(|(rate, _, os)| {
@@ -300,16 +300,16 @@ fn plots(dir: &PathBuf, runs: &[(f64, BenchResult, Vec<Outcome>)]) -> Result<(),
 }
 
 /// `--tokenizer`: a model directory or a pulled model's name.
-fn load_tokenizer(spec: &str) -> Result<models::tokenizer::Tokenizer, String> {
+fn load_tokenizer(spec: &str) -> anyhow::Result<models::tokenizer::Tokenizer> {
     let dir = match models::resolve::resolve_source(Some(spec), &mut |l| eprintln!("{l}"))
-        .map_err(|e| format!("--tokenizer {spec}: {e}"))?
+        .map_err(|e| anyhow::anyhow!("--tokenizer {spec}: {e}"))?
     {
         models::resolve::ModelSource::Dir(d) => d,
         models::resolve::ModelSource::Dummy(_) => {
-            return Err(format!(
+            return Err(anyhow::anyhow!(
                 "--tokenizer {spec}: give a model directory or name"
             ))
         }
     };
-    models::tokenizer::Tokenizer::from_dir(&dir).map_err(|e| format!("--tokenizer: {e}"))
+    models::tokenizer::Tokenizer::from_dir(&dir).map_err(|e| anyhow::anyhow!("--tokenizer: {e}"))
 }

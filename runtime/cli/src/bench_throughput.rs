@@ -41,14 +41,15 @@ pub struct ThroughputArgs {
     step_log: Option<PathBuf>,
 }
 
-pub fn run(a: ThroughputArgs) -> Result<(), String> {
+pub fn run(a: ThroughputArgs) -> anyhow::Result<()> {
     let (any, _tok) = a.engine.build()?;
     with_engine!(any, engine => run_on(a, engine))
 }
 
-fn run_on<B: Backend>(a: ThroughputArgs, mut engine: EngineCore<B>) -> Result<(), String> {
+fn run_on<B: Backend>(a: ThroughputArgs, mut engine: EngineCore<B>) -> anyhow::Result<()> {
     if let Some(path) = &a.step_log {
-        let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f =
+            std::fs::File::create(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         engine.set_step_log(Box::new(std::io::BufWriter::new(f)));
     }
     let vocab = engine.model().config().vocab_size as u32;
@@ -59,20 +60,18 @@ fn run_on<B: Backend>(a: ThroughputArgs, mut engine: EngineCore<B>) -> Result<()
         let prompt = (0..a.input_len)
             .map(|_| rng.random_range(low..vocab))
             .collect();
-        engine
-            .add_request(GenerateRequest {
-                id: i as u64,
-                prompt,
-                params: SamplingParams {
-                    max_tokens: a.output_len,
-                    ignore_eos: a.ignore_eos,
-                    seed: Some(a.seed + i as u64),
-                    ..SamplingParams::default()
-                },
-                priority: 0,
-                cache_salt: None,
-            })
-            .map_err(|e| e.to_string())?;
+        engine.add_request(GenerateRequest {
+            id: i as u64,
+            prompt,
+            params: SamplingParams {
+                max_tokens: a.output_len,
+                ignore_eos: a.ignore_eos,
+                seed: Some(a.seed + i as u64),
+                ..SamplingParams::default()
+            },
+            priority: 0,
+            cache_salt: None,
+        })?;
     }
     let bar = super::progress_bar(
         a.num_prompts,
@@ -82,7 +81,7 @@ fn run_on<B: Backend>(a: ThroughputArgs, mut engine: EngineCore<B>) -> Result<()
     let start = Instant::now();
     let (mut steps, mut out_tokens, mut finished, mut peak_usage) = (0u64, 0usize, 0u64, 0f64);
     while engine.has_unfinished() {
-        let outs = engine.step().map_err(|e| e.to_string())?;
+        let outs = engine.step()?;
         steps += 1;
         out_tokens += outs.len();
         finished += outs.iter().filter(|o| o.finish.is_some()).count() as u64;
@@ -128,7 +127,7 @@ fn run_on<B: Backend>(a: ThroughputArgs, mut engine: EngineCore<B>) -> Result<()
             p,
             serde_json::to_string_pretty(&r).unwrap_or_default() + "\n",
         )
-        .map_err(|e| format!("{}: {e}", p.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
     }
     Ok(())
 }

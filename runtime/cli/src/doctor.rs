@@ -40,7 +40,7 @@ pub struct DoctorArgs {
     pub json: Option<PathBuf>,
 }
 
-pub fn run(args: DoctorArgs) -> Result<(), String> {
+pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let mut report = json!({});
     let mut ok = true;
     println!("CUDA libraries:");
@@ -80,13 +80,16 @@ pub fn run(args: DoctorArgs) -> Result<(), String> {
     }
     report["ok"] = json!(ok);
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
     if ok {
         Ok(())
     } else {
-        Err("doctor: something asked for did not succeed (see above)".into())
+        Err(anyhow::anyhow!(
+            "doctor: something asked for did not succeed (see above)"
+        ))
     }
 }
 
@@ -130,9 +133,9 @@ fn list_devices(report: &mut Value) -> usize {
     n
 }
 
-fn compile_all(args: &DoctorArgs, report: &mut Value) -> Result<bool, String> {
+fn compile_all(args: &DoctorArgs, report: &mut Value) -> anyhow::Result<bool> {
     let arch: Arch = match &args.arch {
-        Some(a) => a.parse().map_err(|e: cuda::CudaError| e.to_string())?,
+        Some(a) => a.parse::<Arch>()?,
         None => Gpu::open(0)
             .map(|g| g.info().arch.clone())
             .unwrap_or_else(|_| "sm_90".parse().expect("a valid arch")),

@@ -110,24 +110,20 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
 impl EngineArgs {
     /// Resolves the model (pulling it if needed) and builds an engine on `--device`; the
     /// tokenizer comes with it (the engine decodes with it, callers encode with it).
-    pub fn build(&self) -> Result<(AnyEngine, Arc<Tokenizer>), String> {
+    pub fn build(&self) -> anyhow::Result<(AnyEngine, Arc<Tokenizer>)> {
         let cuda = match self.device.as_str() {
             "cpu" => None,
             "cuda" if self.dtype.weights() != WeightDtype::F32 => {
-                return Err(
-                    "--device cuda takes --dtype f32 for now (bf16 weights are CPU-only)".into(),
-                )
+                anyhow::bail!("--device cuda takes --dtype f32 for now (bf16 weights are CPU-only)")
             }
-            "cuda" if self.kv_cache_dtype != KvDtype::F32 => {
-                return Err(
-                    "--device cuda takes --kv-cache-dtype f32 for now (an f16 cache is CPU-only)"
-                        .into(),
-                )
-            }
-            "cuda" => Some(
-                CudaBackend::new(0)
-                    .map_err(|e| format!("--device cuda: {e} (pagedrt doctor says more)"))?,
+            "cuda" if self.kv_cache_dtype != KvDtype::F32 => anyhow::bail!(
+                "--device cuda takes --kv-cache-dtype f32 for now (an f16 cache is CPU-only)"
             ),
+            "cuda" => {
+                Some(CudaBackend::new(0).map_err(|e| {
+                    anyhow::anyhow!("--device cuda: {e} (pagedrt doctor says more)")
+                })?)
+            }
             "auto"
                 if self.dtype.weights() != WeightDtype::F32
                     || self.kv_cache_dtype != KvDtype::F32 =>
@@ -141,24 +137,24 @@ impl EngineArgs {
                     None
                 }
             },
-            d => return Err(format!("--device '{d}': cpu, cuda or auto")),
+            d => return Err(anyhow::anyhow!("--device '{d}': cpu, cuda or auto")),
         };
-        let source = resolve_source(self.model.as_deref(), &mut |l| eprintln!("{l}"))
-            .map_err(|e| e.to_string())?;
+        let source = resolve_source(self.model.as_deref(), &mut |l| eprintln!("{l}"))?;
         let mc = match &source {
             ModelSource::Dir(dir) => models::config::from_file(&models::config::config_path(dir)),
             ModelSource::Dummy(spec) => dummy_config(spec),
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         let num_blocks = match self.num_blocks {
             Some(n) => n,
             None => {
-                let bytes = parse_bytes(&self.kv_cache_memory)?;
+                let bytes = parse_bytes(&self.kv_cache_memory).map_err(anyhow::Error::msg)?;
                 bytes / KvSpec::of(&mc, self.kv_cache_dtype).bytes_per_block(self.block_size)
             }
         };
         if num_blocks == 0 {
-            return Err("the KV cache holds no page: raise --kv-cache-memory".into());
+            return Err(anyhow::anyhow!(
+                "the KV cache holds no page: raise --kv-cache-memory"
+            ));
         }
         let cfg = EngineConfig {
             block_size: self.block_size,
@@ -178,20 +174,17 @@ impl EngineArgs {
             max_queue: self.max_queue,
             kv_prefault: self.kv_prefault,
         };
-        let err = |e: &dyn std::fmt::Display| e.to_string();
         match cuda {
             None => {
                 let (model, tok) =
-                    models::load_model(&CpuBackend, &source, 0, self.dtype.weights())
-                        .map_err(|e| err(&e))?;
-                let e = engine_over(CpuBackend, model, &tok, cfg).map_err(|e| err(&e))?;
+                    models::load_model(&CpuBackend, &source, 0, self.dtype.weights())?;
+                let e = engine_over(CpuBackend, model, &tok, cfg)?;
                 Ok((AnyEngine::Cpu(Box::new(e)), tok))
             }
             Some(b) => {
                 eprintln!("device: {} ({})", b.gpu().info().name, b.gpu().info().arch);
-                let (model, tok) = models::load_model(&b, &source, 0, self.dtype.weights())
-                    .map_err(|e| err(&e))?;
-                let e = engine_over(b, model, &tok, cfg).map_err(|e| err(&e))?;
+                let (model, tok) = models::load_model(&b, &source, 0, self.dtype.weights())?;
+                let e = engine_over(b, model, &tok, cfg)?;
                 Ok((AnyEngine::Cuda(Box::new(e)), tok))
             }
         }

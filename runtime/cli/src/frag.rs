@@ -89,42 +89,42 @@ struct Study<'a> {
 }
 
 /// K/V bytes per token of a model preset.
-fn kv_bytes_per_token(model: &str, dtype: &str) -> Result<usize, String> {
-    let c = dummy_config(model).map_err(|e| e.to_string())?;
+fn kv_bytes_per_token(model: &str, dtype: &str) -> anyhow::Result<usize> {
+    let c = dummy_config(model)?;
     let elem = match dtype {
         "f32" => 4,
         "bf16" | "f16" => 2,
-        d => return Err(format!("--kv-dtype '{d}': one of f32, bf16, f16")),
+        d => return Err(anyhow::anyhow!("--kv-dtype '{d}': one of f32, bf16, f16")),
     };
     Ok(2 * c.num_layers * c.num_kv_heads * c.head_dim * elem)
 }
 
 /// `--memory` in tokens.
-fn memory_tokens(a: &FragArgs) -> Result<usize, String> {
+fn memory_tokens(a: &FragArgs) -> anyhow::Result<usize> {
     let m = a.memory.trim();
     if let Ok(tokens) = m.parse::<usize>() {
         return Ok(tokens);
     }
-    let bytes = parse_bytes(m)?;
+    let bytes = parse_bytes(m).map_err(anyhow::Error::msg)?;
     Ok(bytes / kv_bytes_per_token(&a.model, &a.kv_dtype)?)
 }
 
-fn specs(a: &FragArgs) -> Result<Vec<AllocatorSpec>, String> {
+fn specs(a: &FragArgs) -> anyhow::Result<Vec<AllocatorSpec>> {
     let fit = match a.fit.as_str() {
         "first" => Fit::First,
         "best" => Fit::Best,
-        f => return Err(format!("--fit '{f}': first or best")),
+        f => return Err(anyhow::anyhow!("--fit '{f}': first or best")),
     };
     if a.allocators.is_empty() {
         return Ok(AllocatorSpec::default_set(fit));
     }
     a.allocators
         .iter()
-        .map(|s| AllocatorSpec::parse(s.trim()).map_err(|e| e.to_string()))
+        .map(|s| Ok(AllocatorSpec::parse(s.trim())?))
         .collect()
 }
 
-pub fn run(a: FragArgs) -> Result<(), String> {
+pub fn run(a: FragArgs) -> anyhow::Result<()> {
     let specs = specs(&a)?;
     let (raw, prefix_len) = a.workload.generate(a.workload.request_rate)?;
     let cfg = FragConfig {
@@ -135,13 +135,15 @@ pub fn run(a: FragArgs) -> Result<(), String> {
         max_num_batched_tokens: a.max_num_batched_tokens,
         enable_chunked_prefill: !a.no_chunked_prefill,
         watermark: a.watermark,
-        cost_model: tools::sim_inputs::load_cost_model(&a.cost_model).map_err(|e| e.to_string())?,
+        cost_model: tools::sim_inputs::load_cost_model(&a.cost_model)?,
         shared_prefix_len: prefix_len,
         series_points: 2000,
     };
     let (reqs, dropped) = prepare_workload(&cfg, &raw);
     if reqs.is_empty() {
-        return Err("no request fits max_model_len with its max_tokens".into());
+        return Err(anyhow::anyhow!(
+            "no request fits max_model_len with its max_tokens"
+        ));
     }
     let bar = super::progress_bar(
         reqs.len() * specs.len(),
@@ -149,8 +151,7 @@ pub fn run(a: FragArgs) -> Result<(), String> {
         "{msg} [{bar:40}] {pos}/{len} request replays ({elapsed}, eta {eta})",
     )?;
     bar.set_message(format!("{} allocators", specs.len()));
-    let reports = tools::frag_study::run_study(&cfg, &specs, &reqs, &|d| bar.inc(d as u64))
-        .map_err(|e| e.to_string())?;
+    let reports = tools::frag_study::run_study(&cfg, &specs, &reqs, &|d| bar.inc(d as u64))?;
     bar.finish_and_clear();
     let mean = |f: &dyn Fn(&SimRequest) -> usize| {
         reqs.iter().map(|r| f(r) as f64).sum::<f64>() / reqs.len() as f64
@@ -173,7 +174,7 @@ pub fn run(a: FragArgs) -> Result<(), String> {
         write(p, &md)?;
     }
     if let Some(p) = &a.json {
-        let j = serde_json::to_string_pretty(&study).map_err(|e| e.to_string())?;
+        let j = serde_json::to_string_pretty(&study)?;
         write(p, &(j + "\n"))?;
     }
     if let Some(p) = &a.csv {
@@ -188,8 +189,8 @@ pub fn run(a: FragArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 fn pct(x: f64) -> String {
@@ -327,8 +328,8 @@ fn csv(reports: &[AllocatorReport]) -> String {
     o
 }
 
-fn write_series(path: &Path, reports: &[AllocatorReport]) -> Result<(), String> {
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+fn write_series(path: &Path, reports: &[AllocatorReport]) -> anyhow::Result<()> {
+    let io = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
     let mut f = std::fs::File::create(path)
         .map(std::io::BufWriter::new)
         .map_err(io)?;
@@ -351,8 +352,8 @@ fn write_series(path: &Path, reports: &[AllocatorReport]) -> Result<(), String> 
     f.flush().map_err(io)
 }
 
-fn plots(dir: &Path, reports: &[AllocatorReport]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn plots(dir: &Path, reports: &[AllocatorReport]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let allocated: Vec<(String, Vec<f64>)> = reports
         .iter()
         .map(|r| {
@@ -449,11 +450,11 @@ fn plots(dir: &Path, reports: &[AllocatorReport]) -> Result<(), String> {
                 .collect(),
         })
         .collect();
-    line_chart(
+    Ok(line_chart(
         &dir.join("useful_over_time.svg"),
         "KV memory holding token states over time",
         "time (s)",
         "% of KV memory",
         &over_time,
-    )
+    )?)
 }

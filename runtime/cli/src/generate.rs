@@ -52,16 +52,16 @@ pub struct GenerateArgs {
     no_kv_cache: bool,
 }
 
-pub fn run(a: GenerateArgs) -> Result<(), String> {
+pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let prompts: Vec<String> = match (&a.prompt, &a.prompts_file) {
         (Some(p), None) => vec![p.clone()],
         (None, Some(f)) => std::fs::read_to_string(f)
-            .map_err(|e| format!("{}: {e}", f.display()))?
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
             .lines()
             .filter(|l| !l.is_empty())
             .map(|l| l.replace("\\n", "\n"))
             .collect(),
-        _ => return Err("give --prompt or --prompts-file".into()),
+        _ => return Err(anyhow::anyhow!("give --prompt or --prompts-file")),
     };
     let (any, tok) = a.engine.build()?;
     with_engine!(any, engine => run_on(a, prompts, engine, &tok))
@@ -72,7 +72,7 @@ fn run_on<B: Backend>(
     prompts: Vec<String>,
     mut engine: EngineCore<B>,
     tok: &Tokenizer,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let params = SamplingParams {
         temperature: a.temperature,
         top_p: a.top_p,
@@ -90,12 +90,11 @@ fn run_on<B: Backend>(
                 role: "user".into(),
                 content: p.clone(),
             }];
-            tok.apply_chat_template(&msgs, true)
-                .map_err(|e| e.to_string())?
+            tok.apply_chat_template(&msgs, true)?
         } else {
             p.clone()
         };
-        let ids = tok.encode(&text).map_err(|e| e.to_string())?;
+        let ids = tok.encode(&text)?;
         if a.no_kv_cache {
             prompt_ids.push(ids);
             continue;
@@ -108,7 +107,7 @@ fn run_on<B: Backend>(
                 priority: 0,
                 cache_salt: None,
             })
-            .map_err(|e| format!("prompt {}: {e}", i + 1))?;
+            .map_err(|e| anyhow::anyhow!("prompt {}: {e}", i + 1))?;
         prompt_ids.push(ids);
     }
     if a.no_kv_cache {
@@ -120,7 +119,7 @@ fn run_on<B: Backend>(
     let mut first: BTreeMap<u64, f64> = BTreeMap::new();
     let mut stdout = std::io::stdout();
     while engine.has_unfinished() {
-        for t in engine.step().map_err(|e| e.to_string())? {
+        for t in engine.step()? {
             let el = start.elapsed().as_secs_f64();
             first.entry(t.request).or_insert(el);
             let e = done.entry(t.request).or_default();
@@ -164,16 +163,18 @@ fn run_without_cache<B: engine::backend::Backend>(
     prompt_ids: &[Vec<u32>],
     params: &SamplingParams,
     tok: &models::tokenizer::Tokenizer,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     if !params.stop.is_empty() {
-        return Err("--no-kv-cache does not support stop strings".into());
+        return Err(anyhow::anyhow!(
+            "--no-kv-cache does not support stop strings"
+        ));
     }
     let start = Instant::now();
     let mut runner = tools::no_cache::NoCacheRunner::new(engine.backend(), engine.model());
-    let outs = runner.generate(prompt_ids, params, &tok.eos_ids);
+    let outs = runner.generate(prompt_ids, params, &tok.eos_ids)?;
     let secs = start.elapsed().as_secs_f64();
     for (i, (p, ids)) in prompts.iter().zip(&outs).enumerate() {
-        let text = tok.decode(ids, true).map_err(|e| e.to_string())?;
+        let text = tok.decode(ids, true)?;
         let finish = if ids.len() >= params.max_tokens {
             "length"
         } else {

@@ -71,17 +71,13 @@ pub enum BenchCommand {
 }
 
 /// A progress bar of `len` steps with `template` (hidden when `quiet`).
-fn progress_bar(len: usize, quiet: bool, template: &str) -> Result<indicatif::ProgressBar, String> {
+fn progress_bar(len: usize, quiet: bool, template: &str) -> anyhow::Result<indicatif::ProgressBar> {
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new(len as u64)
     };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(template)
-            .map_err(|e| e.to_string())?
-            .progress_chars("=> "),
-    );
+    bar.set_style(indicatif::ProgressStyle::with_template(template)?.progress_chars("=> "));
     Ok(bar)
 }
 

@@ -13,8 +13,8 @@ pub struct PullArgs {
     name: String,
 }
 
-pub fn run_pull(a: PullArgs) -> Result<(), String> {
-    let dir = pull(&a.name, &mut |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
+pub fn run_pull(a: PullArgs) -> anyhow::Result<()> {
+    let dir = pull(&a.name, &mut |line| eprintln!("{line}"))?;
     println!("{}", dir.display());
     Ok(())
 }
@@ -30,13 +30,12 @@ pub struct ConvertArgs {
     dtype: OutDtype,
 }
 
-pub fn run_convert(a: ConvertArgs) -> Result<(), String> {
+pub fn run_convert(a: ConvertArgs) -> anyhow::Result<()> {
     convert_gguf(&a.gguf, &a.out_dir, a.dtype, &mut |done, total| {
         if done == total || done % 50 == 0 {
             eprintln!("converted {done}/{total} tensors");
         }
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     println!("{}", a.out_dir.display());
     Ok(())
 }

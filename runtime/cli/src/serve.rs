@@ -38,7 +38,7 @@ pub struct ServeArgs {
 }
 
 /// Installs the global log subscriber.
-fn init_logging(format: &str) -> Result<(), String> {
+fn init_logging(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -47,18 +47,18 @@ fn init_logging(format: &str) -> Result<(), String> {
     let res = match format {
         "text" => builder.try_init(),
         "json" => builder.json().try_init(),
-        f => return Err(format!("--log-format '{f}': text or json")),
+        f => return Err(anyhow::anyhow!("--log-format '{f}': text or json")),
     };
-    res.map_err(|e| format!("cannot install the logger: {e}"))
+    res.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
 }
 
-pub fn run(a: ServeArgs) -> Result<(), String> {
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     init_logging(&a.log_format)?;
     let (any, tok) = a.engine.build()?;
     with_engine!(any, core => run_on(a, core, tok))
 }
 
-fn run_on<B>(a: ServeArgs, mut core: EngineCore<B>, tok: Arc<Tokenizer>) -> Result<(), String>
+fn run_on<B>(a: ServeArgs, mut core: EngineCore<B>, tok: Arc<Tokenizer>) -> anyhow::Result<()>
 where
     B: Backend + Send + 'static,
     B::Buf: Send,
@@ -70,7 +70,8 @@ where
             .unwrap_or_else(|| models::pull::DEFAULT_MODEL.to_string())
     });
     if let Some(path) = &a.step_log {
-        let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f =
+            std::fs::File::create(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         core.set_step_log(Box::new(std::io::BufWriter::new(f)));
     }
     let kv = core.scheduler().kv_stats();
@@ -86,17 +87,14 @@ where
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     rt.block_on(async move {
         let addr = format!("{}:{}", a.host, a.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let grace = std::time::Duration::try_from_secs_f64(a.shutdown_grace_s)
-            .map_err(|e| format!("--shutdown-grace-s: {e}"))?;
-        serve_with_grace(listener, state, grace)
-            .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| anyhow::anyhow!("--shutdown-grace-s: {e}"))?;
+        Ok(serve_with_grace(listener, state, grace).await?)
     })
 }

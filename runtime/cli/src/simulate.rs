@@ -79,16 +79,19 @@ fn parse_scale(s: &str) -> Result<f64, String> {
     }
 }
 
-fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> Result<SimConfig, String> {
-    let mut cost_model =
-        tools::sim_inputs::load_cost_model(&a.cost_model).map_err(|e| e.to_string())?;
+fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> anyhow::Result<SimConfig> {
+    let mut cost_model = tools::sim_inputs::load_cost_model(&a.cost_model)?;
     if a.cost_scale != 1.0 {
         cost_model = cost_model.scaled(a.cost_scale);
     }
     let num_blocks = match (a.num_blocks, cost_model.kv_capacity_tokens) {
         (Some(n), _) => n,
         (None, Some(t)) => t / a.block_size.max(1),
-        (None, None) => return Err("the cost model names no KV capacity: pass --num-blocks".into()),
+        (None, None) => {
+            return Err(anyhow::anyhow!(
+                "the cost model names no KV capacity: pass --num-blocks"
+            ))
+        }
     };
     Ok(SimConfig {
         scheduler: SchedulerConfig {
@@ -108,12 +111,12 @@ fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> Result<SimConfig
         enable_prefix_caching: !a.no_prefix_caching,
         cost_model,
         shared_prefix_len: prefix_len,
-        slo: Slo::parse(&a.goodput).map_err(|e| e.to_string())?,
+        slo: Slo::parse(&a.goodput)?,
         series_every: 1,
     })
 }
 
-fn run_one(a: &SimulateArgs, policy: &str, rate: f64) -> Result<SimResult, String> {
+fn run_one(a: &SimulateArgs, policy: &str, rate: f64) -> anyhow::Result<SimResult> {
     let (reqs, prefix_len) = a.workload.generate(rate)?;
     let cfg = config(a, policy, prefix_len)?;
     let bar = super::progress_bar(
@@ -122,17 +125,16 @@ fn run_one(a: &SimulateArgs, policy: &str, rate: f64) -> Result<SimResult, Strin
         "{msg} [{bar:40}] {pos}/{len} requests ({elapsed})",
     )?;
     bar.set_message(format!("{policy} @ {rate} req/s"));
-    let r = simulate(&cfg, &reqs, &mut |done| bar.set_position(done as u64))
-        .map_err(|e| e.to_string())?;
+    let r = simulate(&cfg, &reqs, &mut |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     Ok(r)
 }
 
-pub fn run(a: SimulateArgs) -> Result<(), String> {
+pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     let policies: Vec<&str> = a.policy.split(',').map(str::trim).collect();
     for p in &policies {
         if !POLICY_NAMES.contains(p) {
-            return Err(format!(
+            return Err(anyhow::anyhow!(
                 "unknown policy '{p}' (one of {})",
                 POLICY_NAMES.join(", ")
             ));
@@ -156,9 +158,9 @@ pub fn run(a: SimulateArgs) -> Result<(), String> {
             serde_json::to_string_pretty(&results[0].2)
         } else {
             serde_json::to_string_pretty(&results.iter().map(|x| &x.2).collect::<Vec<_>>())
-        }
-        .map_err(|e| e.to_string())?;
-        std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+        }?;
+        std::fs::write(path, json + "\n")
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     if let Some(path) = &a.csv {
         write_requests_csv(path, &results)?;
@@ -214,15 +216,15 @@ fn print_summary(r: &SimResult, rate: f64) {
     }
 }
 
-fn create(path: &PathBuf) -> Result<std::io::BufWriter<std::fs::File>, String> {
+fn create(path: &PathBuf) -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
     std::fs::File::create(path)
         .map(std::io::BufWriter::new)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn write_requests_csv(path: &PathBuf, results: &[(String, f64, SimResult)]) -> Result<(), String> {
+fn write_requests_csv(path: &PathBuf, results: &[(String, f64, SimResult)]) -> anyhow::Result<()> {
     let mut f = create(path)?;
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let io = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
     writeln!(f, "policy,rate,id,arrival_s,prompt_len,output_len,ttft_s,tpot_s,e2e_s,queue_s,preemptions,rejected")
         .map_err(io)?;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
@@ -248,9 +250,9 @@ fn write_requests_csv(path: &PathBuf, results: &[(String, f64, SimResult)]) -> R
     f.flush().map_err(io)
 }
 
-fn write_series_csv(path: &PathBuf, results: &[(String, f64, SimResult)]) -> Result<(), String> {
+fn write_series_csv(path: &PathBuf, results: &[(String, f64, SimResult)]) -> anyhow::Result<()> {
     let mut f = create(path)?;
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let io = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
     writeln!(f, "policy,rate,t_s,running,waiting,swapped,step_tokens,kv_usage,kv_internal_fragmentation,kv_shared_tokens,kv_cached_free_blocks")
         .map_err(io)?;
     for (p, rate, r) in results {
@@ -278,8 +280,8 @@ fn write_plots(
     dir: &PathBuf,
     results: &[(String, f64, SimResult)],
     sweep: bool,
-) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let label = |p: &str, rate: f64| format!("{p} @ {rate} req/s");
     let cdf_lines = |f: &dyn Fn(&SimResult) -> Vec<f64>| -> Vec<Line> {
         results

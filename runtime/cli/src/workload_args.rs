@@ -43,12 +43,14 @@ pub struct WorkloadArgs {
 impl WorkloadArgs {
     /// The requests at `rate` (requests/s, infinite = all at once) and the length of the
     /// shared system prompt of prefix-sharing workloads.
-    pub fn generate(&self, rate: f64) -> Result<(Vec<SimRequest>, usize), String> {
+    pub fn generate(&self, rate: f64) -> anyhow::Result<(Vec<SimRequest>, usize)> {
         let a = self;
         let arrivals = if !rate.is_finite() {
             Arrivals::AllAtOnce
         } else if rate <= 0.0 {
-            return Err(format!("--request-rate must be positive, got {rate}"));
+            return Err(anyhow::anyhow!(
+                "--request-rate must be positive, got {rate}"
+            ));
         } else if (a.burstiness - 1.0).abs() > 1e-12 {
             Arrivals::Gamma {
                 rate,
@@ -60,8 +62,8 @@ impl WorkloadArgs {
         let mut spec = WorkloadSpec {
             num_requests: a.num_requests,
             arrivals,
-            prompt_len: LenDist::parse(&a.input_len).map_err(|e| e.to_string())?,
-            output_len: LenDist::parse(&a.output_len).map_err(|e| e.to_string())?,
+            prompt_len: LenDist::parse(&a.input_len)?,
+            output_len: LenDist::parse(&a.output_len)?,
             shared_prefix: None,
             priority_levels: a.priority_levels.max(1),
             parallel_samples: a.n.max(1),
@@ -80,16 +82,13 @@ impl WorkloadArgs {
             }
             w => {
                 let path = w.strip_prefix("trace:").ok_or_else(|| {
-                    format!(
+                    anyhow::anyhow!(
                         "unknown workload '{w}' (sharegpt-like, fixed, prefix-sharing, trace:PATH)"
                     )
                 })?;
-                return Ok((
-                    load_trace(path.as_ref()).map_err(|e| e.to_string())?,
-                    a.prefix_len,
-                ));
+                return Ok((load_trace(path.as_ref())?, a.prefix_len));
             }
         }
-        Ok((spec.generate().map_err(|e| e.to_string())?, prefix_len))
+        Ok((spec.generate()?, prefix_len))
     }
 }

@@ -170,16 +170,12 @@ impl<B: Backend> EngineCore<B> {
             &model.kv_spec(cfg.kv_dtype),
             cfg.num_blocks,
             cfg.block_size,
-        );
+        )?;
         if cfg.kv_prefault {
             for layer in &mut cache.layers {
-                backend.kv_prefault(&mut layer.k);
-                backend.kv_prefault(&mut layer.v);
+                backend.kv_prefault(&mut layer.k)?;
+                backend.kv_prefault(&mut layer.v)?;
             }
-        }
-        if let Some(e) = backend.take_error() {
-            // Model upload and KV allocation failures (e.g. a dtype the backend lacks).
-            return Err(EngineError::Config(format!("backend: {e}")));
         }
         let host = (cfg.num_host_blocks > 0).then(|| {
             let mut l = cache.layout;
@@ -317,7 +313,7 @@ impl<B: Backend> EngineCore<B> {
         if self.step_log.is_some() && !plan.seqs.is_empty() {
             self.last_step_counts = Some(scheduler::StepCounts::of(&plan));
         }
-        run_copies(&self.backend, &plan, &mut self.cache, self.host.as_mut());
+        run_copies(&self.backend, &plan, &mut self.cache, self.host.as_mut())?;
         self.last_step_tokens = plan.num_tokens();
         self.last_step_queue_times.clear();
         for sc in &plan.seqs {
@@ -330,11 +326,8 @@ impl<B: Backend> EngineCore<B> {
         }
         let batch = build_batch(&plan, self.cache.layout.block_size);
         let (model, backend, cache) = (&self.model, &self.backend, &mut self.cache);
-        let mut logits = backend.run_forward(|| model.forward(backend, &batch, cache));
         // A device error (this step's copies or forward) fails the step with its message.
-        if let Some(e) = self.backend.take_error() {
-            return Err(EngineError::Backend(e));
-        }
+        let mut logits = backend.run_forward(|| model.forward(backend, &batch, cache))?;
         let vocab = self.model.config().vocab_size;
         let mut result = StepResult::default();
         let mut outputs = Vec::new();

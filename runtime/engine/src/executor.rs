@@ -4,7 +4,7 @@ use kernels::cpu::KvStore;
 use kernels::KvDtype;
 use scheduler::StepPlan;
 
-use crate::backend::{Backend, Batch, BatchSeq};
+use crate::backend::{Backend, BackendError, Batch, BatchSeq};
 use crate::model::KvCache;
 
 /// Flattens a plan: token ids, positions, the slot of every new token, block tables, and
@@ -64,7 +64,7 @@ pub fn run_copies<B: Backend>(
     plan: &StepPlan,
     cache: &mut KvCache<B>,
     host: Option<&mut HostCache>,
-) {
+) -> Result<(), BackendError> {
     let pairs = |v: &[block_manager::BlockCopy]| -> Vec<(u32, u32)> {
         v.iter().map(|c| (c.src, c.dst)).collect()
     };
@@ -74,20 +74,21 @@ pub fn run_copies<B: Backend>(
         let inn = pairs(&plan.swap_in);
         for (l, (hk, hv)) in cache.layers.iter_mut().zip(host.layers.iter_mut()) {
             if !out.is_empty() {
-                backend.copy_to_host(hk, &l.k, &layout, &out);
-                backend.copy_to_host(hv, &l.v, &layout, &out);
+                backend.copy_to_host(hk, &l.k, &layout, &out)?;
+                backend.copy_to_host(hv, &l.v, &layout, &out)?;
             }
             if !inn.is_empty() {
-                backend.copy_from_host(&mut l.k, hk, &layout, &inn);
-                backend.copy_from_host(&mut l.v, hv, &layout, &inn);
+                backend.copy_from_host(&mut l.k, hk, &layout, &inn)?;
+                backend.copy_from_host(&mut l.v, hv, &layout, &inn)?;
             }
         }
     }
     let cow = pairs(&plan.cow);
     if !cow.is_empty() {
         for l in cache.layers.iter_mut() {
-            backend.copy_blocks(&mut l.k, &layout, &cow);
-            backend.copy_blocks(&mut l.v, &layout, &cow);
+            backend.copy_blocks(&mut l.k, &layout, &cow)?;
+            backend.copy_blocks(&mut l.v, &layout, &cow)?;
         }
     }
+    Ok(())
 }

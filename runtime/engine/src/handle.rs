@@ -91,9 +91,7 @@ impl EngineHandle {
                         continue;
                     }
                     let step = if std::mem::take(&mut fail_next) {
-                        Err(EngineError::Config(
-                            "injected fault (EngineHandle::fail_next_step)".into(),
-                        ))
+                        Err(EngineError::InjectedFault)
                     } else {
                         core.step()
                     };
@@ -158,10 +156,8 @@ impl EngineHandle {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx
             .send(Command::Add(req, out_tx, reply_tx))
-            .map_err(|_| EngineError::Config("the engine has stopped".into()))?;
-        reply_rx
-            .await
-            .map_err(|_| EngineError::Config("the engine has stopped".into()))??;
+            .map_err(|_| EngineError::Stopped)?;
+        reply_rx.await.map_err(|_| EngineError::Stopped)??;
         Ok(out_rx)
     }
 

@@ -25,5 +25,6 @@ pub use error::EngineError;
 pub use run::{run_to_completion, Completion};
 
 /// Types of the crates below that every user of the engine handles.
+pub use block_manager::BlockError;
 pub use kernels::KvDtype;
-pub use scheduler::FinishReason;
+pub use scheduler::{FinishReason, SchedulerError};

@@ -25,12 +25,12 @@ pub enum OutDtype {
 }
 
 impl std::str::FromStr for OutDtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
         match s {
             "f32" | "float32" => Ok(OutDtype::F32),
             "bf16" | "bfloat16" => Ok(OutDtype::Bf16),
-            _ => Err(format!("dtype '{s}' is not f32 or bf16")),
+            _ => Err(ModelError::Other(format!("dtype '{s}' is not f32 or bf16"))),
         }
     }
 }

@@ -55,6 +55,7 @@ fn unbox(e: LoadError) -> ModelError {
             Ok(m) => *m,
             Err(other) => ModelError::Load(LoadError::Weights(other as SourceError)),
         },
+        other => ModelError::Load(other),
     }
 }
 

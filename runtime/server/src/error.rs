@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use engine::{EngineError, SchedulerError};
 use serde_json::json;
 
 #[derive(Debug, Clone)]
@@ -97,5 +98,44 @@ impl IntoResponse for ApiError {
             r.headers_mut().insert("retry-after", s.into());
         }
         r
+    }
+}
+
+/// Every engine error has its status here, with no catch-all: a new variant does not
+/// compile until it is given one. 4xx where the request itself is at fault, 429/503 where the
+/// server cannot take it now, 500 for the engine's own failures.
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::BadRequest(m) => ApiError::bad_request(m, None),
+            e @ EngineError::QueueFull { .. } => ApiError::queue_full(e.to_string(), 1),
+            EngineError::Stopped => ApiError::unavailable(EngineError::Stopped.to_string()),
+            EngineError::Scheduler(s) => s.into(),
+            e @ (EngineError::Config(_)
+            | EngineError::InjectedFault
+            | EngineError::Block(_)
+            | EngineError::Detokenize(_)
+            | EngineError::Backend(_)) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// What the scheduler refuses: a request that can never run here is the client's to fix
+/// (400); everything else is a bug in the engine (500).
+impl From<SchedulerError> for ApiError {
+    fn from(e: SchedulerError) -> Self {
+        match e {
+            e @ (SchedulerError::EmptyPrompt(_)
+            | SchedulerError::NeverFits { .. }
+            | SchedulerError::TooLong { .. }
+            | SchedulerError::ExceedsBudget { .. }) => ApiError::bad_request(e.to_string(), None),
+            e @ (SchedulerError::DuplicateRequest(_)
+            | SchedulerError::UnknownRequest(_)
+            | SchedulerError::NotForkable(_)
+            | SchedulerError::MissingSample(_)
+            | SchedulerError::UnexpectedSample(_)
+            | SchedulerError::InvalidConfig(_)
+            | SchedulerError::Block(_)) => ApiError::internal(e.to_string()),
+        }
     }
 }

@@ -26,7 +26,7 @@ use crate::logprobs::{self, TokenLogprob};
 use crate::validate::{chat_messages, sampling_params};
 use crate::AppState;
 use engine::sampler::SamplingParams;
-use engine::{EngineError, GenerateRequest, TokenOutput};
+use engine::{GenerateRequest, TokenOutput};
 use models::tokenizer::Tokenizer;
 
 type S = State<Arc<AppState>>;
@@ -79,16 +79,6 @@ fn check_model(model: &str, st: &AppState) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::not_found_model(model))
-    }
-}
-
-fn engine_error(e: EngineError) -> ApiError {
-    match e {
-        EngineError::BadRequest(m) => ApiError::bad_request(m, None),
-        EngineError::Scheduler(s) => ApiError::bad_request(s.to_string(), None),
-        EngineError::Config(m) => ApiError::unavailable(m),
-        e @ EngineError::QueueFull { .. } => ApiError::queue_full(e.to_string(), 1),
-        other => ApiError::internal(other.to_string()),
     }
 }
 
@@ -146,7 +136,7 @@ async fn submit_all(
                 cache_salt: salt,
             })
             .await
-            .map_err(engine_error)?;
+            .map_err(ApiError::from)?;
         out.push(rx);
     }
     Ok(out)

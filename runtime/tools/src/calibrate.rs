@@ -14,6 +14,7 @@ use scheduler::sim::CostModel;
 pub use scheduler::StepCounts;
 use serde::Serialize;
 
+use crate::error::ToolError;
 use crate::fit::{fit_relative, Fit};
 
 /// The shape of one step: `decodes` sequences adding one token to `context` cached ones,
@@ -41,7 +42,7 @@ impl StepShape {
 
 /// Reads a step log (`pagedrt serve --step-log`): one JSON object per line with the
 /// [`StepCounts`] fields and `seconds`.
-pub fn read_step_log(text: &str) -> Result<Vec<(StepCounts, f64)>, String> {
+pub fn read_step_log(text: &str) -> Result<Vec<(StepCounts, f64)>, ToolError> {
     #[derive(serde::Deserialize)]
     struct Line {
         #[serde(flatten)]
@@ -52,17 +53,17 @@ pub fn read_step_log(text: &str) -> Result<Vec<(StepCounts, f64)>, String> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let x: Line =
-                serde_json::from_str(l).map_err(|e| format!("step log line {}: {e}", i + 1))?;
+            let x: Line = serde_json::from_str(l)
+                .map_err(|e| ToolError::Input(format!("step log line {}: {e}", i + 1)))?;
             Ok((x.counts, x.seconds))
         })
         .collect()
 }
 
 /// Reads the step log at `path` ([`read_step_log`]), errors naming the file.
-pub fn load_step_log(path: &std::path::Path) -> Result<Vec<(StepCounts, f64)>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    read_step_log(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn load_step_log(path: &std::path::Path) -> Result<Vec<(StepCounts, f64)>, ToolError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ToolError::io(path, e))?;
+    read_step_log(&text).map_err(|e| ToolError::Input(format!("{}: {e}", path.display())))
 }
 
 /// The designed set of step shapes.
@@ -110,7 +111,7 @@ pub fn fit_cost_model(
     samples: &[(StepCounts, f64)],
     base: &CostModel,
     knee: usize,
-) -> Result<(CostModel, Fit), String> {
+) -> Result<(CostModel, Fit), ToolError> {
     // Without a knee every step is "above": the constant and the rows feature drop out.
     let mut active = [true, knee > 0, knee > 0, true, true, true, true];
     loop {
@@ -158,7 +159,7 @@ pub fn fit_cost_model(
 pub fn choose_knee(
     samples: &[(StepCounts, f64)],
     base: &CostModel,
-) -> Result<(usize, f64), String> {
+) -> Result<(usize, f64), ToolError> {
     let mut candidates: Vec<usize> = samples
         .iter()
         .map(|(c, _)| c.prefill_tokens + c.decode_seqs)
@@ -176,7 +177,9 @@ pub fn choose_knee(
             best = Some((knee, err));
         }
     }
-    best.ok_or_else(|| "no knee gives a model that can be fitted to these steps".to_string())
+    best.ok_or_else(|| {
+        ToolError::Fit("no knee gives a model that can be fitted to these steps".into())
+    })
 }
 
 /// RMS relative error of leave-one-out predictions with this knee; `None` if some fold
@@ -308,7 +311,7 @@ mod tests {
             "prefill_pairs": c.prefill_pairs, "seconds": 0.25});
         let log = format!("{line}\n\n{line}\n");
         assert_eq!(read_step_log(&log).unwrap(), vec![(c, 0.25), (c, 0.25)]);
-        let err = read_step_log("{\"seconds\": 1}").unwrap_err();
+        let err = read_step_log("{\"seconds\": 1}").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
     }
 }

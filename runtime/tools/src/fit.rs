@@ -4,6 +4,7 @@
 //! (Σ ((model − y) / y)²): a large point does not drown the small ones, and the fit reads
 //! well on a log-log plot.
 
+use crate::error::ToolError;
 use serde::Serialize;
 
 /// A fitted linear model `y ≈ Σ coef[j] · x[j]`.
@@ -24,16 +25,18 @@ impl Fit {
 
 /// Fits `y ≈ Σ coef[j] · rows[i][j]` by relative least squares. Needs at least as many
 /// points as coefficients, positive `y`, and independent columns.
-pub fn fit_relative(rows: &[Vec<f64>], y: &[f64]) -> Result<Fit, String> {
+pub fn fit_relative(rows: &[Vec<f64>], y: &[f64]) -> Result<Fit, ToolError> {
     let k = rows.first().map_or(0, Vec::len);
     if k == 0 || rows.len() < k || rows.len() != y.len() {
-        return Err(format!(
+        return Err(ToolError::Fit(format!(
             "need at least {k} points with {k} features each, got {}",
             rows.len()
-        ));
+        )));
     }
     if y.iter().any(|&v| v <= 0.0 || !v.is_finite()) {
-        return Err("every measured value must be positive".into());
+        return Err(ToolError::Fit(
+            "every measured value must be positive".into(),
+        ));
     }
     // Normal equations of the weighted problem: rows and targets divided by y.
     let mut a = vec![vec![0.0f64; k + 1]; k];
@@ -65,7 +68,7 @@ pub fn fit_relative(rows: &[Vec<f64>], y: &[f64]) -> Result<Fit, String> {
 }
 
 /// Gaussian elimination with partial pivoting on an augmented `k × (k + 1)` matrix.
-fn solve(mut a: Vec<Vec<f64>>) -> Result<Vec<f64>, String> {
+fn solve(mut a: Vec<Vec<f64>>) -> Result<Vec<f64>, ToolError> {
     let k = a.len();
     for col in 0..k {
         let piv = (col..k)
@@ -73,7 +76,9 @@ fn solve(mut a: Vec<Vec<f64>>) -> Result<Vec<f64>, String> {
             .unwrap_or(col);
         let scale = a.iter().map(|r| r[col].abs()).fold(0.0, f64::max);
         if a[piv][col].abs() <= 1e-12 * scale.max(f64::MIN_POSITIVE) {
-            return Err("the features are not independent (singular fit)".into());
+            return Err(ToolError::Fit(
+                "the features are not independent (singular fit)".into(),
+            ));
         }
         a.swap(col, piv);
         let pivot_row = a[col].clone();

@@ -7,6 +7,7 @@
 
 pub mod calibrate;
 pub mod engines;
+mod error;
 pub mod fit;
 pub mod frag_study;
 pub mod loadgen;
@@ -16,3 +17,5 @@ pub mod plot;
 pub mod sim_inputs;
 pub mod step_check;
 pub mod synthetic;
+
+pub use error::ToolError;

@@ -10,7 +10,7 @@
 use engine::KvDtype;
 use rand::rngs::StdRng;
 
-use engine::backend::{Backend, Batch, BatchSeq};
+use engine::backend::{Backend, BackendError, Batch, BatchSeq};
 use engine::model::{KvCache, Model};
 use engine::sampler::{sample, sample_rng, SamplingParams};
 
@@ -65,7 +65,7 @@ impl<'a, B: Backend> NoCacheRunner<'a, B> {
 
     /// One step: the whole of every sequence through every layer; returns the logits of
     /// each sequence's last token, `[seqs, vocab]`.
-    pub fn step(&mut self, seqs: &[&[u32]]) -> Vec<f32> {
+    pub fn step(&mut self, seqs: &[&[u32]]) -> Result<Vec<f32>, BackendError> {
         let (batch, pages) = full_recompute_batch(seqs, self.block_size);
         let big_enough = self
             .scratch
@@ -77,7 +77,7 @@ impl<'a, B: Backend> NoCacheRunner<'a, B> {
                 &self.model.kv_spec(KvDtype::F32),
                 pages.next_power_of_two(),
                 self.block_size,
-            ));
+            )?);
         }
         let cache = self.scratch.as_mut().expect("allocated above");
         self.model.forward(self.backend, &batch, cache)
@@ -91,7 +91,7 @@ impl<'a, B: Backend> NoCacheRunner<'a, B> {
         prompts: &[Vec<u32>],
         params: &SamplingParams,
         eos_ids: &[u32],
-    ) -> Vec<Vec<u32>> {
+    ) -> Result<Vec<Vec<u32>>, BackendError> {
         let vocab = self.model.config().vocab_size;
         let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
         let mut outs: Vec<Vec<u32>> = vec![vec![]; prompts.len()];
@@ -101,7 +101,7 @@ impl<'a, B: Backend> NoCacheRunner<'a, B> {
         let mut live: Vec<usize> = (0..prompts.len()).collect();
         while !live.is_empty() {
             let views: Vec<&[u32]> = live.iter().map(|&i| seqs[i].as_slice()).collect();
-            let mut logits = self.step(&views);
+            let mut logits = self.step(&views)?;
             let mut still = Vec::with_capacity(live.len());
             for (row, &i) in live.iter().enumerate() {
                 let l = &mut logits[row * vocab..(row + 1) * vocab];
@@ -116,6 +116,6 @@ impl<'a, B: Backend> NoCacheRunner<'a, B> {
             }
             live = still;
         }
-        outs
+        Ok(outs)
     }
 }

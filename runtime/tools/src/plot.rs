@@ -1,6 +1,7 @@
 //! SVG line charts for the tools' reports (plotters, SVG backend only: no fonts or images
 //! needed, so it builds everywhere).
 
+use crate::error::ToolError;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -26,8 +27,8 @@ pub fn line_chart(
     x_label: &str,
     y_label: &str,
     lines: &[Line],
-) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+) -> Result<(), ToolError> {
+    let err = |e: &dyn std::fmt::Display| ToolError::Plot(format!("{}: {e}", path.display()));
     let pts = lines.iter().flat_map(|l| l.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, 0.0f64, f64::MIN);
     for &(x, y) in pts.filter(|(x, y)| x.is_finite() && y.is_finite()) {
@@ -106,8 +107,8 @@ pub fn stacked_bars(
     x_label: &str,
     layers: &[&str],
     bars: &[(String, Vec<f64>)],
-) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+) -> Result<(), ToolError> {
+    let err = |e: &dyn std::fmt::Display| ToolError::Plot(format!("{}: {e}", path.display()));
     let right = bars
         .iter()
         .map(|(_, v)| v.iter().sum::<f64>())
@@ -178,8 +179,8 @@ pub fn log_log_chart(
     y_label: &str,
     measured: &[Line],
     fitted: &[Line],
-) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+) -> Result<(), ToolError> {
+    let err = |e: &dyn std::fmt::Display| ToolError::Plot(format!("{}: {e}", path.display()));
     let pts = measured
         .iter()
         .chain(fitted)

@@ -11,6 +11,7 @@
 use scheduler::sim::{percentile_sorted, CostModel};
 use serde::Serialize;
 
+use crate::error::ToolError;
 use scheduler::StepCounts;
 
 /// The class of a step, as a sort key: prefill only, mixed, then decode-only steps by
@@ -56,18 +57,21 @@ pub struct StepCheck {
 }
 
 /// Costs every `(counts, seconds)` step with `model`.
-pub fn check_steps(samples: &[(StepCounts, f64)], model: &CostModel) -> Result<StepCheck, String> {
+pub fn check_steps(
+    samples: &[(StepCounts, f64)],
+    model: &CostModel,
+) -> Result<StepCheck, ToolError> {
     if samples.is_empty() {
-        return Err("the step log has no steps".into());
+        return Err(ToolError::Fit("the step log has no steps".into()));
     }
     let mut by_class: std::collections::BTreeMap<(u8, u32), Vec<f64>> = Default::default();
     let (mut measured, mut predicted) = (0.0, 0.0);
     for (c, s) in samples {
         let p = c.predicted_s(model);
         if p <= 0.0 {
-            return Err(format!(
+            return Err(ToolError::Fit(format!(
                 "the cost model predicts {p} s for a step ({c:?}); it cannot score steps"
-            ));
+            )));
         }
         measured += s;
         predicted += p;
@@ -162,7 +166,9 @@ mod tests {
         let model = CostModel::cpu_smollm2_135m();
         assert!(check_steps(&[], &model).is_err());
         let zero = CostModel::constant(0.0);
-        let err = check_steps(&[(counts(0, 1, 10), 0.02)], &zero).unwrap_err();
+        let err = check_steps(&[(counts(0, 1, 10), 0.02)], &zero)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot score"), "{err}");
     }
 }

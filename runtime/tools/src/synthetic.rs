@@ -4,7 +4,7 @@
 
 use engine::KvDtype;
 
-use engine::backend::{Backend, Batch, BatchSeq};
+use engine::backend::{Backend, BackendError, Batch, BatchSeq};
 use engine::model::{KvCache, KvSpec, LayerCache, ModelConfig};
 
 /// A step with `decodes` sequences that each add token `t` to `t` cached tokens, plus (if
@@ -19,10 +19,10 @@ pub fn synthetic_step<B: Backend>(
     prefill: usize,
     bs: usize,
     kv_dtype: KvDtype,
-) -> (KvCache<B>, Batch) {
+) -> Result<(KvCache<B>, Batch), BackendError> {
     let pages = (t + 1).div_ceil(bs);
     let prefill_pages = prefill.div_ceil(bs);
-    let mut cache = KvCache::new(b, &KvSpec::of(cfg, kv_dtype), 0, bs);
+    let mut cache = KvCache::new(b, &KvSpec::of(cfg, kv_dtype), 0, bs)?;
     cache.layout.num_blocks = decodes * pages + prefill_pages;
     let elems = cache.layout.elems();
     let fill = |seed: usize| -> Vec<f32> {
@@ -31,11 +31,13 @@ pub fn synthetic_step<B: Backend>(
             .collect()
     };
     cache.layers = (0..cfg.num_layers)
-        .map(|l| LayerCache {
-            k: b.kv_upload(fill(2 * l), kv_dtype),
-            v: b.kv_upload(fill(2 * l + 1), kv_dtype),
+        .map(|l| {
+            Ok(LayerCache {
+                k: b.kv_upload(fill(2 * l), kv_dtype)?,
+                v: b.kv_upload(fill(2 * l + 1), kv_dtype)?,
+            })
         })
-        .collect();
+        .collect::<Result<_, BackendError>>()?;
     let mut batch = Batch::default();
     for s in 0..decodes {
         let first = s * pages;
@@ -79,5 +81,5 @@ pub fn synthetic_step<B: Backend>(
         });
         batch.logit_rows.push(row + prefill - 1);
     }
-    (cache, batch)
+    Ok((cache, batch))
 }

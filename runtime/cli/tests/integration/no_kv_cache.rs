@@ -35,7 +35,7 @@ fn cached_and_uncached_greedy_tokens_agree_on_the_golden_prompts() {
     let cached = run_to_completion(&mut core).unwrap();
     let prompts: Vec<Vec<u32>> = gold.iter().map(|g| g.prompt.clone()).collect();
     let mut runner = NoCacheRunner::new(core.backend(), core.model());
-    let uncached = runner.generate(&prompts, &params, &[]);
+    let uncached = runner.generate(&prompts, &params, &[]).unwrap();
     for (i, g) in gold.iter().enumerate() {
         let c = &cached[&(i as u64, 0)].tokens;
         let u = &uncached[i];

@@ -7,7 +7,7 @@ use kernels::cpu::{self as k, KvStore, Rope, SeqChunk};
 use kernels::KvDtype;
 use kernels::KvLayout;
 
-use super::{Backend, Batch, WeightDtype};
+use super::{Backend, BackendError, Batch, WeightDtype};
 
 /// A weight matrix packed once for the GEMM's micro-kernel, in f32 or in bf16 (half the
 /// memory, widened in registers as it is used).
@@ -30,6 +30,15 @@ impl CpuWeight {
 #[derive(Debug, Clone, Default)]
 pub struct CpuBackend;
 
+/// K and V caches of one layer in different dtypes: the engine allocates both from one
+/// `KvSpec`, so this is a caller's bug.
+fn mixed_dtypes() -> BackendError {
+    BackendError::Mismatch {
+        op: "kv cache",
+        problem: "K and V caches of different dtypes".into(),
+    }
+}
+
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
@@ -48,15 +57,15 @@ impl Backend for CpuBackend {
         // team's for both cores.
         k::team::for_each_chunk_mut(items, 1, |_, c| f(&mut c[0]));
     }
-    fn zeros(&self, n: usize) -> Vec<f32> {
-        vec![0.0; n]
+    fn zeros(&self, n: usize) -> Result<Vec<f32>, BackendError> {
+        Ok(vec![0.0; n])
     }
     fn reuse_scratch(&self) -> bool {
         // Every CPU kernel writes all of its output; `runtime/cli/tests/integration/engine_golden.rs`
         // runs batches of changing shapes through the same model, alone and mixed.
         true
     }
-    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> KvStore {
+    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> Result<KvStore, BackendError> {
         let v = KvStore::zeros(n, dtype);
         // A large zeroed `Vec` is mapped lazily, and with 4 KiB pages the prefill steps of a
         // 64 x (128 + 128) run took about 2,000 page faults per layer as their K/V landed on
@@ -64,31 +73,48 @@ impl Backend for CpuBackend {
         // times fewer faults, and attention, which jumps between scattered pages, misses the
         // TLB less. (Touching every page at start-up instead cost 5 s for 2 GiB.)
         advise_huge_pages(v.as_bytes());
-        v
+        Ok(v)
     }
-    fn kv_prefault(&self, buf: &mut KvStore) {
+    fn kv_prefault(&self, buf: &mut KvStore) -> Result<(), BackendError> {
         buf.prefault();
+        Ok(())
     }
-    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> KvStore {
-        match dtype {
+    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> Result<KvStore, BackendError> {
+        Ok(match dtype {
             KvDtype::F32 => KvStore::F32(data),
             KvDtype::F16 => KvStore::F16(data.into_iter().map(half::f16::from_f32).collect()),
-        }
+        })
     }
-    fn upload(&self, data: Vec<f32>) -> Vec<f32> {
-        data
+    fn upload(&self, data: Vec<f32>) -> Result<Vec<f32>, BackendError> {
+        Ok(data)
     }
-    fn download(&self, buf: &Vec<f32>, n: usize) -> Vec<f32> {
-        buf[..n].to_vec()
+    fn download(&self, buf: &Vec<f32>, n: usize) -> Result<Vec<f32>, BackendError> {
+        buf.get(..n)
+            .map(<[f32]>::to_vec)
+            .ok_or_else(|| BackendError::Mismatch {
+                op: "download",
+                problem: format!("{n} elements from a buffer of {}", buf.len()),
+            })
     }
-    fn upload_weight(&self, data: Vec<f32>, cols: usize, dtype: WeightDtype) -> CpuWeight {
+    fn upload_weight(
+        &self,
+        data: Vec<f32>,
+        cols: usize,
+        dtype: WeightDtype,
+    ) -> Result<CpuWeight, BackendError> {
         let rows = data.len().checked_div(cols).unwrap_or(0);
-        match dtype {
+        Ok(match dtype {
             WeightDtype::F32 => CpuWeight::F32(PackedMatrix::pack(&data, rows, cols)),
             WeightDtype::Bf16 => CpuWeight::Bf16(PackedMatrix::pack(&data, rows, cols)),
-        }
+        })
     }
-    fn embedding(&self, out: &mut Vec<f32>, table: &CpuWeight, ids: &[u32], dim: usize) {
+    fn embedding(
+        &self,
+        out: &mut Vec<f32>,
+        table: &CpuWeight,
+        ids: &[u32],
+        dim: usize,
+    ) -> Result<(), BackendError> {
         let out = &mut out[..ids.len() * dim];
         for (o, &id) in out.chunks_mut(dim).zip(ids) {
             match table {
@@ -96,9 +122,18 @@ impl Backend for CpuBackend {
                 CpuWeight::Bf16(t) => t.row_into(id as usize, o),
             }
         }
+        Ok(())
     }
-    fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Vec<f32>, eps: f32, n: usize) {
+    fn rms_norm(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        eps: f32,
+        n: usize,
+    ) -> Result<(), BackendError> {
         k::rms_norm(&mut out[..n], &x[..n], w, eps);
+        Ok(())
     }
     fn linear(
         &self,
@@ -109,7 +144,7 @@ impl Backend for CpuBackend {
         m: usize,
         kk: usize,
         n: usize,
-    ) {
+    ) -> Result<(), BackendError> {
         debug_assert_eq!(w.shape(), (n, kk));
         match w {
             CpuWeight::F32(w) => w.linear(out, x, m),
@@ -120,6 +155,7 @@ impl Backend for CpuBackend {
                 k::add_inplace(row, b);
             }
         }
+        Ok(())
     }
     fn qkv_rope_write_kv(
         &self,
@@ -131,7 +167,7 @@ impl Backend for CpuBackend {
         layout: &KvLayout,
         k_cache: &mut KvStore,
         v_cache: &mut KvStore,
-    ) {
+    ) -> Result<(), BackendError> {
         let t = batch.num_tokens();
         let hd = layout.head_dim;
         let (qd, kvd) = (num_heads * hd, layout.num_kv_heads * hd);
@@ -150,8 +186,9 @@ impl Backend for CpuBackend {
         match (k_cache, v_cache) {
             (KvStore::F32(kc), KvStore::F32(vc)) => k::write_kv(kc, vc, layout, &kb, &vb, slots),
             (KvStore::F16(kc), KvStore::F16(vc)) => k::write_kv(kc, vc, layout, &kb, &vb, slots),
-            _ => panic!("K and V caches of different dtypes"),
+            _ => return Err(mixed_dtypes()),
         }
+        Ok(())
     }
     fn paged_attention(
         &self,
@@ -162,7 +199,7 @@ impl Backend for CpuBackend {
         layout: &KvLayout,
         num_heads: usize,
         batch: &Batch,
-    ) {
+    ) -> Result<(), BackendError> {
         let seqs: Vec<SeqChunk> = batch
             .seqs
             .iter()
@@ -183,26 +220,48 @@ impl Backend for CpuBackend {
             (KvStore::F16(kc), KvStore::F16(vc)) => {
                 k::paged_attention(out, q, kc, vc, layout, num_heads, &seqs, scale)
             }
-            _ => panic!("K and V caches of different dtypes"),
+            _ => return Err(mixed_dtypes()),
         }
+        Ok(())
     }
-    fn silu_and_mul(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, inter: usize, tokens: usize) {
+    fn silu_and_mul(
+        &self,
+        out: &mut Vec<f32>,
+        gate_up: &Vec<f32>,
+        inter: usize,
+        tokens: usize,
+    ) -> Result<(), BackendError> {
         k::silu_and_mul(
             &mut out[..tokens * inter],
             &gate_up[..tokens * 2 * inter],
             inter,
         );
+        Ok(())
     }
-    fn add_inplace(&self, x: &mut Vec<f32>, y: &Vec<f32>, n: usize) {
+    fn add_inplace(&self, x: &mut Vec<f32>, y: &Vec<f32>, n: usize) -> Result<(), BackendError> {
         k::add_inplace(&mut x[..n], &y[..n]);
+        Ok(())
     }
-    fn gather_rows(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: &[usize], dim: usize) {
+    fn gather_rows(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        rows: &[usize],
+        dim: usize,
+    ) -> Result<(), BackendError> {
         for (i, &r) in rows.iter().enumerate() {
             out[i * dim..(i + 1) * dim].copy_from_slice(&x[r * dim..(r + 1) * dim]);
         }
+        Ok(())
     }
-    fn copy_blocks(&self, cache: &mut KvStore, layout: &KvLayout, pairs: &[(u32, u32)]) {
+    fn copy_blocks(
+        &self,
+        cache: &mut KvStore,
+        layout: &KvLayout,
+        pairs: &[(u32, u32)],
+    ) -> Result<(), BackendError> {
         cache.copy_blocks(layout, pairs);
+        Ok(())
     }
     fn copy_to_host(
         &self,
@@ -210,8 +269,9 @@ impl Backend for CpuBackend {
         dev: &KvStore,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
-    ) {
+    ) -> Result<(), BackendError> {
         host.swap_from(dev, layout, pairs);
+        Ok(())
     }
     fn copy_from_host(
         &self,
@@ -219,7 +279,8 @@ impl Backend for CpuBackend {
         host: &KvStore,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
-    ) {
+    ) -> Result<(), BackendError> {
         dev.swap_from(host, layout, pairs);
+        Ok(())
     }
 }

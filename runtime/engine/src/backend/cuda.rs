@@ -2,10 +2,10 @@
 //! TF32: the CPU backend is the reference), everything else through the NVRTC kernels of
 //! `kernels::cuda`, all on one stream.
 //!
-//! The `Backend` interface has no error path (the CPU cannot fail mid-kernel), so CUDA
-//! errors are sticky here, as they are in CUDA itself: the first one is kept, every later
-//! operation is skipped, and the engine collects it with `take_error` after the step and
-//! fails the step with the CUDA message instead of hanging or returning garbage.
+//! Every operation returns the CUDA error that stopped it, with the operation's name. A
+//! kernel's asynchronous fault (an illegal address) surfaces at the next synchronisation:
+//! the logits' download at the end of the forward pass, so the step fails with the CUDA
+//! message instead of hanging or returning garbage.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -24,13 +24,11 @@ use kernels::KvDtype;
 use kernels::KvLayout;
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 
-use super::{Backend, Batch, BatchSeq, WeightDtype};
+use super::{Backend, BackendError, Batch, BatchSeq, WeightDtype};
 
 pub struct CudaBackend {
     gpu: Gpu,
     blas: CudaBlas,
-    /// The first CUDA error since the last `take_error`.
-    error: Mutex<Option<String>>,
     /// Each RoPE's cos/sin table on the device, by the table's identity.
     rope_tables: Mutex<HashMap<RopeKey, CudaSlice<f32>>>,
     decode_ws: Mutex<DecodeWorkspace>,
@@ -56,7 +54,6 @@ impl CudaBackend {
         Ok(CudaBackend {
             gpu,
             blas,
-            error: Mutex::new(None),
             rope_tables: Mutex::new(HashMap::new()),
             decode_ws: Mutex::new(DecodeWorkspace::default()),
             batch: Mutex::new(None),
@@ -67,56 +64,33 @@ impl CudaBackend {
         &self.gpu
     }
 
-    fn failed(&self) -> bool {
-        self.error.lock().is_some()
-    }
-
-    /// Whether this backend has kernels for a `dtype` KV cache; records an error if not.
-    fn kv_dtype_supported(&self, dtype: KvDtype) -> bool {
+    /// Refuses a KV cache dtype this backend has no kernels for.
+    fn check_kv_dtype(&self, dtype: KvDtype) -> Result<(), BackendError> {
         if dtype == KvDtype::F32 {
-            return true;
+            return Ok(());
         }
-        self.record::<()>(
-            "kv cache",
-            Err(CudaError::Unsupported {
-                kernel: "paged_attention".into(),
-                problem: format!("a {dtype} KV cache on CUDA is not supported yet; use f32"),
-            }),
-        );
-        false
+        Err(BackendError::Unsupported {
+            backend: "cuda",
+            what: format!("a {dtype} KV cache is not supported yet; use f32"),
+        })
     }
 
     /// A swap whose host store is not f32 (the engine allocates swap space in the cache's
     /// dtype, and this backend's cache is f32, so this is a bug upstream, not user input).
-    fn record_swap_dtype(&self, dtype: KvDtype) {
-        self.record::<()>(
-            "swap",
-            Err(CudaError::Unsupported {
-                kernel: "swap".into(),
-                problem: format!("{dtype} host swap space for an f32 CUDA KV cache"),
-            }),
-        );
-    }
-
-    /// Keeps the first error; returns whether `r` was fine.
-    fn record<T>(&self, what: &str, r: Result<T, CudaError>) -> Option<T> {
-        match r {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let mut err = self.error.lock();
-                if err.is_none() {
-                    *err = Some(format!("{what}: {e}"));
-                }
-                None
-            }
+    fn swap_dtype_error(dtype: KvDtype) -> BackendError {
+        BackendError::Mismatch {
+            op: "swap",
+            problem: format!("{dtype} host swap space for an f32 CUDA KV cache"),
         }
     }
 
-    /// Runs `f` unless an earlier operation failed, recording its error.
-    fn run(&self, what: &str, f: impl FnOnce() -> Result<(), CudaError>) {
-        if !self.failed() {
-            self.record(what, f());
-        }
+    /// Runs `f`, naming the operation in its error.
+    fn run<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> Result<T, CudaError>,
+    ) -> Result<T, BackendError> {
+        f().map_err(|source| BackendError::Cuda { op, source })
     }
 
     fn upload_vec<T: cudarc::driver::DeviceRepr>(
@@ -183,76 +157,66 @@ impl Backend for CudaBackend {
         kernels::cpu::team::for_each_chunk_mut(items, 1, |_, c| f(&mut c[0]));
     }
 
-    fn take_error(&self) -> Option<String> {
-        if self.error.lock().is_none() {
-            // Asynchronous faults (an illegal address in a kernel) show up here.
-            let sync = self.gpu.sync();
-            self.record("synchronize", sync);
-        }
-        self.error.lock().take()
+    fn zeros(&self, n: usize) -> Result<CudaSlice<f32>, BackendError> {
+        self.run("alloc", || {
+            self.gpu.stream().alloc_zeros::<f32>(n.max(1)).map_err(drv)
+        })
     }
 
-    fn zeros(&self, n: usize) -> CudaSlice<f32> {
-        let stream = self.gpu.stream();
-        let r = stream.alloc_zeros::<f32>(n.max(1)).map_err(drv);
-        match self.record("alloc", r) {
-            Some(b) => b,
-            // An empty buffer: every later use fails its shape check or is skipped.
-            None => stream
-                .null::<f32>()
-                .expect("an empty allocation does not fail"),
-        }
+    fn upload(&self, data: Vec<f32>) -> Result<CudaSlice<f32>, BackendError> {
+        self.run("upload", || self.upload_vec(&data))
     }
 
-    fn upload(&self, data: Vec<f32>) -> CudaSlice<f32> {
-        match self.record("upload", self.upload_vec(&data)) {
-            Some(b) => b,
-            None => self.zeros(0),
-        }
-    }
-
-    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> CudaSlice<f32> {
-        if !self.kv_dtype_supported(dtype) {
-            return self.zeros(0);
-        }
+    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> Result<CudaSlice<f32>, BackendError> {
+        self.check_kv_dtype(dtype)?;
         self.zeros(n)
     }
 
-    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> CudaSlice<f32> {
-        if !self.kv_dtype_supported(dtype) {
-            return self.zeros(0);
-        }
+    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> Result<CudaSlice<f32>, BackendError> {
+        self.check_kv_dtype(dtype)?;
         self.upload(data)
     }
 
-    fn upload_weight(&self, data: Vec<f32>, _cols: usize, dtype: WeightDtype) -> CudaSlice<f32> {
+    fn upload_weight(
+        &self,
+        data: Vec<f32>,
+        _cols: usize,
+        dtype: WeightDtype,
+    ) -> Result<CudaSlice<f32>, BackendError> {
         if dtype != WeightDtype::F32 {
-            self.record::<()>(
-                "upload_weight",
-                Err(CudaError::Unsupported {
-                    kernel: "linear".into(),
-                    problem: format!("{dtype:?} weights on CUDA are not supported yet; use f32"),
-                }),
-            );
-            return self.zeros(0);
+            return Err(BackendError::Unsupported {
+                backend: "cuda",
+                what: format!("{dtype:?} weights are not supported yet; use f32"),
+            });
         }
         self.upload(data)
     }
 
-    fn download(&self, buf: &CudaSlice<f32>, n: usize) -> Vec<f32> {
+    /// Synchronous: a fault of any kernel queued before it surfaces here.
+    fn download(&self, buf: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>, BackendError> {
+        if n > buf.len() {
+            return Err(BackendError::Mismatch {
+                op: "download",
+                problem: format!("{n} elements from a buffer of {}", buf.len()),
+            });
+        }
         let mut out = vec![0.0; n];
-        if !self.failed() && n <= buf.len() {
-            let r = self
-                .gpu
+        self.run("download", || {
+            self.gpu
                 .stream()
                 .memcpy_dtoh(&prefix(buf, n), &mut out)
-                .map_err(drv);
-            self.record("download", r);
-        }
-        out
+                .map_err(drv)
+        })?;
+        Ok(out)
     }
 
-    fn embedding(&self, out: &mut CudaSlice<f32>, table: &CudaSlice<f32>, ids: &[u32], dim: usize) {
+    fn embedding(
+        &self,
+        out: &mut CudaSlice<f32>,
+        table: &CudaSlice<f32>,
+        ids: &[u32],
+        dim: usize,
+    ) -> Result<(), BackendError> {
         self.run("embedding", || {
             let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
             let d = self.upload_vec(&ids)?;
@@ -263,7 +227,7 @@ impl Backend for CudaBackend {
                 &d,
                 dim,
             )
-        });
+        })
     }
 
     fn rms_norm(
@@ -273,10 +237,10 @@ impl Backend for CudaBackend {
         w: &CudaSlice<f32>,
         eps: f32,
         n: usize,
-    ) {
+    ) -> Result<(), BackendError> {
         self.run("rms_norm", || {
             ops::rms_norm(&self.gpu, &mut prefix_mut(out, n), &prefix(x, n), w, eps)
-        });
+        })
     }
 
     fn linear(
@@ -288,7 +252,7 @@ impl Backend for CudaBackend {
         m: usize,
         k: usize,
         n: usize,
-    ) {
+    ) -> Result<(), BackendError> {
         self.run("linear", || {
             if m == 0 {
                 return Ok(());
@@ -326,7 +290,7 @@ impl Backend for CudaBackend {
                 ops::add_bias(&self.gpu, &mut o, b)?;
             }
             Ok(())
-        });
+        })
     }
 
     fn qkv_rope_write_kv(
@@ -339,7 +303,7 @@ impl Backend for CudaBackend {
         layout: &KvLayout,
         k_cache: &mut CudaSlice<f32>,
         v_cache: &mut CudaSlice<f32>,
-    ) {
+    ) -> Result<(), BackendError> {
         self.run("qkv_rope_write_kv", || {
             let t = batch.num_tokens();
             let db = self.device_batch(batch)?;
@@ -360,7 +324,7 @@ impl Backend for CudaBackend {
                     num_heads,
                 },
             )
-        });
+        })
     }
 
     fn paged_attention(
@@ -372,7 +336,7 @@ impl Backend for CudaBackend {
         layout: &KvLayout,
         num_heads: usize,
         batch: &Batch,
-    ) {
+    ) -> Result<(), BackendError> {
         self.run("paged_attention", || {
             let db = self.device_batch(batch)?;
             let meta = &db.meta;
@@ -399,7 +363,7 @@ impl Backend for CudaBackend {
             } else {
                 paged_attention_prefill(&self.gpu, &mut o, &inp, &meta.query_lens)
             }
-        });
+        })
     }
 
     fn silu_and_mul(
@@ -408,7 +372,7 @@ impl Backend for CudaBackend {
         gate_up: &CudaSlice<f32>,
         inter: usize,
         tokens: usize,
-    ) {
+    ) -> Result<(), BackendError> {
         self.run("silu_and_mul", || {
             ops::silu_and_mul(
                 &self.gpu,
@@ -416,13 +380,18 @@ impl Backend for CudaBackend {
                 &prefix(gate_up, tokens * 2 * inter),
                 inter,
             )
-        });
+        })
     }
 
-    fn add_inplace(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>, n: usize) {
+    fn add_inplace(
+        &self,
+        x: &mut CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<(), BackendError> {
         self.run("add_inplace", || {
             ops::add_inplace(&self.gpu, &mut prefix_mut(x, n), &prefix(y, n))
-        });
+        })
     }
 
     fn gather_rows(
@@ -431,7 +400,7 @@ impl Backend for CudaBackend {
         x: &CudaSlice<f32>,
         rows: &[usize],
         dim: usize,
-    ) {
+    ) -> Result<(), BackendError> {
         // A gather of rows is an embedding lookup with `x` as the table.
         self.run("gather_rows", || {
             let ids: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
@@ -444,13 +413,18 @@ impl Backend for CudaBackend {
                 &d,
                 dim,
             )
-        });
+        })
     }
 
-    fn copy_blocks(&self, cache: &mut CudaSlice<f32>, layout: &KvLayout, pairs: &[(u32, u32)]) {
+    fn copy_blocks(
+        &self,
+        cache: &mut CudaSlice<f32>,
+        layout: &KvLayout,
+        pairs: &[(u32, u32)],
+    ) -> Result<(), BackendError> {
         self.run("copy_blocks", || {
             ops::copy_blocks(&self.gpu, &mut [cache], layout, pairs)
-        });
+        })
     }
 
     fn copy_to_host(
@@ -459,10 +433,10 @@ impl Backend for CudaBackend {
         dev: &CudaSlice<f32>,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
-    ) {
+    ) -> Result<(), BackendError> {
         let n = layout.block_elems();
         let KvStore::F32(host) = host else {
-            return self.record_swap_dtype(host.dtype());
+            return Err(Self::swap_dtype_error(host.dtype()));
         };
         self.run("swap out", || {
             for &(s, d) in pairs {
@@ -473,7 +447,7 @@ impl Backend for CudaBackend {
                     .map_err(drv)?;
             }
             Ok(())
-        });
+        })
     }
 
     fn copy_from_host(
@@ -482,10 +456,10 @@ impl Backend for CudaBackend {
         host: &KvStore,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
-    ) {
+    ) -> Result<(), BackendError> {
         let n = layout.block_elems();
         let KvStore::F32(host) = host else {
-            return self.record_swap_dtype(host.dtype());
+            return Err(Self::swap_dtype_error(host.dtype()));
         };
         self.run("swap in", || {
             for &(s, d) in pairs {
@@ -496,7 +470,7 @@ impl Backend for CudaBackend {
                     .map_err(drv)?;
             }
             Ok(())
-        });
+        })
     }
 }
 

@@ -4,6 +4,9 @@
 
 pub mod cpu;
 pub mod cuda;
+mod error;
+
+pub use error::BackendError;
 
 use kernels::cpu::{KvStore, Rope};
 use kernels::KvDtype;
@@ -57,11 +60,6 @@ pub trait Backend: Sync {
     type KvBuf: Send + Sync;
 
     fn name(&self) -> &str;
-    /// The first error of the operations since the last call, if any (a device backend's
-    /// kernels fail asynchronously; see `cuda`). The engine checks it after every step.
-    fn take_error(&self) -> Option<String> {
-        None
-    }
     /// Runs one forward pass. A backend whose host thread pool needs the pass on a
     /// particular thread runs it there (the CPU backend's team takes the caller in).
     fn run_forward<R: Send>(&self, forward: impl FnOnce() -> R + Send) -> R {
@@ -73,7 +71,7 @@ pub trait Backend: Sync {
     fn host_parallel<T: Send>(&self, items: &mut [T], f: impl Fn(&mut T) + Sync) {
         items.iter_mut().for_each(f)
     }
-    fn zeros(&self, n: usize) -> Self::Buf;
+    fn zeros(&self, n: usize) -> Result<Self::Buf, BackendError>;
     /// Whether a forward pass may reuse an earlier step's buffer of the same length without
     /// zeroing it: true where every kernel writes all of its output (the model's
     /// `ScratchPool`).
@@ -82,21 +80,41 @@ pub trait Backend: Sync {
     }
     /// One layer's K or V cache of `n` elements of `dtype`, allocated once when the engine
     /// starts (the CPU backend asks for huge pages here, so the steps that first write each
-    /// page fault less). A backend without `dtype` kernels records an error.
-    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> Self::KvBuf;
+    /// page fault less). A backend without `dtype` kernels refuses it.
+    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> Result<Self::KvBuf, BackendError>;
     /// Makes the operating system back all of a K or V cache now (`--kv-prefault`); a
     /// device backend's memory is backed when allocated, so by default nothing to do.
-    fn kv_prefault(&self, _buf: &mut Self::KvBuf) {}
+    fn kv_prefault(&self, _buf: &mut Self::KvBuf) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// A K or V cache holding `data` rounded to `dtype` (the benchmarks' synthetic caches).
-    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> Self::KvBuf;
-    fn upload(&self, data: Vec<f32>) -> Self::Buf;
-    fn download(&self, buf: &Self::Buf, n: usize) -> Vec<f32>;
+    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> Result<Self::KvBuf, BackendError>;
+    fn upload(&self, data: Vec<f32>) -> Result<Self::Buf, BackendError>;
+    fn download(&self, buf: &Self::Buf, n: usize) -> Result<Vec<f32>, BackendError>;
     /// A weight matrix `[data.len() / cols, cols]` stored as `dtype` (values rounded to
     /// it), in whatever layout the backend's GEMM wants.
-    fn upload_weight(&self, data: Vec<f32>, cols: usize, dtype: WeightDtype) -> Self::Weight;
+    fn upload_weight(
+        &self,
+        data: Vec<f32>,
+        cols: usize,
+        dtype: WeightDtype,
+    ) -> Result<Self::Weight, BackendError>;
 
-    fn embedding(&self, out: &mut Self::Buf, table: &Self::Weight, ids: &[u32], dim: usize);
-    fn rms_norm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, eps: f32, n: usize);
+    fn embedding(
+        &self,
+        out: &mut Self::Buf,
+        table: &Self::Weight,
+        ids: &[u32],
+        dim: usize,
+    ) -> Result<(), BackendError>;
+    fn rms_norm(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        eps: f32,
+        n: usize,
+    ) -> Result<(), BackendError>;
     /// `out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias)`.
     #[allow(clippy::too_many_arguments)]
     fn linear(
@@ -108,7 +126,7 @@ pub trait Backend: Sync {
         m: usize,
         k: usize,
         n: usize,
-    );
+    ) -> Result<(), BackendError>;
     /// Splits fused `[q | k | v]` rows, applies RoPE to q and k, writes k and v into the
     /// layer's cache by the batch's slot mapping, and returns q in `q`.
     #[allow(clippy::too_many_arguments)]
@@ -122,7 +140,7 @@ pub trait Backend: Sync {
         layout: &KvLayout,
         k_cache: &mut Self::KvBuf,
         v_cache: &mut Self::KvBuf,
-    );
+    ) -> Result<(), BackendError>;
     #[allow(clippy::too_many_arguments)]
     fn paged_attention(
         &self,
@@ -133,13 +151,30 @@ pub trait Backend: Sync {
         layout: &KvLayout,
         num_heads: usize,
         batch: &Batch,
-    );
-    fn silu_and_mul(&self, out: &mut Self::Buf, gate_up: &Self::Buf, inter: usize, tokens: usize);
-    fn add_inplace(&self, x: &mut Self::Buf, y: &Self::Buf, n: usize);
+    ) -> Result<(), BackendError>;
+    fn silu_and_mul(
+        &self,
+        out: &mut Self::Buf,
+        gate_up: &Self::Buf,
+        inter: usize,
+        tokens: usize,
+    ) -> Result<(), BackendError>;
+    fn add_inplace(&self, x: &mut Self::Buf, y: &Self::Buf, n: usize) -> Result<(), BackendError>;
     /// `out[i] = x[rows[i]]` for rows of `dim`.
-    fn gather_rows(&self, out: &mut Self::Buf, x: &Self::Buf, rows: &[usize], dim: usize);
+    fn gather_rows(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        rows: &[usize],
+        dim: usize,
+    ) -> Result<(), BackendError>;
     /// Copies whole pages inside one cache (copy-on-write).
-    fn copy_blocks(&self, cache: &mut Self::KvBuf, layout: &KvLayout, pairs: &[(u32, u32)]);
+    fn copy_blocks(
+        &self,
+        cache: &mut Self::KvBuf,
+        layout: &KvLayout,
+        pairs: &[(u32, u32)],
+    ) -> Result<(), BackendError>;
     /// Swap out: device pages `src` to host pages `dst` (the host store has the cache's
     /// dtype).
     fn copy_to_host(
@@ -148,7 +183,7 @@ pub trait Backend: Sync {
         dev: &Self::KvBuf,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
-    );
+    ) -> Result<(), BackendError>;
     /// Swap in: host pages `src` to device pages `dst`.
     fn copy_from_host(
         &self,
@@ -156,5 +191,5 @@ pub trait Backend: Sync {
         host: &KvStore,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
-    );
+    ) -> Result<(), BackendError>;
 }

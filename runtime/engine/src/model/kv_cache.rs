@@ -4,7 +4,7 @@
 use kernels::{KvDtype, KvLayout};
 
 use super::config::ModelConfig;
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 
 /// The shape of a model's KV cache, independent of the backend that holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,18 +62,25 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     /// `num_blocks` pages of `block_size` tokens per layer, as `spec` says, on `backend`.
-    pub fn new(backend: &B, spec: &KvSpec, num_blocks: usize, block_size: usize) -> Self {
+    pub fn new(
+        backend: &B,
+        spec: &KvSpec,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self, BackendError> {
         let layout = spec.layout(num_blocks, block_size);
         let layers = (0..spec.num_layers)
-            .map(|_| LayerCache {
-                k: backend.kv_zeros(layout.elems(), spec.dtype),
-                v: backend.kv_zeros(layout.elems(), spec.dtype),
+            .map(|_| {
+                Ok(LayerCache {
+                    k: backend.kv_zeros(layout.elems(), spec.dtype)?,
+                    v: backend.kv_zeros(layout.elems(), spec.dtype)?,
+                })
             })
-            .collect();
-        KvCache {
+            .collect::<Result<_, BackendError>>()?;
+        Ok(KvCache {
             layout,
             dtype: spec.dtype,
             layers,
-        }
+        })
     }
 }

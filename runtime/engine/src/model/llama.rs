@@ -12,7 +12,7 @@ use super::kv_cache::KvCache;
 use super::scratch::ScratchPool;
 use super::weights::{LoadError, WeightSource};
 use super::Model;
-use crate::backend::{Backend, Batch, WeightDtype};
+use crate::backend::{Backend, BackendError, Batch, WeightDtype};
 
 struct Layer<B: Backend> {
     input_norm: B::Buf,
@@ -69,12 +69,12 @@ impl<B: Backend> LlamaModel<B> {
                     t(&p("self_attn.q_proj.bias"), &[qd])?,
                     t(&p("self_attn.k_proj.bias"), &[kvd])?,
                     t(&p("self_attn.v_proj.bias"), &[kvd])?,
-                ])))
+                ]))?)
             } else {
                 None
             };
             layers.push(Layer {
-                input_norm: backend.upload(t(&p("input_layernorm.weight"), &[e])?),
+                input_norm: backend.upload(t(&p("input_layernorm.weight"), &[e])?)?,
                 qkv: mat(
                     concat(vec![
                         t(&p("self_attn.q_proj.weight"), &[qd, e])?,
@@ -82,28 +82,28 @@ impl<B: Backend> LlamaModel<B> {
                         t(&p("self_attn.v_proj.weight"), &[kvd, e])?,
                     ]),
                     e,
-                ),
+                )?,
                 qkv_bias,
-                o: mat(t(&p("self_attn.o_proj.weight"), &[e, qd])?, qd),
-                post_norm: backend.upload(t(&p("post_attention_layernorm.weight"), &[e])?),
+                o: mat(t(&p("self_attn.o_proj.weight"), &[e, qd])?, qd)?,
+                post_norm: backend.upload(t(&p("post_attention_layernorm.weight"), &[e])?)?,
                 gate_up: mat(
                     concat(vec![
                         t(&p("mlp.gate_proj.weight"), &[i, e])?,
                         t(&p("mlp.up_proj.weight"), &[i, e])?,
                     ]),
                     e,
-                ),
-                down: mat(t(&p("mlp.down_proj.weight"), &[e, i])?, i),
+                )?,
+                down: mat(t(&p("mlp.down_proj.weight"), &[e, i])?, i)?,
             });
         }
         let lm_head = if cfg.tie_word_embeddings && !source.contains("lm_head.weight") {
             None
         } else {
-            Some(mat(t("lm_head.weight", &[cfg.vocab_size, e])?, e))
+            Some(mat(t("lm_head.weight", &[cfg.vocab_size, e])?, e)?)
         };
         Ok(LlamaModel {
-            embed: mat(t("model.embed_tokens.weight", &[cfg.vocab_size, e])?, e),
-            norm: backend.upload(t("model.norm.weight", &[e])?),
+            embed: mat(t("model.embed_tokens.weight", &[cfg.vocab_size, e])?, e)?,
+            norm: backend.upload(t("model.norm.weight", &[e])?)?,
             lm_head,
             layers,
             rope: Self::rope(&cfg),
@@ -123,7 +123,12 @@ impl<B: Backend> LlamaModel<B> {
 
     /// Runs every layer for every token of the batch and returns the logits of
     /// `batch.logit_rows`, `[rows, vocab]`, on the host.
-    fn forward_pass(&self, b: &B, batch: &Batch, cache: &mut KvCache<B>) -> Vec<f32> {
+    fn forward_pass(
+        &self,
+        b: &B,
+        batch: &Batch,
+        cache: &mut KvCache<B>,
+    ) -> Result<Vec<f32>, BackendError> {
         let c = &self.config;
         let t = batch.num_tokens();
         let (e, inter) = (c.hidden_size, c.intermediate_size);
@@ -138,12 +143,21 @@ impl<B: Backend> LlamaModel<B> {
             t * 2 * inter,
             t * inter,
         ];
-        let [mut x, mut h, mut qkv, mut q, mut attn, mut proj, mut gu, mut act] =
-            sizes.map(|n| self.scratch.take(b, n));
-        b.embedding(&mut x, &self.embed, &batch.input_ids, e);
+        let take = |i: usize| self.scratch.take(b, sizes[i]);
+        let [mut x, mut h, mut qkv, mut q, mut attn, mut proj, mut gu, mut act] = [
+            take(0)?,
+            take(1)?,
+            take(2)?,
+            take(3)?,
+            take(4)?,
+            take(5)?,
+            take(6)?,
+            take(7)?,
+        ];
+        b.embedding(&mut x, &self.embed, &batch.input_ids, e)?;
         let layout = cache.layout;
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            b.rms_norm(&mut h, &x, &layer.input_norm, c.rms_norm_eps, t * e);
+            b.rms_norm(&mut h, &x, &layer.input_norm, c.rms_norm_eps, t * e)?;
             b.linear(
                 &mut qkv,
                 &h,
@@ -152,7 +166,7 @@ impl<B: Backend> LlamaModel<B> {
                 t,
                 e,
                 qd + 2 * kvd,
-            );
+            )?;
             b.qkv_rope_write_kv(
                 &mut q,
                 &qkv,
@@ -162,27 +176,27 @@ impl<B: Backend> LlamaModel<B> {
                 &layout,
                 &mut lc.k,
                 &mut lc.v,
-            );
-            b.paged_attention(&mut attn, &q, &lc.k, &lc.v, &layout, c.num_heads, batch);
-            b.linear(&mut proj, &attn, &layer.o, None, t, qd, e);
-            b.add_inplace(&mut x, &proj, t * e);
-            b.rms_norm(&mut h, &x, &layer.post_norm, c.rms_norm_eps, t * e);
-            b.linear(&mut gu, &h, &layer.gate_up, None, t, e, 2 * inter);
-            b.silu_and_mul(&mut act, &gu, inter, t);
-            b.linear(&mut proj, &act, &layer.down, None, t, inter, e);
-            b.add_inplace(&mut x, &proj, t * e);
+            )?;
+            b.paged_attention(&mut attn, &q, &lc.k, &lc.v, &layout, c.num_heads, batch)?;
+            b.linear(&mut proj, &attn, &layer.o, None, t, qd, e)?;
+            b.add_inplace(&mut x, &proj, t * e)?;
+            b.rms_norm(&mut h, &x, &layer.post_norm, c.rms_norm_eps, t * e)?;
+            b.linear(&mut gu, &h, &layer.gate_up, None, t, e, 2 * inter)?;
+            b.silu_and_mul(&mut act, &gu, inter, t)?;
+            b.linear(&mut proj, &act, &layer.down, None, t, inter, e)?;
+            b.add_inplace(&mut x, &proj, t * e)?;
         }
         let rows = batch.logit_rows.len();
         let mut logits = Vec::new();
         if rows > 0 {
-            let mut last = self.scratch.take(b, rows * e);
-            b.gather_rows(&mut last, &x, &batch.logit_rows, e);
-            let mut normed = self.scratch.take(b, rows * e);
-            b.rms_norm(&mut normed, &last, &self.norm, c.rms_norm_eps, rows * e);
+            let mut last = self.scratch.take(b, rows * e)?;
+            b.gather_rows(&mut last, &x, &batch.logit_rows, e)?;
+            let mut normed = self.scratch.take(b, rows * e)?;
+            b.rms_norm(&mut normed, &last, &self.norm, c.rms_norm_eps, rows * e)?;
             let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-            let mut out = self.scratch.take(b, rows * c.vocab_size);
-            b.linear(&mut out, &normed, head, None, rows, e, c.vocab_size);
-            logits = b.download(&out, rows * c.vocab_size);
+            let mut out = self.scratch.take(b, rows * c.vocab_size)?;
+            b.linear(&mut out, &normed, head, None, rows, e, c.vocab_size)?;
+            logits = b.download(&out, rows * c.vocab_size)?;
             for (n, buf) in [
                 (rows * e, last),
                 (rows * e, normed),
@@ -194,7 +208,7 @@ impl<B: Backend> LlamaModel<B> {
         for (n, buf) in sizes.into_iter().zip([x, h, qkv, q, attn, proj, gu, act]) {
             self.scratch.give(b, n, buf);
         }
-        logits
+        Ok(logits)
     }
 }
 
@@ -208,7 +222,12 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
         self.rope.max_pos()
     }
 
-    fn forward(&self, backend: &B, batch: &Batch, cache: &mut KvCache<B>) -> Vec<f32> {
+    fn forward(
+        &self,
+        backend: &B,
+        batch: &Batch,
+        cache: &mut KvCache<B>,
+    ) -> Result<Vec<f32>, BackendError> {
         self.forward_pass(backend, batch, cache)
     }
 }

@@ -17,7 +17,7 @@ pub use weights::{LoadError, SourceError, WeightSource};
 
 use kernels::KvDtype;
 
-use crate::backend::{Backend, Batch};
+use crate::backend::{Backend, BackendError, Batch};
 
 /// A model the engine can run on backend `B`.
 pub trait Model<B: Backend>: Send + Sync {
@@ -31,5 +31,10 @@ pub trait Model<B: Backend>: Send + Sync {
     }
     /// Runs every layer for every token of `batch`, writing each new token's K and V into
     /// `cache`, and returns the logits of `batch.logit_rows`, `[rows, vocab]`, on the host.
-    fn forward(&self, backend: &B, batch: &Batch, cache: &mut KvCache<B>) -> Vec<f32>;
+    fn forward(
+        &self,
+        backend: &B,
+        batch: &Batch,
+        cache: &mut KvCache<B>,
+    ) -> Result<Vec<f32>, BackendError>;
 }

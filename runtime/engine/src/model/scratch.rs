@@ -14,7 +14,7 @@
 
 use parking_lot::Mutex;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 
 /// Buffers of earlier steps, each with the length it was allocated with.
 pub struct ScratchPool<B: Backend> {
@@ -33,12 +33,12 @@ impl<B: Backend> ScratchPool<B> {
 
     /// A buffer of `n` elements whose contents the caller overwrites before reading them:
     /// a pooled one of that length where the backend allows it, else `zeros(n)`.
-    pub fn take(&self, b: &B, n: usize) -> B::Buf {
+    pub fn take(&self, b: &B, n: usize) -> Result<B::Buf, BackendError> {
         if b.reuse_scratch() {
             let mut free = self.free.lock();
             if let Some(i) = free.iter().position(|(len, _)| *len == n) {
                 // `remove`, not `swap_remove`: the order stays oldest first for `give`.
-                return free.remove(i).1;
+                return Ok(free.remove(i).1);
             }
         }
         b.zeros(n)

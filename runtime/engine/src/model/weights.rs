@@ -19,4 +19,7 @@ pub enum LoadError {
     /// The weight source failed (a missing tensor, a wrong shape, an unreadable file).
     #[error(transparent)]
     Weights(SourceError),
+    /// The backend refused the weights (an unsupported dtype, out of device memory).
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
 }

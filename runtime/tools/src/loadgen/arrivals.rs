@@ -1,6 +1,7 @@
 //! When each request of a load test is sent: all at once, a Poisson process, gamma-distributed
 //! gaps (burstiness), or a rate ramped from a start to an end value. Seeded.
 
+use crate::error::ToolError;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Gamma};
@@ -24,9 +25,11 @@ pub fn arrival_times(
     burstiness: f64,
     ramp: Ramp,
     seed: u64,
-) -> Result<Vec<f64>, String> {
+) -> Result<Vec<f64>, ToolError> {
     if !(burstiness > 0.0 && burstiness.is_finite()) {
-        return Err(format!("--burstiness must be positive, got {burstiness}"));
+        return Err(ToolError::Input(format!(
+            "--burstiness must be positive, got {burstiness}"
+        )));
     }
     let rate_of = |i: usize| -> f64 {
         let f = if n > 1 {
@@ -50,10 +53,12 @@ pub fn arrival_times(
             continue;
         }
         if r.is_nan() || r <= 0.0 {
-            return Err(format!("request rates must be positive, got {r}"));
+            return Err(ToolError::Input(format!(
+                "request rates must be positive, got {r}"
+            )));
         }
         let gap = Gamma::new(burstiness, 1.0 / (r * burstiness))
-            .map_err(|e| format!("rate {r}, burstiness {burstiness}: {e}"))?;
+            .map_err(|e| ToolError::Input(format!("rate {r}, burstiness {burstiness}: {e}")))?;
         t += gap.sample(&mut rng);
     }
     Ok(out)

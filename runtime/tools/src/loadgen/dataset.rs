@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use crate::error::ToolError;
 use crate::sim_inputs::load_trace;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -56,14 +57,10 @@ fn sample(d: &LenDist, rng: &mut StdRng) -> usize {
 }
 
 /// Builds the prompts.
-pub fn build(spec: &DatasetSpec) -> Result<Vec<BenchRequest>, String> {
+pub fn build(spec: &DatasetSpec) -> Result<Vec<BenchRequest>, ToolError> {
     let mut check = StdRng::seed_from_u64(0);
-    spec.input_len
-        .sample(&mut check)
-        .map_err(|e| e.to_string())?;
-    spec.output_len
-        .sample(&mut check)
-        .map_err(|e| e.to_string())?;
+    spec.input_len.sample(&mut check)?;
+    spec.output_len.sample(&mut check)?;
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut synth = |input: &LenDist, output: &LenDist, prefixes: &[String]| {
         (0..spec.num_prompts)
@@ -103,20 +100,19 @@ pub fn build(spec: &DatasetSpec) -> Result<Vec<BenchRequest>, String> {
 
 /// A `.jsonl`/`.csv` trace of the simulator (lengths used, prompts synthesised), or a
 /// ShareGPT `.json` file (first human turn as the prompt, the reply's length as output).
-fn from_file(path: &Path, spec: &DatasetSpec) -> Result<Vec<BenchRequest>, String> {
+fn from_file(path: &Path, spec: &DatasetSpec) -> Result<Vec<BenchRequest>, ToolError> {
     if !path.is_file() {
-        return Err(format!(
+        return Err(ToolError::Input(format!(
             "--dataset {}: not random, sharegpt-like, prefix-sharing or a file",
             path.display()
-        ));
+        )));
     }
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let is_sharegpt = path.extension().is_some_and(|e| e == "json");
     let mut out = if is_sharegpt {
         sharegpt(path)?
     } else {
-        load_trace(path)
-            .map_err(|e| e.to_string())?
+        load_trace(path)?
             .into_iter()
             .map(|r| BenchRequest {
                 prompt: words(&mut rng, r.prompt_len),
@@ -126,7 +122,7 @@ fn from_file(path: &Path, spec: &DatasetSpec) -> Result<Vec<BenchRequest>, Strin
             .collect()
     };
     if out.is_empty() {
-        return Err(format!("{}: no requests", path.display()));
+        return Err(ToolError::Input(format!("{}: no requests", path.display())));
     }
     // Cycle through the file if it is shorter than --num-prompts.
     let n = out.len();
@@ -134,13 +130,16 @@ fn from_file(path: &Path, spec: &DatasetSpec) -> Result<Vec<BenchRequest>, Strin
     Ok(out)
 }
 
-fn sharegpt(path: &Path) -> Result<Vec<BenchRequest>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let convs = v
-        .as_array()
-        .ok_or_else(|| format!("{}: expected a JSON array of conversations", path.display()))?;
+fn sharegpt(path: &Path) -> Result<Vec<BenchRequest>, ToolError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ToolError::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ToolError::Input(format!("{}: {e}", path.display())))?;
+    let convs = v.as_array().ok_or_else(|| {
+        ToolError::Input(format!(
+            "{}: expected a JSON array of conversations",
+            path.display()
+        ))
+    })?;
     let mut out = Vec::new();
     for c in convs {
         let turns = c["conversations"].as_array();

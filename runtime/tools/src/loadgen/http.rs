@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use crate::error::ToolError;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -17,26 +18,29 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Parses `http://host[:port][/]` (port 80 by default).
-    pub fn parse(base_url: &str) -> Result<Self, String> {
+    pub fn parse(base_url: &str) -> Result<Self, ToolError> {
         let rest = base_url.strip_prefix("http://").ok_or_else(|| {
-            format!("--base-url {base_url}: only http:// URLs are supported (no TLS)")
+            ToolError::Input(format!(
+                "--base-url {base_url}: only http:// URLs are supported (no TLS)"
+            ))
         })?;
         let hostport = rest.trim_end_matches('/');
         if hostport.contains('/') {
-            return Err(format!(
+            return Err(ToolError::Http(format!(
                 "--base-url {base_url}: give the server root (http://host:port); the path comes from --endpoint"
-            ));
+            )));
         }
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (
                 h.to_string(),
-                p.parse()
-                    .map_err(|_| format!("--base-url {base_url}: bad port '{p}'"))?,
+                p.parse().map_err(|_| {
+                    ToolError::Http(format!("--base-url {base_url}: bad port '{p}'"))
+                })?,
             ),
             None => (hostport.to_string(), 80),
         };
         if host.is_empty() {
-            return Err(format!("--base-url {base_url}: no host"));
+            return Err(ToolError::Http(format!("--base-url {base_url}: no host")));
         }
         Ok(Endpoint { host, port })
     }
@@ -69,15 +73,15 @@ pub async fn request(
     path: &str,
     body: Option<Vec<u8>>,
     api_key: Option<&str>,
-) -> Result<StreamedResponse, String> {
+) -> Result<StreamedResponse, ToolError> {
     let addr = format!("{}:{}", ep.host, ep.port);
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+        .map_err(|e| ToolError::Http(format!("connect {addr}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .map_err(|e| format!("handshake {addr}: {e}"))?;
+        .map_err(|e| ToolError::Http(format!("handshake {addr}: {e}")))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -92,16 +96,16 @@ pub async fn request(
     }
     let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ToolError::Http(e.to_string()))?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| format!("{method} {path}: {e}"))?;
+        .map_err(|e| ToolError::Http(format!("{method} {path}: {e}")))?;
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
     let mut frames = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("reading the response: {e}"))?;
+        let frame = frame.map_err(|e| ToolError::Http(format!("reading the response: {e}")))?;
         if let Ok(data) = frame.into_data() {
             frames.push((Instant::now(), data));
         }

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::dataset::BenchRequest;
 use super::http::{request, Endpoint};
 use super::sse::SseParser;
+use crate::error::ToolError;
 use models::tokenizer::Tokenizer;
 
 /// Where and how to send.
@@ -100,12 +101,12 @@ impl Outcome {
 
 /// The token text a chunk carries (`None`: the chunk carries no token, like a usage chunk or
 /// a chat stream's opening role-only delta), or the error it reports.
-fn chunk_token(v: &Value, chat: bool) -> Result<Option<String>, String> {
+fn chunk_token(v: &Value, chat: bool) -> Result<Option<String>, ToolError> {
     if let Some(e) = v.get("error") {
-        return Err(format!(
+        return Err(ToolError::Http(format!(
             "stream error: {}",
             e["message"].as_str().unwrap_or("(no message)")
-        ));
+        )));
     }
     let c = &v["choices"][0];
     if chat {
@@ -141,7 +142,7 @@ pub async fn send_one(target: &Target, r: &BenchRequest, run_start: Instant) -> 
     let resp = match tokio::time::timeout(target.timeout, call).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
-            o.error = Some(e);
+            o.error = Some(e.to_string());
             return o;
         }
         Err(_) => {
@@ -186,7 +187,7 @@ pub async fn send_one(target: &Target, r: &BenchRequest, run_start: Instant) -> 
             }
             match chunk_token(&v, target.is_chat()) {
                 Err(e) => {
-                    o.error = Some(e);
+                    o.error = Some(e.to_string());
                     return o;
                 }
                 Ok(Some(text)) => {
@@ -259,12 +260,17 @@ pub async fn run(
 }
 
 /// The first model a server lists (for when `--model` is not given).
-pub async fn first_model(ep: &Endpoint, api_key: Option<&str>) -> Result<String, String> {
+pub async fn first_model(ep: &Endpoint, api_key: Option<&str>) -> Result<String, ToolError> {
     let r = request(ep, "GET", "/v1/models", None, api_key).await?;
     let v: Value = serde_json::from_str(&r.body_text())
-        .map_err(|e| format!("GET /v1/models: {e} (status {})", r.status))?;
+        .map_err(|e| ToolError::Http(format!("GET /v1/models: {e} (status {})", r.status)))?;
     v["data"][0]["id"]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| format!("GET /v1/models lists no model (status {})", r.status))
+        .ok_or_else(|| {
+            ToolError::Http(format!(
+                "GET /v1/models lists no model (status {})",
+                r.status
+            ))
+        })
 }
