@@ -49,8 +49,7 @@ impl CudaBackend {
         }
         let gpu = Gpu::open(ordinal)?;
         gpu.preload(&source::ALL)?;
-        let blas = CudaBlas::new(gpu.stream().clone())
-            .map_err(|e| CudaError::Driver(format!("cuBLAS: {e}")))?;
+        let blas = CudaBlas::new(gpu.stream().clone()).map_err(CudaError::Blas)?;
         Ok(CudaBackend {
             gpu,
             blas,
@@ -97,10 +96,7 @@ impl CudaBackend {
         &self,
         v: &[T],
     ) -> Result<CudaSlice<T>, CudaError> {
-        self.gpu
-            .stream()
-            .memcpy_stod(v)
-            .map_err(|e| CudaError::Driver(e.to_string()))
+        self.gpu.stream().memcpy_stod(v).map_err(CudaError::Driver)
     }
 
     /// `batch`'s metadata on the device, uploaded by the first layer that asks for it; the
@@ -138,7 +134,7 @@ fn prefix_mut(b: &mut CudaSlice<f32>, n: usize) -> CudaViewMut<'_, f32> {
 }
 
 fn drv(e: cudarc::driver::DriverError) -> CudaError {
-    CudaError::Driver(e.to_string())
+    CudaError::Driver(e)
 }
 
 impl Backend for CudaBackend {
@@ -285,7 +281,7 @@ impl Backend for CudaBackend {
                 self.blas
                     .gemm(cfg, &prefix(w, n * k), &prefix(x, m * k), &mut o)
             }
-            .map_err(|e| CudaError::Driver(format!("cuBLAS sgemm: {e}")))?;
+            .map_err(CudaError::Blas)?;
             if let Some(b) = bias {
                 ops::add_bias(&self.gpu, &mut o, b)?;
             }
