@@ -60,17 +60,16 @@ fn run_on<B: Backend>(a: ThroughputArgs, mut engine: EngineCore<B>) -> anyhow::R
         let prompt = (0..a.input_len)
             .map(|_| rng.random_range(low..vocab))
             .collect();
+        let params = SamplingParams {
+            max_tokens: a.output_len,
+            ignore_eos: a.ignore_eos,
+            seed: Some(a.seed + i as u64),
+            ..SamplingParams::default()
+        };
+        let request = engine.request_limits().validate(prompt, params)?;
         engine.add_request(GenerateRequest {
             id: i as u64,
-            prompt,
-            params: SamplingParams {
-                max_tokens: a.output_len,
-                ignore_eos: a.ignore_eos,
-                seed: Some(a.seed + i as u64),
-                ..SamplingParams::default()
-            },
-            priority: 0,
-            cache_salt: None,
+            request,
         })?;
     }
     let bar = super::progress_bar(

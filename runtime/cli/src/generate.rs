@@ -12,7 +12,7 @@ use super::engine_args::{with_engine, EngineArgs};
 use engine::backend::Backend;
 use engine::sampler::SamplingParams;
 use engine::EngineCore;
-use engine::GenerateRequest;
+use engine::{EngineError, GenerateRequest};
 use models::tokenizer::{ChatMessage, Tokenizer};
 
 #[derive(Args, Debug, Clone)]
@@ -100,12 +100,14 @@ fn run_on<B: Backend>(
             continue;
         }
         engine
-            .add_request(GenerateRequest {
-                id: i as u64,
-                prompt: ids.clone(),
-                params: params.clone(),
-                priority: 0,
-                cache_salt: None,
+            .request_limits()
+            .validate(ids.clone(), params.clone())
+            .map_err(EngineError::from)
+            .and_then(|request| {
+                engine.add_request(GenerateRequest {
+                    id: i as u64,
+                    request,
+                })
             })
             .map_err(|e| anyhow::anyhow!("prompt {}: {e}", i + 1))?;
         prompt_ids.push(ids);

@@ -18,6 +18,7 @@ use super::EngineError;
 use crate::backend::Backend;
 use crate::detok::{IncrementalDecoder, TokenDecoder};
 use crate::model::{KvCache, Model};
+use crate::request::{RequestLimits, ValidatedRequest};
 use crate::sampler::{sample, sample_rng, Sampled, SamplingParams};
 
 /// Sizing and policy of an engine.
@@ -58,15 +59,12 @@ impl Default for EngineConfig {
     }
 }
 
-/// A generation request.
+/// A generation request: a validated prompt and parameters, under the caller's id.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
     /// Chosen by the caller; must be below 2^62 (forked samples use the ids above).
     pub id: u64,
-    pub prompt: Vec<u32>,
-    pub params: SamplingParams,
-    pub priority: i32,
-    pub cache_salt: Option<u64>,
+    pub request: ValidatedRequest,
 }
 
 /// One new token of one sample of a request.
@@ -232,7 +230,20 @@ impl<B: Backend> EngineCore<B> {
         self.scheduler.has_unfinished()
     }
 
-    /// Queues a request; refused now (with the reason) if it could never run.
+    /// What a request must satisfy to be added ([`RequestLimits::validate`]).
+    pub fn request_limits(&self) -> RequestLimits {
+        RequestLimits {
+            vocab_size: self.model.config().vocab_size,
+            max_model_len: self
+                .scheduler
+                .config()
+                .max_model_len
+                .unwrap_or_else(|| self.model.max_len()),
+        }
+    }
+
+    /// Queues a request; refused now (with the reason) if it could never run here or the
+    /// queue is full. The request's content was checked when it was validated.
     pub fn add_request(&mut self, r: GenerateRequest) -> Result<(), EngineError> {
         if r.id >= CHILD_BASE || self.requests.contains_key(&r.id) {
             return Err(EngineError::BadRequest(format!(
@@ -240,32 +251,23 @@ impl<B: Backend> EngineCore<B> {
                 r.id
             )));
         }
-        if r.params.max_tokens == 0 || r.params.n == 0 {
-            return Err(EngineError::BadRequest(
-                "max_tokens and n must be at least 1".into(),
-            ));
-        }
         if let Some(max) = self.max_queue {
             let waiting = self.scheduler.num_waiting();
             if waiting >= max {
                 return Err(EngineError::QueueFull { waiting, max });
             }
         }
-        let vocab = self.model.config().vocab_size as u32;
-        if let Some(&bad) = r.prompt.iter().find(|&&t| t >= vocab) {
-            return Err(EngineError::BadRequest(format!(
-                "token id {bad} is outside the vocabulary (size {vocab})"
-            )));
-        }
-        let mut req = Request::new(r.id, r.prompt.clone(), r.params.max_tokens);
+        let (priority, cache_salt) = (r.request.priority(), r.request.cache_salt());
+        let (prompt, params) = r.request.into_parts();
+        let mut req = Request::new(r.id, prompt.clone(), params.max_tokens);
         let req_arrival = self.started.elapsed().as_secs_f64();
         req.arrival_s = req_arrival;
-        req.priority = r.priority;
-        req.cache_salt = r.cache_salt;
+        req.priority = priority;
+        req.cache_salt = cache_salt;
         self.scheduler.add_request(req)?;
         self.samples.insert(
             r.id,
-            SampleState::new(r.id, 0, Arc::new(r.params), Arc::new(r.prompt)),
+            SampleState::new(r.id, 0, Arc::new(params), Arc::new(prompt)),
         );
         self.requests.insert(r.id, vec![r.id]);
         self.unscheduled.insert(r.id, req_arrival);

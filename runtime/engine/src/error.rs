@@ -2,11 +2,15 @@
 
 use crate::backend::BackendError;
 use crate::detok::DecodeError;
+use crate::request::InvalidRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A request that failed validation ([`crate::RequestLimits::validate`]).
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
     /// The engine was configured with something it cannot run (an unknown policy).
     #[error("engine configuration: {0}")]
     Config(String),

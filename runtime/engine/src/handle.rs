@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use crate::backend::Backend;
-use crate::{EngineCore, EngineError, GenerateRequest, TokenOutput};
+use crate::{EngineCore, EngineError, GenerateRequest, RequestLimits, TokenOutput};
 
 enum Command {
     Add(
@@ -34,6 +34,7 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     alive: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
+    limits: RequestLimits,
 }
 
 impl EngineHandle {
@@ -48,6 +49,7 @@ impl EngineHandle {
         B: Backend + Send + 'static,
         B::Buf: Send,
     {
+        let limits = core.request_limits();
         let (tx, rx) = mpsc::channel::<Command>();
         let alive = Arc::new(AtomicBool::new(true));
         let alive2 = alive.clone();
@@ -134,7 +136,13 @@ impl EngineHandle {
             tx,
             alive,
             last_error,
+            limits,
         }
+    }
+
+    /// What a request must satisfy to be submitted ([`RequestLimits::validate`]).
+    pub fn limits(&self) -> RequestLimits {
+        self.limits
     }
 
     /// The last step failure (whose requests were aborted), if any.

@@ -16,12 +16,14 @@ mod error;
 pub mod executor;
 pub mod handle;
 pub mod model;
+pub mod request;
 mod run;
 pub mod sampler;
 pub mod stop;
 
 pub use self::core::{EngineConfig, EngineCore, GenerateRequest, TokenOutput};
 pub use error::EngineError;
+pub use request::{InvalidRequest, RequestLimits, ValidatedRequest};
 pub use run::{run_to_completion, Completion};
 
 /// Types of the crates below that every user of the engine handles.

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engine::{EngineError, SchedulerError};
+use engine::{EngineError, InvalidRequest, SchedulerError};
 use serde_json::json;
 
 #[derive(Debug, Clone)]
@@ -108,6 +108,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::BadRequest(m) => ApiError::bad_request(m, None),
+            EngineError::Invalid(e) => e.into(),
             e @ EngineError::QueueFull { .. } => ApiError::queue_full(e.to_string(), 1),
             EngineError::Stopped => ApiError::unavailable(EngineError::Stopped.to_string()),
             EngineError::Scheduler(s) => s.into(),
@@ -137,5 +138,12 @@ impl From<SchedulerError> for ApiError {
             | SchedulerError::InvalidConfig(_)
             | SchedulerError::Block(_)) => ApiError::internal(e.to_string()),
         }
+    }
+}
+
+/// A request that failed validation: 400, naming the field.
+impl From<InvalidRequest> for ApiError {
+    fn from(e: InvalidRequest) -> Self {
+        ApiError::bad_request(e.to_string(), Some(e.param()))
     }
 }

@@ -101,40 +101,17 @@ async fn submit_all(
     });
     let mut out = Vec::with_capacity(prompts.len());
     for p in prompts {
-        if p.is_empty() {
-            return Err(ApiError::bad_request("the prompt is empty", Some("prompt")));
-        }
-        if let Some(&bad) = p.iter().find(|&&t| t as usize >= st.vocab_size) {
-            return Err(ApiError::bad_request(
-                format!(
-                    "token id {bad} is outside the vocabulary (size {})",
-                    st.vocab_size
-                ),
-                Some("prompt"),
-            ));
-        }
-        if p.len() + params.max_tokens > st.max_model_len {
-            return Err(ApiError::bad_request(
-                format!(
-                    "prompt ({} tokens) + max_tokens ({}) exceeds the maximum model length {}",
-                    p.len(),
-                    params.max_tokens,
-                    st.max_model_len
-                ),
-                Some("max_tokens"),
-            ));
-        }
+        let n_prompt = p.len();
+        let request = st
+            .limits
+            .validate(p, params.clone())?
+            .with_priority(s.priority.unwrap_or(0))
+            .with_cache_salt(salt);
         let id = st.next_id.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!("pagedrt:prompt_tokens_total").increment(p.len() as u64);
+        ::metrics::counter!("pagedrt:prompt_tokens_total").increment(n_prompt as u64);
         let rx = st
             .engine
-            .submit(GenerateRequest {
-                id,
-                prompt: p,
-                params: params.clone(),
-                priority: s.priority.unwrap_or(0),
-                cache_salt: salt,
-            })
+            .submit(GenerateRequest { id, request })
             .await
             .map_err(ApiError::from)?;
         out.push(rx);
@@ -451,7 +428,7 @@ pub async fn completions(
     authorize(&headers, &st)?;
     let req: CompletionRequest = parse(body)?;
     check_model(&req.model, &st)?;
-    let params = sampling_params(&req.sampling, 16, st.max_model_len)?;
+    let params = sampling_params(&req.sampling, 16, st.limits.max_model_len)?;
     let prompts = prompts_of(&st, req.prompt)?;
     respond(&st, Flavor::Completion, prompts, params, &req.sampling).await
 }
@@ -464,7 +441,11 @@ pub async fn chat_completions(
     authorize(&headers, &st)?;
     let req: ChatRequest = parse(body)?;
     check_model(&req.model, &st)?;
-    let mut params = sampling_params(&req.sampling, st.max_model_len, st.max_model_len)?;
+    let mut params = sampling_params(
+        &req.sampling,
+        st.limits.max_model_len,
+        st.limits.max_model_len,
+    )?;
     let msgs = chat_messages(&req.messages)?;
     let text = st
         .tokenizer
@@ -476,7 +457,7 @@ pub async fn chat_completions(
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
     if req.sampling.max_tokens.is_none() && req.sampling.max_completion_tokens.is_none() {
         // No limit given: whatever room the context leaves.
-        params.max_tokens = st.max_model_len.saturating_sub(prompt.len()).max(1);
+        params.max_tokens = st.limits.max_model_len.saturating_sub(prompt.len()).max(1);
     }
     respond(&st, Flavor::Chat, vec![prompt], params, &req.sampling).await
 }
@@ -485,7 +466,7 @@ pub async fn models(State(st): S, headers: HeaderMap) -> Result<Response, ApiErr
     authorize(&headers, &st)?;
     Ok(Json(json!({"object": "list", "data": [{
         "id": st.served_model_name, "object": "model", "created": now(), "owned_by": "pagedrt",
-        "max_model_len": st.max_model_len,
+        "max_model_len": st.limits.max_model_len,
     }]}))
     .into_response())
 }
@@ -510,10 +491,10 @@ pub async fn tokenize(State(st): S, headers: HeaderMap, body: Body) -> Result<Re
         .tokenizer
         .encode(&text)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
-    Ok(
-        Json(json!({"count": tokens.len(), "max_model_len": st.max_model_len, "tokens": tokens}))
-            .into_response(),
+    Ok(Json(
+        json!({"count": tokens.len(), "max_model_len": st.limits.max_model_len, "tokens": tokens}),
     )
+    .into_response())
 }
 
 pub async fn detokenize(
@@ -523,7 +504,11 @@ pub async fn detokenize(
 ) -> Result<Response, ApiError> {
     authorize(&headers, &st)?;
     let req: DetokenizeRequest = parse(body)?;
-    if let Some(&bad) = req.tokens.iter().find(|&&t| t as usize >= st.vocab_size) {
+    if let Some(&bad) = req
+        .tokens
+        .iter()
+        .find(|&&t| t as usize >= st.limits.vocab_size)
+    {
         return Err(ApiError::bad_request(
             format!("token id {bad} is outside the vocabulary"),
             Some("tokens"),

@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use engine::handle::EngineHandle;
+use engine::RequestLimits;
 use models::tokenizer::Tokenizer;
 
 pub use error::ApiError;
@@ -29,8 +30,8 @@ pub struct AppState {
     pub tokenizer: Arc<Tokenizer>,
     pub served_model_name: String,
     pub api_key: Option<String>,
-    pub max_model_len: usize,
-    pub vocab_size: usize,
+    /// The engine's request limits (vocabulary, longest sequence).
+    pub limits: RequestLimits,
     pub next_id: AtomicU64,
 }
 
@@ -84,21 +85,14 @@ where
     B: engine::backend::Backend + Send + 'static,
     B::Buf: Send,
 {
-    let max_model_len = core
-        .scheduler()
-        .config()
-        .max_model_len
-        .unwrap_or_else(|| core.model().max_len());
-    let vocab_size = core.model().config().vocab_size;
     let _ = metrics::handle();
     let engine = EngineHandle::spawn(core, |c, o| metrics::record_step(c, o));
     Arc::new(AppState {
+        limits: engine.limits(),
         engine,
         tokenizer,
         served_model_name,
         api_key,
-        max_model_len,
-        vocab_size,
         next_id: AtomicU64::new(0),
     })
 }

@@ -67,19 +67,18 @@ pub fn greedy_trace<B: Backend>(
     prompts: &[Vec<u32>],
     max_tokens: usize,
 ) -> Result<Trace, EngineError> {
+    let limits = engine.request_limits();
     for (i, p) in prompts.iter().enumerate() {
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_tokens,
+            ignore_eos: true,
+            logprobs: Some(2),
+            ..SamplingParams::default()
+        };
         engine.add_request(GenerateRequest {
             id: i as u64,
-            prompt: p.clone(),
-            params: SamplingParams {
-                temperature: 0.0,
-                max_tokens,
-                ignore_eos: true,
-                logprobs: Some(2),
-                ..SamplingParams::default()
-            },
-            priority: 0,
-            cache_salt: None,
+            request: limits.validate(p.clone(), params)?,
         })?;
     }
     let mut trace = Trace::new();

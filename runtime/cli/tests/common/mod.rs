@@ -146,3 +146,21 @@ pub fn golden_with_margin(min_margin: f64) -> Vec<Golden> {
         })
         .collect()
 }
+
+/// A request for the engine tests, validated against limits no test reaches, so what the
+/// engine and the scheduler refuse of it is theirs to refuse (the server's validation has
+/// its own tests).
+pub fn request(
+    id: u64,
+    prompt: Vec<u32>,
+    params: engine::sampler::SamplingParams,
+) -> engine::GenerateRequest {
+    let limits = engine::RequestLimits {
+        vocab_size: u32::MAX as usize,
+        max_model_len: usize::MAX / 2,
+    };
+    engine::GenerateRequest {
+        id,
+        request: limits.validate(prompt, params).unwrap(),
+    }
+}

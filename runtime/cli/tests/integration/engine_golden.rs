@@ -11,16 +11,14 @@ use scheduler::{PreemptionMode, SchedulerConfig};
 use tools::engines::cpu_engine;
 
 fn greedy_req(id: u64, prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest {
+    common::request(
         id,
         prompt,
-        params: SamplingParams {
+        SamplingParams {
             ignore_eos: true,
             ..SamplingParams::greedy(max_tokens)
         },
-        priority: 0,
-        cache_salt: None,
-    }
+    )
 }
 
 fn config(blocks: usize, budget: usize, host: usize, mode: PreemptionMode) -> EngineConfig {
@@ -249,14 +247,8 @@ fn seeded_sampling_is_reproducible_across_batch_compositions() {
         )
         .unwrap()
         .0;
-        e.add_request(GenerateRequest {
-            id: 0,
-            prompt: gold[1].prompt.clone(),
-            params: params.clone(),
-            priority: 0,
-            cache_salt: None,
-        })
-        .unwrap();
+        e.add_request(common::request(0, gold[1].prompt.clone(), params.clone()))
+            .unwrap();
         for i in 0..others {
             e.add_request(greedy_req(
                 1 + i as u64,
@@ -282,10 +274,10 @@ fn parallel_samples_share_the_prompt_pages_and_stop_strings_are_not_emitted() {
     .unwrap()
     .0;
     let prompt = gold[0].prompt.clone(); // "The capital of France is"
-    e.add_request(GenerateRequest {
-        id: 0,
-        prompt: prompt.clone(),
-        params: SamplingParams {
+    e.add_request(common::request(
+        0,
+        prompt.clone(),
+        SamplingParams {
             temperature: 1.0,
             seed: Some(5),
             n: 4,
@@ -293,9 +285,7 @@ fn parallel_samples_share_the_prompt_pages_and_stop_strings_are_not_emitted() {
             ignore_eos: true,
             ..SamplingParams::default()
         },
-        priority: 0,
-        cache_salt: None,
-    })
+    ))
     .unwrap();
     // After the prefill step the three forks hold the prompt's page with the parent.
     let mut outs = e.step().unwrap();
@@ -320,9 +310,12 @@ fn parallel_samples_share_the_prompt_pages_and_stop_strings_are_not_emitted() {
     )
     .unwrap()
     .0;
-    let mut r = greedy_req(0, prompt, 32);
-    r.params.stop = vec![".".into()];
-    e.add_request(r).unwrap();
+    let params = SamplingParams {
+        ignore_eos: true,
+        stop: vec![".".into()],
+        ..SamplingParams::greedy(32)
+    };
+    e.add_request(common::request(0, prompt, params)).unwrap();
     let out = run_to_completion(&mut e).unwrap();
     let c = &out[&(0, 0)];
     assert_eq!(c.text, " Paris");

@@ -3,22 +3,22 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::common;
+
 use engine::handle::EngineHandle;
 use engine::sampler::SamplingParams;
 use engine::{EngineConfig, GenerateRequest};
 use tools::engines::cpu_dummy_engine;
 
 fn req(id: u64, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest {
+    common::request(
         id,
-        prompt: vec![1, 72, 105, 33, 10],
-        params: SamplingParams {
+        vec![1, 72, 105, 33, 10],
+        SamplingParams {
             ignore_eos: true,
             ..SamplingParams::greedy(max_tokens)
         },
-        priority: 0,
-        cache_salt: None,
-    }
+    )
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -6,7 +6,7 @@ use crate::common;
 
 use common::{default_model, golden};
 use engine::sampler::SamplingParams;
-use engine::{run_to_completion, EngineConfig, GenerateRequest};
+use engine::{run_to_completion, EngineConfig};
 use tools::engines::cpu_engine;
 use tools::no_cache::{full_recompute_batch, NoCacheRunner};
 
@@ -23,14 +23,8 @@ fn cached_and_uncached_greedy_tokens_agree_on_the_golden_prompts() {
         ..SamplingParams::greedy(STEPS)
     };
     for (i, g) in gold.iter().enumerate() {
-        core.add_request(GenerateRequest {
-            id: i as u64,
-            prompt: g.prompt.clone(),
-            params: params.clone(),
-            priority: 0,
-            cache_salt: None,
-        })
-        .unwrap();
+        core.add_request(common::request(i as u64, g.prompt.clone(), params.clone()))
+            .unwrap();
     }
     let cached = run_to_completion(&mut core).unwrap();
     let prompts: Vec<Vec<u32>> = gold.iter().map(|g| g.prompt.clone()).collect();
