@@ -80,7 +80,7 @@ fn run_on<B: Backend>(a: ThroughputArgs, mut engine: EngineCore<B>) -> anyhow::R
     let start = Instant::now();
     let (mut steps, mut out_tokens, mut finished, mut peak_usage) = (0u64, 0usize, 0u64, 0f64);
     while engine.has_unfinished() {
-        let outs = engine.step()?;
+        let outs = engine.step()?.outputs;
         steps += 1;
         out_tokens += outs.len();
         finished += outs.iter().filter(|o| o.finish.is_some()).count() as u64;

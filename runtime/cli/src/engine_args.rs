@@ -2,7 +2,9 @@
 
 use clap::Args;
 use kernels::KvDtype;
-use scheduler::{PreemptionMode, SchedulerConfig};
+use scheduler::SchedulerConfig;
+
+use crate::choices::{Device, Dtype, Policy, Preemption};
 
 use std::sync::Arc;
 
@@ -41,20 +43,20 @@ pub struct EngineArgs {
     pub max_num_batched_tokens: usize,
     #[arg(long)]
     pub max_model_len: Option<usize>,
-    #[arg(long, default_value = "fcfs")]
-    pub policy: String,
-    #[arg(long, default_value = "recompute")]
-    pub preemption_mode: PreemptionMode,
+    #[arg(long, value_enum, default_value_t = Policy::Fcfs)]
+    pub policy: Policy,
+    #[arg(long, value_enum, default_value_t = Preemption::Recompute)]
+    pub preemption_mode: Preemption,
     #[arg(long)]
     pub no_prefix_caching: bool,
     /// Where the model runs: cpu, cuda (GPU 0, f32 weights), or auto (cuda when a GPU and
     /// its libraries are present, else cpu).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
     /// Storage of the weight matrices: f32, or bf16 (half the memory; on the CPU, decode
     /// reads half the bytes). Activations stay f32.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
     /// Storage of the KV cache: f32, or f16 (half the bytes per token: twice the tokens in
     /// the same --kv-cache-memory, and decode attention reads half as much; CPU only).
     #[arg(long, default_value_t = KvDtype::F32)]
@@ -68,22 +70,6 @@ pub struct EngineArgs {
     /// backed the memory).
     #[arg(long)]
     pub kv_prefault: bool,
-}
-
-/// `--dtype`: how the weight matrices are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DtypeArg {
-    F32,
-    Bf16,
-}
-
-impl DtypeArg {
-    pub fn weights(self) -> WeightDtype {
-        match self {
-            DtypeArg::F32 => WeightDtype::F32,
-            DtypeArg::Bf16 => WeightDtype::Bf16,
-        }
-    }
 }
 
 /// Parses `2GiB`, `512MiB`, `1.5GB`, `1000000`.
@@ -111,33 +97,32 @@ impl EngineArgs {
     /// Resolves the model (pulling it if needed) and builds an engine on `--device`; the
     /// tokenizer comes with it (the engine decodes with it, callers encode with it).
     pub fn build(&self) -> anyhow::Result<(AnyEngine, Arc<Tokenizer>)> {
-        let cuda = match self.device.as_str() {
-            "cpu" => None,
-            "cuda" if self.dtype.weights() != WeightDtype::F32 => {
+        let cuda = match self.device {
+            Device::Cpu => None,
+            Device::Cuda if self.dtype.weights() != WeightDtype::F32 => {
                 anyhow::bail!("--device cuda takes --dtype f32 for now (bf16 weights are CPU-only)")
             }
-            "cuda" if self.kv_cache_dtype != KvDtype::F32 => anyhow::bail!(
+            Device::Cuda if self.kv_cache_dtype != KvDtype::F32 => anyhow::bail!(
                 "--device cuda takes --kv-cache-dtype f32 for now (an f16 cache is CPU-only)"
             ),
-            "cuda" => {
+            Device::Cuda => {
                 Some(CudaBackend::new(0).map_err(|e| {
                     anyhow::anyhow!("--device cuda: {e} (pagedrt doctor says more)")
                 })?)
             }
-            "auto"
+            Device::Auto
                 if self.dtype.weights() != WeightDtype::F32
                     || self.kv_cache_dtype != KvDtype::F32 =>
             {
                 None
             }
-            "auto" => match CudaBackend::new(0) {
+            Device::Auto => match CudaBackend::new(0) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     eprintln!("--device auto: using the CPU ({e})");
                     None
                 }
             },
-            d => return Err(anyhow::anyhow!("--device '{d}': cpu, cuda or auto")),
         };
         let source = resolve_source(self.model.as_deref(), &mut |l| eprintln!("{l}"))?;
         let mc = match &source {
@@ -166,11 +151,11 @@ impl EngineArgs {
             scheduler: SchedulerConfig {
                 max_num_batched_tokens: self.max_num_batched_tokens,
                 max_num_seqs: self.max_num_seqs,
-                preemption_mode: self.preemption_mode,
+                preemption_mode: self.preemption_mode.mode(),
                 max_model_len: self.max_model_len,
                 ..SchedulerConfig::default()
             },
-            policy: self.policy.clone(),
+            policy: self.policy.name().into(),
             max_queue: self.max_queue,
             kv_prefault: self.kv_prefault,
         };
@@ -195,6 +180,18 @@ impl EngineArgs {
 pub enum AnyEngine {
     Cpu(Box<EngineCore<CpuBackend>>),
     Cuda(Box<EngineCore<CudaBackend>>),
+}
+
+impl AnyEngine {
+    /// The engine, if it runs on backend `B` (a rebuilt engine must match the one it
+    /// replaces).
+    pub fn into_core<B: engine::backend::Backend + 'static>(self) -> Option<EngineCore<B>> {
+        let any: Box<dyn std::any::Any> = match self {
+            AnyEngine::Cpu(e) => e,
+            AnyEngine::Cuda(e) => e,
+        };
+        any.downcast::<EngineCore<B>>().ok().map(|e| *e)
+    }
 }
 
 /// Runs `$body` with `$e` bound to the engine inside an [`AnyEngine`], whatever its backend

@@ -121,7 +121,7 @@ fn run_on<B: Backend>(
     let mut first: BTreeMap<u64, f64> = BTreeMap::new();
     let mut stdout = std::io::stdout();
     while engine.has_unfinished() {
-        for t in engine.step()? {
+        for t in engine.step()?.outputs {
             let el = start.elapsed().as_secs_f64();
             first.entry(t.request).or_insert(el);
             let e = done.entry(t.request).or_default();

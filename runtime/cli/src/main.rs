@@ -7,6 +7,7 @@ mod bench_context;
 mod bench_kernels;
 mod bench_serve;
 mod bench_throughput;
+mod choices;
 mod doctor;
 mod engine_args;
 mod frag;

@@ -2,11 +2,14 @@
 
 use clap::Args;
 
+use crate::choices::LogFormat;
+
 use super::engine_args::{with_engine, EngineArgs};
 use engine::backend::Backend;
 use std::sync::Arc;
 
-use engine::EngineCore;
+use engine::handle::Rebuild;
+use engine::{EngineCore, EngineError};
 use models::tokenizer::Tokenizer;
 use server::{serve_with_grace, state_for};
 
@@ -26,8 +29,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PAGEDRT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Log lines as text or as one JSON object per line (level from RUST_LOG, default info).
-    #[arg(long, default_value = "text")]
-    log_format: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Seconds in-flight requests may run after SIGINT/SIGTERM before they are aborted.
     #[arg(long, default_value_t = 20.0)]
     shutdown_grace_s: f64,
@@ -35,25 +38,39 @@ pub struct ServeArgs {
     /// `pagedrt bench calibrate --from-steps`.
     #[arg(long)]
     pub step_log: Option<std::path::PathBuf>,
+    /// When the engine thread panics, rebuild the engine (reloading the model) and keep
+    /// serving; without it the server answers 503 on /health, ends the requests in flight
+    /// with a 500 and exits non-zero, for a supervisor to restart it.
+    #[arg(long)]
+    restart_engine: bool,
+}
+
+/// Opens the step log for appending (a rebuilt engine continues the same file).
+fn open_step_log(path: &std::path::Path) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Box::new(std::io::BufWriter::new(f)))
 }
 
 /// Installs the global log subscriber.
-fn init_logging(format: &str) -> anyhow::Result<()> {
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let res = match format {
-        "text" => builder.try_init(),
-        "json" => builder.json().try_init(),
-        f => return Err(anyhow::anyhow!("--log-format '{f}': text or json")),
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
     };
     res.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    init_logging(&a.log_format)?;
+    init_logging(a.log_format)?;
     let (any, tok) = a.engine.build()?;
     with_engine!(any, core => run_on(a, core, tok))
 }
@@ -70,9 +87,9 @@ where
             .unwrap_or_else(|| models::pull::DEFAULT_MODEL.to_string())
     });
     if let Some(path) = &a.step_log {
-        let f =
-            std::fs::File::create(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        core.set_step_log(Box::new(std::io::BufWriter::new(f)));
+        // A fresh log per server run; a rebuilt engine appends to it.
+        std::fs::File::create(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        core.set_step_log(open_step_log(path)?);
     }
     let kv = core.scheduler().kv_stats();
     tracing::info!(
@@ -83,7 +100,22 @@ where
         a.host,
         a.port
     );
-    let state = state_for(core, tok, name, a.api_key.clone());
+    let rebuild = a.restart_engine.then(|| {
+        let (args, step_log) = (a.engine.clone(), a.step_log.clone());
+        let rebuild: Rebuild<B> = Box::new(move || {
+            let fail = |e: anyhow::Error| EngineError::Config(format!("rebuilding: {e:#}"));
+            let (any, _) = args.build().map_err(fail)?;
+            let mut core = any
+                .into_core::<B>()
+                .ok_or_else(|| EngineError::Config("rebuilt on another device".into()))?;
+            if let Some(path) = &step_log {
+                core.set_step_log(open_step_log(path).map_err(fail)?);
+            }
+            Ok(core)
+        });
+        rebuild
+    });
+    let state = state_for(core, rebuild, tok, name, a.api_key.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -2,7 +2,9 @@
 
 use clap::Args;
 use scheduler::sim::{simulate, SimConfig, SimResult, Slo};
-use scheduler::{policy::POLICY_NAMES, PreemptionMode, SchedulerConfig};
+use scheduler::SchedulerConfig;
+
+use crate::choices::{Policy, Preemption};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -21,11 +23,11 @@ pub struct SimulateArgs {
     /// run had against the model (its `ratio`).
     #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
     cost_scale: f64,
-    /// One policy or a comma-separated list (fcfs, priority, sjf, prefix-aware).
-    #[arg(long, default_value = "fcfs")]
-    policy: String,
-    #[arg(long, default_value = "recompute")]
-    preemption_mode: PreemptionMode,
+    /// One policy or a comma-separated list.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fcfs")]
+    policy: Vec<Policy>,
+    #[arg(long, value_enum, default_value_t = Preemption::Recompute)]
+    preemption_mode: Preemption,
     #[arg(long, default_value_t = 16)]
     block_size: usize,
     /// Device KV pages (default: the cost model's capacity).
@@ -99,7 +101,7 @@ fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> anyhow::Result<S
             max_num_seqs: a.max_num_seqs,
             long_prefill_threshold: a.long_prefill_threshold,
             enable_chunked_prefill: !a.no_chunked_prefill,
-            preemption_mode: a.preemption_mode,
+            preemption_mode: a.preemption_mode.mode(),
             max_model_len: a.max_model_len,
             ..SchedulerConfig::default()
         },
@@ -131,15 +133,7 @@ fn run_one(a: &SimulateArgs, policy: &str, rate: f64) -> anyhow::Result<SimResul
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
-    let policies: Vec<&str> = a.policy.split(',').map(str::trim).collect();
-    for p in &policies {
-        if !POLICY_NAMES.contains(p) {
-            return Err(anyhow::anyhow!(
-                "unknown policy '{p}' (one of {})",
-                POLICY_NAMES.join(", ")
-            ));
-        }
-    }
+    let policies: Vec<&str> = a.policy.iter().map(|p| p.name()).collect();
     let rates = if a.sweep_rates.is_empty() {
         vec![a.workload.request_rate]
     } else {

@@ -13,9 +13,10 @@ use std::io::Read;
 use std::sync::Arc;
 
 use common::http::{
-    metric, post_completion, request, send_completion, sse_data, start, start_with_engine,
-    tiny_engine, tiny_model_config,
+    metric, post_completion, request, send_completion, sse_data, start, start_with,
+    start_with_engine, tiny_engine, tiny_model_config,
 };
+use engine::backend::cpu::CpuBackend;
 use engine::EngineConfig;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -216,7 +217,69 @@ fn server_under_load() {
     disconnect_storm_leaks_no_page();
     a_full_queue_answers_429_with_retry_after();
     an_engine_error_is_a_500_and_the_engine_keeps_serving();
+    a_panic_on_the_engine_thread_ends_its_requests_and_stops_the_server();
+    with_restart_engine_a_panic_rebuilds_the_engine();
     metrics_pass_promtool();
+}
+
+/// Starts a 1,500-token request on `port`, waits until it runs, and panics the engine.
+fn panic_during_a_long_request(
+    port: u16,
+    engine: &engine::handle::EngineHandle,
+) -> std::thread::JoinHandle<common::http::Reply> {
+    let long = std::thread::spawn(move || {
+        let mut body = completion(0, false);
+        body["max_tokens"] = json!(1500);
+        post_completion(port, &body)
+    });
+    for _ in 0..500 {
+        if metric(&metrics_text(port), "pagedrt:num_requests_running") == Some(1.0) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    engine.panic_next_step();
+    long
+}
+
+/// The request in flight is a 500 naming the panic; /health turns 503; the server stops and
+/// says the engine died (the CLI turns that into a non-zero exit).
+fn a_panic_on_the_engine_thread_ends_its_requests_and_stops_the_server() {
+    let (port, engine, server) = start_with(tiny_engine(256, 7), None, MODEL, None);
+    let r = panic_during_a_long_request(port, &engine).join().unwrap();
+    assert_eq!(r.status, 500, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("panicked") && msg.contains("injected panic"),
+        "{msg}"
+    );
+    // The engine is marked dead before its death is announced, and the server answers for
+    // `DEATH_NOTICE` after that.
+    while engine.is_alive() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let health = request(port, "GET", "/health", b"", None);
+    assert_eq!(health.status, 503, "{}", health.body);
+    let e = server.join().unwrap().unwrap_err().to_string();
+    assert!(
+        e.contains("panicked") && e.contains("--restart-engine"),
+        "{e}"
+    );
+}
+
+/// With a rebuild, the request in flight still ends with the panic, and the engine serves
+/// the next one.
+fn with_restart_engine_a_panic_rebuilds_the_engine() {
+    let rebuild: engine::handle::Rebuild<CpuBackend> = Box::new(|| Ok(tiny_engine(256, 7).0));
+    let (port, engine, _server) = start_with(tiny_engine(256, 7), Some(rebuild), MODEL, None);
+    let r = panic_during_a_long_request(port, &engine).join().unwrap();
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("injected panic"), "{}", r.body);
+    let r = post_completion(port, &completion(1, false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(request(port, "GET", "/health", b"", None).status, 200);
+    assert!(engine.is_alive());
 }
 
 fn an_engine_error_is_a_500_and_the_engine_keeps_serving() {

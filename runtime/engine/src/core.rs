@@ -18,6 +18,7 @@ use super::EngineError;
 use crate::backend::Backend;
 use crate::detok::{IncrementalDecoder, TokenDecoder};
 use crate::model::{KvCache, Model};
+use crate::report::StepReport;
 use crate::request::{RequestLimits, ValidatedRequest};
 use crate::sampler::{sample, sample_rng, Sampled, SamplingParams};
 
@@ -129,13 +130,8 @@ pub struct EngineCore<B: Backend> {
     max_queue: Option<usize>,
     /// Arrival time of requests not yet scheduled once.
     unscheduled: HashMap<u64, f64>,
-    /// Tokens computed in the last step (prefill chunks + decodes), for metrics.
-    pub last_step_tokens: usize,
-    /// Seconds each request first scheduled in the last step had waited, for metrics.
-    pub last_step_queue_times: Vec<f64>,
-    /// Where each step's shape and duration go (`pagedrt serve --step-log`), as JSON lines.
+    /// Where each step's report goes (`pagedrt serve --step-log`), as JSON lines.
     step_log: Option<Box<dyn std::io::Write + Send>>,
-    last_step_counts: Option<scheduler::StepCounts>,
 }
 
 impl<B: Backend> EngineCore<B> {
@@ -198,10 +194,7 @@ impl<B: Backend> EngineCore<B> {
             eos_ids,
             max_queue: cfg.max_queue,
             unscheduled: HashMap::new(),
-            last_step_tokens: 0,
             step_log: None,
-            last_step_counts: None,
-            last_step_queue_times: Vec::new(),
         })
     }
 
@@ -285,47 +278,39 @@ impl<B: Backend> EngineCore<B> {
         }
     }
 
-    /// Logs every later step as one JSON line of [`scheduler::StepCounts`] plus
-    /// `seconds` (schedule to outputs), for `pagedrt bench calibrate --from-steps`.
+    /// Logs every later step's report as one JSON line ([`StepReport::log_line`]), for
+    /// `pagedrt bench calibrate --from-steps`.
     pub fn set_step_log(&mut self, w: Box<dyn std::io::Write + Send>) {
         self.step_log = Some(w);
     }
 
-    /// Runs one step; returns the tokens it produced.
-    pub fn step(&mut self) -> Result<Vec<TokenOutput>, EngineError> {
+    /// Runs one step; reports the tokens it produced and what it did.
+    pub fn step(&mut self) -> Result<StepReport, EngineError> {
         let t0 = Instant::now();
-        let out = self.step_inner();
-        if let Some(w) = self.step_log.as_mut() {
-            if let Some(c) = self.last_step_counts.take() {
-                let line = serde_json::json!({
-                    "prefill_tokens": c.prefill_tokens, "decode_seqs": c.decode_seqs,
-                    "context_tokens": c.context_tokens, "prefill_pairs": c.prefill_pairs,
-                    "seconds": t0.elapsed().as_secs_f64(),
-                });
-                // A full disk must not stop serving: the log is best effort.
-                let _ = writeln!(w, "{line}").and_then(|_| w.flush());
-            }
+        let mut report = StepReport::default();
+        report.outputs = self.step_inner(&mut report)?;
+        report.seconds = t0.elapsed().as_secs_f64();
+        if let (Some(w), Some(line)) = (self.step_log.as_mut(), report.log_line()) {
+            // A full disk must not stop serving: the log is best effort.
+            let _ = writeln!(w, "{line}").and_then(|_| w.flush());
         }
-        out
+        Ok(report)
     }
 
-    fn step_inner(&mut self) -> Result<Vec<TokenOutput>, EngineError> {
+    fn step_inner(&mut self, report: &mut StepReport) -> Result<Vec<TokenOutput>, EngineError> {
         let now = self.started.elapsed().as_secs_f64();
         let plan = self.scheduler.schedule(now)?;
-        if self.step_log.is_some() && !plan.seqs.is_empty() {
-            self.last_step_counts = Some(scheduler::StepCounts::of(&plan));
-        }
         run_copies(&self.backend, &plan, &mut self.cache, self.host.as_mut())?;
-        self.last_step_tokens = plan.num_tokens();
-        self.last_step_queue_times.clear();
+        report.num_tokens = plan.num_tokens();
         for sc in &plan.seqs {
             if let Some(arrival) = self.unscheduled.remove(&sc.seq) {
-                self.last_step_queue_times.push(now - arrival);
+                report.queue_times_s.push(now - arrival);
             }
         }
         if plan.seqs.is_empty() {
             return Ok(vec![]);
         }
+        report.counts = Some(scheduler::StepCounts::of(&plan));
         let batch = build_batch(&plan, self.cache.layout.block_size);
         let (model, backend, cache) = (&self.model, &self.backend, &mut self.cache);
         // A device error (this step's copies or forward) fails the step with its message.

@@ -16,6 +16,7 @@ mod error;
 pub mod executor;
 pub mod handle;
 pub mod model;
+mod report;
 pub mod request;
 mod run;
 pub mod sampler;
@@ -23,6 +24,7 @@ pub mod stop;
 
 pub use self::core::{EngineConfig, EngineCore, GenerateRequest, TokenOutput};
 pub use error::EngineError;
+pub use report::StepReport;
 pub use request::{InvalidRequest, RequestLimits, ValidatedRequest};
 pub use run::{run_to_completion, Completion};
 

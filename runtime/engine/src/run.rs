@@ -21,7 +21,7 @@ pub fn run_to_completion<B: Backend>(
 ) -> Result<BTreeMap<(u64, usize), Completion>, EngineError> {
     let mut out: BTreeMap<(u64, usize), Completion> = BTreeMap::new();
     while engine.has_unfinished() {
-        for t in engine.step()? {
+        for t in engine.step()?.outputs {
             let c = out.entry((t.request, t.index)).or_default();
             c.tokens.push(t.token);
             c.text.push_str(&t.text);

@@ -18,7 +18,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use engine::handle::EngineHandle;
+use engine::handle::{EngineHandle, Rebuild};
 use engine::RequestLimits;
 use models::tokenizer::Tokenizer;
 
@@ -74,9 +74,11 @@ async fn log_request(
 }
 
 /// Builds the shared state for an engine core and its tokenizer (the one the core decodes
-/// with), and starts the core's engine thread.
+/// with), and starts the core's engine thread. With `rebuild`, a panic on the engine thread
+/// rebuilds the engine in place (`--restart-engine`); without, it stops the server.
 pub fn state_for<B>(
     core: engine::EngineCore<B>,
+    rebuild: Option<Rebuild<B>>,
     tokenizer: Arc<Tokenizer>,
     served_model_name: String,
     api_key: Option<String>,
@@ -86,7 +88,12 @@ where
     B::Buf: Send,
 {
     let _ = metrics::handle();
-    let engine = EngineHandle::spawn(core, |c, o| metrics::record_step(c, o));
+    let on_step =
+        |c: &engine::EngineCore<B>, r: Option<&engine::StepReport>| metrics::record_step(c, r);
+    let engine = match rebuild {
+        Some(rebuild) => EngineHandle::spawn_restartable(core, on_step, rebuild),
+        None => EngineHandle::spawn(core, on_step),
+    };
     Arc::new(AppState {
         limits: engine.limits(),
         engine,
@@ -96,6 +103,9 @@ where
         next_id: AtomicU64::new(0),
     })
 }
+
+/// How long the server keeps answering after its engine died, before it stops.
+pub const DEATH_NOTICE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long in-flight requests may run after SIGINT/SIGTERM before they are cut off.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
@@ -121,18 +131,41 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Why serving ended other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The engine thread panicked and was not rebuilt: the process should exit non-zero so
+    /// that a supervisor restarts it.
+    #[error("{0}; the server stopped (run with --restart-engine to rebuild the engine instead)")]
+    EngineDied(String),
+}
+
 /// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish for
 /// up to `grace`; whatever still runs then is aborted (its pages freed) and the call returns.
+/// If the engine thread dies of a panic, serving stops the same way and the error says so.
 pub async fn serve_with_grace(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     grace: std::time::Duration,
-) -> std::io::Result<()> {
+) -> Result<(), ServeError> {
     let engine = state.engine.clone();
     let stopping = Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
+    let died = Arc::new(parking_lot::Mutex::new(None));
+    let (watch, died2) = (engine.clone(), died.clone());
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            msg = watch.died() => {
+                tracing::error!("{msg}: shutting down in {DEATH_NOTICE:?}");
+                *died2.lock() = Some(msg);
+                // Keep answering (503 on /health, the in-flight requests' 500s) long enough
+                // for a load balancer's health check to see the engine is gone.
+                tokio::time::sleep(DEATH_NOTICE).await;
+            }
+        }
         tracing::info!("shutting down: no new connections; in-flight requests have {grace:?}");
         notify.notify_one();
     });
@@ -148,10 +181,15 @@ pub async fn serve_with_grace(
         }
     };
     engine.shutdown();
-    res
+    res?;
+    let died = died.lock().take();
+    died.map_or(Ok(()), |msg| Err(ServeError::EngineDied(msg)))
 }
 
 /// [`serve_with_grace`] with [`SHUTDOWN_GRACE`].
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+) -> Result<(), ServeError> {
     serve_with_grace(listener, state, SHUTDOWN_GRACE).await
 }

@@ -7,7 +7,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use engine::backend::Backend;
-use engine::{EngineCore, TokenOutput};
+use engine::{EngineCore, StepReport};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -110,9 +110,9 @@ fn describe() {
     );
 }
 
-/// Called by the engine thread after every step (with its outputs), and when the engine
+/// Called by the engine thread after every step (with its report), and when the engine
 /// went idle (`None`: only the gauges change).
-pub fn record_step<B: Backend>(core: &EngineCore<B>, outputs: Option<&[TokenOutput]>) {
+pub fn record_step<B: Backend>(core: &EngineCore<B>, report: Option<&StepReport>) {
     let _ = handle();
     let s = core.scheduler();
     let kv = s.kv_stats();
@@ -126,15 +126,15 @@ pub fn record_step<B: Backend>(core: &EngineCore<B>, outputs: Option<&[TokenOutp
     counter!("pagedrt:prefix_cache_queries_total").absolute(kv.prefix_queries);
     counter!("pagedrt:prefix_cache_hits_total").absolute(kv.prefix_hits);
     counter!("pagedrt:num_preemptions_total").absolute(s.counters().preemptions);
-    let Some(outputs) = outputs else {
+    let Some(report) = report else {
         return;
     };
-    for &q in &core.last_step_queue_times {
+    for &q in &report.queue_times_s {
         histogram!("pagedrt:request_queue_time_seconds").record(q);
     }
-    counter!("pagedrt:generation_tokens_total").increment(outputs.len() as u64);
-    histogram!("pagedrt:iteration_tokens_total").record(core.last_step_tokens as f64);
-    for o in outputs.iter().filter(|o| o.index == 0) {
+    counter!("pagedrt:generation_tokens_total").increment(report.outputs.len() as u64);
+    histogram!("pagedrt:iteration_tokens_total").record(report.num_tokens as f64);
+    for o in report.outputs.iter().filter(|o| o.index == 0) {
         if let Some(f) = o.finish {
             counter!("pagedrt:request_success_total", "finished_reason" => f.as_str()).increment(1);
         }

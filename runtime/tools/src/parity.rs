@@ -83,7 +83,7 @@ pub fn greedy_trace<B: Backend>(
     }
     let mut trace = Trace::new();
     while engine.has_unfinished() {
-        for t in engine.step()? {
+        for t in engine.step()?.outputs {
             trace.entry(t.request).or_default().push(step_of(&t));
         }
     }

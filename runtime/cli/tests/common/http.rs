@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use engine::backend::cpu::CpuBackend;
-use server::{serve, state_for};
+use server::{serve_with_grace, state_for};
 use tools::engines::EngineAndTokenizer;
 
 /// Serves an engine core (with its tokenizer) as `model` on a free port (on its own thread);
@@ -20,7 +20,7 @@ where
 
 /// [`start`], also returning the engine's handle (for fault injection).
 pub fn start_with_engine<B>(
-    (core, tokenizer): EngineAndTokenizer<B>,
+    core: EngineAndTokenizer<B>,
     model: &str,
     api_key: Option<&str>,
 ) -> (u16, engine::handle::EngineHandle)
@@ -28,12 +28,38 @@ where
     B: engine::backend::Backend + Send + 'static,
     B::Buf: Send,
 {
-    let state = state_for(core, tokenizer, model.into(), api_key.map(str::to_string));
+    let (port, engine, _) = start_with(core, None, model, api_key);
+    (port, engine)
+}
+
+/// A server whose engine is rebuilt by `rebuild` after a panic (if given); also returns the
+/// engine's handle and the server thread, whose result is how serving ended.
+pub fn start_with<B>(
+    (core, tokenizer): EngineAndTokenizer<B>,
+    rebuild: Option<engine::handle::Rebuild<B>>,
+    model: &str,
+    api_key: Option<&str>,
+) -> (
+    u16,
+    engine::handle::EngineHandle,
+    std::thread::JoinHandle<Result<(), server::ServeError>>,
+)
+where
+    B: engine::backend::Backend + Send + 'static,
+    B::Buf: Send,
+{
+    let state = state_for(
+        core,
+        rebuild,
+        tokenizer,
+        model.into(),
+        api_key.map(str::to_string),
+    );
     let engine = state.engine.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
+    let server = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -41,10 +67,10 @@ where
             .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            serve(l, state).await.unwrap();
-        });
+            serve_with_grace(l, state, std::time::Duration::from_secs(2)).await
+        })
     });
-    (port, engine)
+    (port, engine, server)
 }
 
 /// A response: status, header block (lower-case names) and body.

@@ -98,9 +98,13 @@ fn a_sweep_writes_csvs_and_plots() {
 
 #[test]
 fn bad_arguments_are_explained() {
+    // Refused by the argument parser, which names the value and lists the policies.
     pagedrt()
         .args(["simulate", "--policy", "lottery", "--quiet"])
-        .run_fails_with("unknown policy 'lottery'");
+        .run_fails_with("invalid value 'lottery' for '--policy <POLICY>'");
+    pagedrt()
+        .args(["simulate", "--policy", "fcfs,lottery", "--quiet"])
+        .run_fails_with("[possible values: fcfs, priority, sjf, prefix-aware]");
     pagedrt()
         .args(["simulate", "--workload", "trace:/nonexistent.csv"])
         .arg("--quiet")

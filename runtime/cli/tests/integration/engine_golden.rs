@@ -288,13 +288,13 @@ fn parallel_samples_share_the_prompt_pages_and_stop_strings_are_not_emitted() {
     ))
     .unwrap();
     // After the prefill step the three forks hold the prompt's page with the parent.
-    let mut outs = e.step().unwrap();
+    let mut outs = e.step().unwrap().outputs;
     let st = e.scheduler().kv_stats();
     assert_eq!(e.scheduler().num_running(), 4);
     assert_eq!(st.device.used_blocks, 1, "{st:?}");
     assert_eq!(st.shared_tokens(), 3 * prompt.len(), "{st:?}");
     while e.has_unfinished() {
-        outs.extend(e.step().unwrap());
+        outs.extend(e.step().unwrap().outputs);
     }
     for i in 0..4 {
         assert_eq!(
