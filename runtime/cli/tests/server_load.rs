@@ -222,11 +222,9 @@ fn server_under_load() {
     metrics_pass_promtool();
 }
 
-/// Starts a 1,500-token request on `port`, waits until it runs, and panics the engine.
-fn panic_during_a_long_request(
-    port: u16,
-    engine: &engine::handle::EngineHandle,
-) -> std::thread::JoinHandle<common::http::Reply> {
+/// Starts a 1,500-token request on `port`, waits until it runs, then `inject`s a fault;
+/// returns the request's reply.
+fn fault_during_a_long_request(port: u16, inject: impl FnOnce()) -> common::http::Reply {
     let long = std::thread::spawn(move || {
         let mut body = completion(0, false);
         body["max_tokens"] = json!(1500);
@@ -238,15 +236,15 @@ fn panic_during_a_long_request(
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    engine.panic_next_step();
-    long
+    inject();
+    long.join().unwrap()
 }
 
 /// The request in flight is a 500 naming the panic; /health turns 503; the server stops and
 /// says the engine died (the CLI turns that into a non-zero exit).
 fn a_panic_on_the_engine_thread_ends_its_requests_and_stops_the_server() {
     let (port, engine, server) = start_with(tiny_engine(256, 7), None, MODEL, None);
-    let r = panic_during_a_long_request(port, &engine).join().unwrap();
+    let r = fault_during_a_long_request(port, || engine.panic_next_step());
     assert_eq!(r.status, 500, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     let msg = v["error"]["message"].as_str().unwrap();
@@ -273,7 +271,7 @@ fn a_panic_on_the_engine_thread_ends_its_requests_and_stops_the_server() {
 fn with_restart_engine_a_panic_rebuilds_the_engine() {
     let rebuild: engine::handle::Rebuild<CpuBackend> = Box::new(|| Ok(tiny_engine(256, 7).0));
     let (port, engine, _server) = start_with(tiny_engine(256, 7), Some(rebuild), MODEL, None);
-    let r = panic_during_a_long_request(port, &engine).join().unwrap();
+    let r = fault_during_a_long_request(port, || engine.panic_next_step());
     assert_eq!(r.status, 500, "{}", r.body);
     assert!(r.body.contains("injected panic"), "{}", r.body);
     let r = post_completion(port, &completion(1, false));
@@ -284,19 +282,7 @@ fn with_restart_engine_a_panic_rebuilds_the_engine() {
 
 fn an_engine_error_is_a_500_and_the_engine_keeps_serving() {
     let (port, engine) = start_with_engine(tiny_engine(256, 7), MODEL, None);
-    let long = std::thread::spawn(move || {
-        let mut body = completion(0, false);
-        body["max_tokens"] = json!(1500);
-        post_completion(port, &body)
-    });
-    for _ in 0..500 {
-        if metric(&metrics_text(port), "pagedrt:num_requests_running") == Some(1.0) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    engine.fail_next_step();
-    let r = long.join().unwrap();
+    let r = fault_during_a_long_request(port, || engine.fail_next_step());
     assert_eq!(r.status, 500, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     let msg = v["error"]["message"].as_str().unwrap();
