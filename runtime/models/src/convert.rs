@@ -206,8 +206,15 @@ fn convert_tensor(
     };
     if let (true, Some(h)) = (a.permuted_qk, heads) {
         let row_len = t.dims[0] as usize;
-        let rows = t.num_elements() as usize / row_len;
-        if !rows.is_multiple_of(h) || !(rows / h).is_multiple_of(2) || row_len != shape.hidden {
+        let rows = (t.num_elements() as usize)
+            .checked_div(row_len)
+            .unwrap_or(0);
+        if row_len == 0
+            || rows == 0
+            || !rows.is_multiple_of(h)
+            || !(rows / h).is_multiple_of(2)
+            || row_len != shape.hidden
+        {
             return Err(ModelError::tensor(
                 &g.path,
                 &t.name,

@@ -76,6 +76,11 @@ struct Tiny {
 }
 
 fn tiny() -> Tiny {
+    tiny_with(|_| {})
+}
+
+/// [`tiny`] with its tensor list edited by `edit` before the file is written.
+fn tiny_with(edit: impl Fn(&mut Vec<RawTensor>)) -> Tiny {
     let wq: Vec<f32> = (0..HIDDEN * HIDDEN)
         .map(|i| ((i * 7) % 16) as f32)
         .collect();
@@ -92,7 +97,7 @@ fn tiny() -> Tiny {
         data,
     };
     let h = HIDDEN as u64;
-    let tensors = vec![
+    let mut tensors = vec![
         t(
             "token_embd.weight",
             vec![h, VOCAB as u64],
@@ -160,6 +165,7 @@ fn tiny() -> Tiny {
             f32_bytes(&[0.01; HIDDEN * INTER]),
         ),
     ];
+    edit(&mut tensors);
     let s = |x: &str| Value::String(x.into());
     let tokens = ["<|endoftext|>", "a", "b", "ab", "Ġ"];
     let meta = vec![
@@ -294,6 +300,32 @@ fn corrupt_gguf_files_give_errors_naming_file_and_problem() {
         e.contains("`odd`") && e.contains("unknown tensor type 99"),
         "{e}"
     );
+}
+
+/// Found by the `convert_gguf` fuzz target: a Q/K tensor with a zero dimension divided by
+/// zero while un-permuting its rows.
+#[test]
+fn a_zero_dimension_is_an_error_naming_the_tensor() {
+    let t = tiny_with(|ts| {
+        let q = ts
+            .iter_mut()
+            .find(|t| t.name == "blk.0.attn_q.weight")
+            .unwrap();
+        q.dims = vec![0, HIDDEN as u64];
+        q.data.clear();
+    });
+    let dir = crate::common::tmp("gguf-zero-dim");
+    let gguf = dir.join("zero.gguf");
+    std::fs::write(&gguf, &t.bytes).unwrap();
+    let out = dir.join("out");
+    let e = convert_gguf(&gguf, &out, OutDtype::F32, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("zero.gguf"),
+        "{e}"
+    );
+    assert!(!out.exists());
 }
 
 #[test]
