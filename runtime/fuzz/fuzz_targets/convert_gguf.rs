@@ -35,7 +35,11 @@ const TYPES: [GgmlType; 5] = [
 ];
 
 fn file_of(s: &Spec) -> Vec<u8> {
-    let (h, heads, kv) = (s.hidden as u64 % 40, s.heads as u64 % 5, s.kv_heads as u64 % 5);
+    let (h, heads, kv) = (
+        s.hidden as u64 % 40,
+        s.heads as u64 % 5,
+        s.kv_heads as u64 % 5,
+    );
     let (inter, vocab, layers) = (s.inter as u64 % 48, s.vocab as u64 % 6, s.layers % 3);
     let head_dim = if heads == 0 { 0 } else { h / heads };
     let mut names: Vec<(String, Vec<u64>)> = vec![
@@ -125,13 +129,21 @@ fuzz_target!(|s: Spec| {
     if std::fs::write(&gguf, file_of(&s)).is_err() {
         return;
     }
-    let dtype = if s.bf16 { OutDtype::Bf16 } else { OutDtype::F32 };
+    let dtype = if s.bf16 {
+        OutDtype::Bf16
+    } else {
+        OutDtype::F32
+    };
     match convert_gguf(&gguf, &out, dtype, &mut |_, _| {}) {
         Ok(()) => assert!(out.join("config.json").is_file()),
         Err(e) => {
             let msg = e.to_string();
             assert!(!msg.is_empty());
-            assert!(!out.exists(), "a failed convert left {}: {msg}", out.display());
+            assert!(
+                !out.exists(),
+                "a failed convert left {}: {msg}",
+                out.display()
+            );
         }
     }
 });
