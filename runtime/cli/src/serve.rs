@@ -11,7 +11,7 @@ use std::sync::Arc;
 use engine::handle::Rebuild;
 use engine::{EngineCore, EngineError};
 use models::tokenizer::Tokenizer;
-use server::{serve_with_grace, state_for};
+use server::{serve_with, state_for, ConnLimits, ServeOptions};
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -43,6 +43,16 @@ pub struct ServeArgs {
     /// with a 500 and exits non-zero, for a supervisor to restart it.
     #[arg(long)]
     restart_engine: bool,
+    /// Open connections at most; one more is answered 503 (Retry-After) and closed.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's head (request line and headers), counted
+    /// from when the server waits for it: idle and slowloris connections are closed after it.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout_s: f64,
+    /// Seconds a client has to send a request's body once its head has arrived (408 after).
+    #[arg(long, default_value_t = 30.0)]
+    body_timeout_s: f64,
 }
 
 /// Opens the step log for appending (a rebuilt engine continues the same file).
@@ -125,8 +135,18 @@ where
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        let grace = std::time::Duration::try_from_secs_f64(a.shutdown_grace_s)
-            .map_err(|e| anyhow::anyhow!("--shutdown-grace-s: {e}"))?;
-        Ok(serve_with_grace(listener, state, grace).await?)
+        let secs = |v: f64, flag: &str| {
+            std::time::Duration::try_from_secs_f64(v).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        };
+        let opts = ServeOptions {
+            grace: secs(a.shutdown_grace_s, "--shutdown-grace-s")?,
+            limits: ConnLimits {
+                max_connections: a.max_connections.max(1),
+                header_timeout: secs(a.header_timeout_s, "--header-timeout-s")?,
+                body_timeout: secs(a.body_timeout_s, "--body-timeout-s")?,
+                ..ConnLimits::default()
+            },
+        };
+        Ok(serve_with(listener, state, opts).await?)
     })
 }

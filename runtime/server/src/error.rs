@@ -75,6 +75,17 @@ impl ApiError {
             retry_after: Some(retry_after_s),
         }
     }
+    /// 408: the request body did not arrive in time.
+    pub fn timeout(limit: std::time::Duration) -> Self {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("the request body did not arrive within {limit:?}"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_timeout"),
+            retry_after: None,
+        }
+    }
     /// 413: the body is over the size limit.
     pub fn too_large(limit: usize) -> Self {
         ApiError {

@@ -7,6 +7,7 @@
 mod api_types;
 mod error;
 mod handlers;
+pub mod listener;
 mod logprobs;
 pub mod metrics;
 mod validate;
@@ -23,6 +24,7 @@ use engine::RequestLimits;
 use models::tokenizer::Tokenizer;
 
 pub use error::ApiError;
+pub use listener::ConnLimits;
 
 /// What every handler shares.
 pub struct AppState {
@@ -38,6 +40,8 @@ pub struct AppState {
 /// Request bodies above this size are refused (413).
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
+/// The API's routes over `state`, with request logging and the body size limit (the
+/// listener adds the body timeout, [`serve_with`]).
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/completions", post(handlers::completions))
@@ -142,20 +146,57 @@ pub enum ServeError {
     EngineDied(String),
 }
 
-/// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish for
-/// up to `grace`; whatever still runs then is aborted (its pages freed) and the call returns.
-/// If the engine thread dies of a panic, serving stops the same way and the error says so.
+/// How a server runs: the shutdown grace period and the connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    pub grace: std::time::Duration,
+    pub limits: ConnLimits,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            grace: SHUTDOWN_GRACE,
+            limits: ConnLimits::default(),
+        }
+    }
+}
+
+/// [`serve_with`] with the default connection limits and `grace`.
 pub async fn serve_with_grace(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     grace: std::time::Duration,
 ) -> Result<(), ServeError> {
+    let opts = ServeOptions {
+        grace,
+        ..ServeOptions::default()
+    };
+    serve_with(listener, state, opts).await
+}
+
+/// Serves until SIGINT/SIGTERM, then stops accepting and lets in-flight requests finish for
+/// up to `opts.grace`; whatever still runs then is aborted (its pages freed) and the call
+/// returns. If the engine thread dies of a panic, serving stops the same way and the error
+/// says so. Connections are served under `opts.limits` ([`listener`]).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    opts: ServeOptions,
+) -> Result<(), ServeError> {
+    let grace = opts.grace;
     let engine = state.engine.clone();
     let stopping = Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
     let died = Arc::new(parking_lot::Mutex::new(None));
     let (watch, died2) = (engine.clone(), died.clone());
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+    let body_limit = opts.limits.body_timeout;
+    let app = router(state).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            listener::body_timeout(body_limit, req, next)
+        },
+    ));
+    let stop = async move {
         tokio::select! {
             _ = shutdown_signal() => {}
             msg = watch.died() => {
@@ -168,7 +209,8 @@ pub async fn serve_with_grace(
         }
         tracing::info!("shutting down: no new connections; in-flight requests have {grace:?}");
         notify.notify_one();
-    });
+    };
+    let server = listener::serve_connections(listener, app, opts.limits, stop);
     let deadline = async {
         stopping.notified().await;
         tokio::time::sleep(grace).await;

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use engine::backend::cpu::CpuBackend;
-use server::{serve_with_grace, state_for};
+use server::state_for;
 use tools::engines::EngineAndTokenizer;
 
 /// Serves an engine core (with its tokenizer) as `model` on a free port (on its own thread);
@@ -35,10 +35,33 @@ where
 /// A server whose engine is rebuilt by `rebuild` after a panic (if given); also returns the
 /// engine's handle and the server thread, whose result is how serving ended.
 pub fn start_with<B>(
+    core: EngineAndTokenizer<B>,
+    rebuild: Option<engine::handle::Rebuild<B>>,
+    model: &str,
+    api_key: Option<&str>,
+) -> (
+    u16,
+    engine::handle::EngineHandle,
+    std::thread::JoinHandle<Result<(), server::ServeError>>,
+)
+where
+    B: engine::backend::Backend + Send + 'static,
+    B::Buf: Send,
+{
+    let opts = server::ServeOptions {
+        grace: std::time::Duration::from_secs(2),
+        ..server::ServeOptions::default()
+    };
+    start_with_options(core, rebuild, model, api_key, opts)
+}
+
+/// [`start_with`] under `opts` (grace period, connection limits).
+pub fn start_with_options<B>(
     (core, tokenizer): EngineAndTokenizer<B>,
     rebuild: Option<engine::handle::Rebuild<B>>,
     model: &str,
     api_key: Option<&str>,
+    opts: server::ServeOptions,
 ) -> (
     u16,
     engine::handle::EngineHandle,
@@ -67,7 +90,7 @@ where
             .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            serve_with_grace(l, state, std::time::Duration::from_secs(2)).await
+            server::serve_with(l, state, opts).await
         })
     });
     (port, engine, server)
