@@ -18,6 +18,14 @@ where
     start_with_engine(core, model, api_key).0
 }
 
+/// A running test server: its port, its engine's handle (for fault injection) and its
+/// thread, whose result is how serving ended.
+pub type Started = (
+    u16,
+    engine::handle::EngineHandle,
+    std::thread::JoinHandle<Result<(), server::ServeError>>,
+);
+
 /// [`start`], also returning the engine's handle (for fault injection).
 pub fn start_with_engine<B>(
     core: EngineAndTokenizer<B>,
@@ -39,11 +47,7 @@ pub fn start_with<B>(
     rebuild: Option<engine::handle::Rebuild<B>>,
     model: &str,
     api_key: Option<&str>,
-) -> (
-    u16,
-    engine::handle::EngineHandle,
-    std::thread::JoinHandle<Result<(), server::ServeError>>,
-)
+) -> Started
 where
     B: engine::backend::Backend + Send + 'static,
     B::Buf: Send,
@@ -62,11 +66,7 @@ pub fn start_with_options<B>(
     model: &str,
     api_key: Option<&str>,
     opts: server::ServeOptions,
-) -> (
-    u16,
-    engine::handle::EngineHandle,
-    std::thread::JoinHandle<Result<(), server::ServeError>>,
-)
+) -> Started
 where
     B: engine::backend::Backend + Send + 'static,
     B::Buf: Send,
