@@ -19,6 +19,8 @@ pub struct ChatMessage {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
+    /// The tokenizer.json text of a tokenizer that has no file (the dummy models').
+    json: Option<String>,
     add_bos: bool,
     pub bos_id: Option<u32>,
     /// Token ids that end generation (from generation_config.json, else the EOS token).
@@ -102,6 +104,7 @@ impl Tokenizer {
                 .map(str::to_string),
             inner,
             path,
+            json: None,
             bos_id,
             eos_ids,
             bos_token,
@@ -116,12 +119,14 @@ impl Tokenizer {
         let json = crate::dummy::byte_level_tokenizer_json();
         let inner =
             tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| tok_err(&path, e))?;
+        let json = Some(json);
         let template = r#"{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"#;
         Ok(Tokenizer {
             bos_id: inner.token_to_id("<|im_start|>"),
             eos_ids: inner.token_to_id("<|im_end|>").into_iter().collect(),
             inner,
             path,
+            json,
             add_bos: false,
             bos_token: Some("<|im_start|>".into()),
             eos_token: Some("<|im_end|>".into()),
@@ -166,6 +171,39 @@ impl Tokenizer {
         self.inner
             .decode(ids, skip_special)
             .map_err(|e| tok_err(&self.path, e))
+    }
+
+    /// Every token's bytes as llguidance sees them (`toktrie_hf_tokenizers` over the same
+    /// tokenizer.json), with this tokenizer's end-of-sequence ids, padded to the model's
+    /// `model_vocab` logits: what `engine::structured::GrammarCompiler` compiles against.
+    /// (That crate links its own copy of `tokenizers`, 0.21: no release builds on 0.22.)
+    pub fn token_env(&self, model_vocab: usize) -> Result<engine::structured::TokEnv, ModelError> {
+        let mut bt = match &self.json {
+            Some(j) => toktrie_hf_tokenizers::ByteTokenizer::from_json_bytes(j.as_bytes()),
+            None => toktrie_hf_tokenizers::ByteTokenizer::from_file(&self.path),
+        }
+        .map_err(|e| {
+            tok_err(
+                &self.path,
+                format!("token bytes for structured outputs: {e}"),
+            )
+        })?;
+        let vocab = self.vocab_size();
+        let eos: Vec<u32> = self
+            .eos_ids
+            .iter()
+            .copied()
+            .filter(|&t| (t as usize) < vocab)
+            .collect();
+        if !eos.is_empty() {
+            bt.set_eos_tokens(&eos);
+        }
+        bt.into_tok_env(Some(model_vocab.max(vocab))).map_err(|e| {
+            tok_err(
+                &self.path,
+                format!("token bytes for structured outputs: {e}"),
+            )
+        })
     }
 
     pub fn has_chat_template(&self) -> bool {
