@@ -7,6 +7,7 @@
 //! the CLI. The engine's seams it implements: `engine::model::WeightSource` (safetensors,
 //! dummy weights) and `engine::detok::TokenDecoder` (the tokenizer).
 
+pub mod chat_template;
 pub mod config;
 pub mod convert;
 pub mod dummy;

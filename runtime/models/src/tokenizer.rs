@@ -4,17 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use crate::chat_template::{environment, reads_tools, render_tools_into_messages};
 use crate::error::ModelError;
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
+pub use crate::chat_template::{ChatMessage, ToolCallFormat};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -216,28 +211,54 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ModelError> {
+        self.apply_chat_template_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Whether the chat template reads the `tools` variable (otherwise tools reach the model
+    /// through the system-message rendering, `chat_template`).
+    pub fn template_reads_tools(&self) -> bool {
+        self.chat_template.as_deref().is_some_and(reads_tools)
+    }
+
+    /// The tool-call format this model's template says it writes, if pagedrt parses it.
+    pub fn tool_call_format(&self) -> Option<ToolCallFormat> {
+        self.chat_template
+            .as_deref()
+            .and_then(ToolCallFormat::of_template)
+    }
+
+    /// Renders the chat template with tool definitions (`{"type": "function", "function":
+    /// {...}}` each): through its `tools` variable if it reads one, else folded into the
+    /// messages (`chat_template::render_tools_into_messages`).
+    pub fn apply_chat_template_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Json],
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
         let tpl = self.chat_template.as_deref().ok_or_else(|| {
             tok_err(
                 &self.path,
                 "this model has no chat template (tokenizer_config.json)",
             )
         })?;
-        let mut env = minijinja::Environment::new();
-        minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template("chat", tpl)
-            .map_err(|e| tok_err(&self.path, format!("chat template: {e}")))?;
+        let has_tool_turns = messages
+            .iter()
+            .any(|m| m.role == "tool" || m.tool_calls.is_some());
+        let folded;
+        let (messages, tools_var) = if reads_tools(tpl) {
+            (messages, (!tools.is_empty()).then_some(tools))
+        } else if !tools.is_empty() || has_tool_turns {
+            folded = render_tools_into_messages(messages, tools);
+            (folded.as_slice(), None)
+        } else {
+            (messages, None)
+        };
+        let env =
+            environment(tpl).map_err(|e| tok_err(&self.path, format!("chat template: {e}")))?;
         let ctx = minijinja::context! {
             messages => messages,
+            tools => tools_var,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
