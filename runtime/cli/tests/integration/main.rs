@@ -17,6 +17,7 @@ mod engine_handle;
 mod engine_parity;
 mod gguf_convert;
 mod golden_logits;
+mod hub_pull;
 mod loadgen;
 mod no_kv_cache;
 mod openai_client;
