@@ -23,4 +23,5 @@ mod no_kv_cache;
 mod openai_client;
 mod server;
 mod server_shutdown;
+mod structured_tools;
 mod tokenizer;
