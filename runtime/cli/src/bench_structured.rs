@@ -28,7 +28,8 @@ pub struct StructuredArgs {
     /// Rounds of (free, constrained) runs; medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// The JSON schema file (default: a list of people, long enough to run to --output-len).
+    /// The JSON schema file (default: a list of at least 40 people, so that every request
+    /// runs to --output-len as the free ones do and the two compare token for token).
     #[arg(long)]
     schema: Option<PathBuf>,
     /// Write the result as JSON.
@@ -48,7 +49,7 @@ struct Run {
 }
 
 fn default_schema() -> serde_json::Value {
-    json!({"type": "object", "properties": {"people": {"type": "array", "items": {
+    json!({"type": "object", "properties": {"people": {"type": "array", "minItems": 40, "items": {
         "type": "object", "properties": {
             "name": {"type": "string", "maxLength": 24},
             "age": {"type": "integer", "minimum": 0, "maximum": 120},
@@ -92,7 +93,11 @@ fn run_on<B: Backend>(
             for i in 0..a.num_prompts {
                 let msgs = [ChatMessage::new(
                     "user",
-                    format!("Request {round}-{i}: list some people as JSON."),
+                    // Free and constrained prompts differ (no prefix-cache hits between them).
+                    format!(
+                        "Request {round}-{i}-{}: list some people as JSON.",
+                        if constrained { "json" } else { "free" }
+                    ),
                 )];
                 let prompt = tok.encode(&tok.apply_chat_template(&msgs, true)?)?;
                 let params = SamplingParams {
@@ -126,8 +131,14 @@ fn run_on<B: Backend>(
         };
     let (mut free, mut constrained) = (vec![], vec![]);
     for round in 0..a.rounds {
-        free.push(one(&mut engine, round, false)?);
-        constrained.push(one(&mut engine, round, true)?);
+        // Alternate which goes first, so a drift of the machine's speed cancels.
+        if round % 2 == 0 {
+            free.push(one(&mut engine, round, false)?);
+            constrained.push(one(&mut engine, round, true)?);
+        } else {
+            constrained.push(one(&mut engine, round, true)?);
+            free.push(one(&mut engine, round, false)?);
+        }
         let (f, c) = (free[round], constrained[round]);
         eprintln!(
             "round {round}: free {:.1} tok/s, json {:.1} tok/s ({} tokens), mask {:.1} us/token, waited {:.2} ms/step",
