@@ -78,6 +78,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--tool-call-parser`: the tool-call format `tool_choice: auto` parses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ToolCallParser {
+    /// The format the model's chat template shows (Hermes `<tool_call>`), if any.
+    Auto,
+    /// Hermes `<tool_call>` blocks, whatever the template.
+    Hermes,
+    /// None: `tool_choice: auto` is refused.
+    None,
+}
+
+impl ToolCallParser {
+    pub fn server(self) -> server::ToolCallParser {
+        match self {
+            ToolCallParser::Auto => server::ToolCallParser::Auto,
+            ToolCallParser::Hermes => server::ToolCallParser::Hermes,
+            ToolCallParser::None => server::ToolCallParser::None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,10 +86,7 @@ fn run_on<B: Backend>(
     let mut prompt_ids = vec![];
     for (i, p) in prompts.iter().enumerate() {
         let text = if a.chat {
-            let msgs = [ChatMessage {
-                role: "user".into(),
-                content: p.clone(),
-            }];
+            let msgs = [ChatMessage::new("user", p.clone())];
             tok.apply_chat_template(&msgs, true)?
         } else {
             p.clone()

@@ -6,6 +6,7 @@ mod bench_check_steps;
 mod bench_context;
 mod bench_kernels;
 mod bench_serve;
+mod bench_structured;
 mod bench_throughput;
 mod choices;
 mod doctor;
@@ -69,6 +70,9 @@ pub enum BenchCommand {
     CheckSteps(bench_check_steps::CheckStepsArgs),
     /// CUDA kernel timings: copy bandwidth, decode attention, paging cost, prefill TFLOP/s.
     Kernels(bench_kernels::BenchKernelsArgs),
+    /// Structured outputs' cost: requests under a JSON schema vs free ones, and the mask
+    /// time per token.
+    Structured(Box<bench_structured::StructuredArgs>),
 }
 
 /// A progress bar of `len` steps with `template` (hidden when `quiet`).
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => model_cmds::run_convert(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Bench(BenchCommand::Kernels(args)) => bench_kernels::run(args),
+        Command::Bench(BenchCommand::Structured(args)) => bench_structured::run(*args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::choices::LogFormat;
+use crate::choices::{LogFormat, ToolCallParser};
 
 use super::engine_args::{with_engine, EngineArgs};
 use engine::backend::Backend;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use engine::handle::Rebuild;
 use engine::{EngineCore, EngineError};
 use models::tokenizer::Tokenizer;
-use server::{serve_with, state_for, ConnLimits, ServeOptions};
+use server::{serve_with, state_with, ConnLimits, ServeOptions, ServerOptions};
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -53,6 +53,12 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's body once its head has arrived (408 after).
     #[arg(long, default_value_t = 30.0)]
     body_timeout_s: f64,
+    /// The tool-call format `tool_choice: auto` parses: auto (what the chat template shows:
+    /// Hermes `<tool_call>` blocks), hermes (always; for a template without tools the
+    /// system-message rendering asks for it), or none (auto is refused). `required` and named
+    /// tool choices work whatever this says.
+    #[arg(long, value_enum, default_value_t = ToolCallParser::Auto)]
+    tool_call_parser: ToolCallParser,
 }
 
 /// Opens the step log for appending (a rebuilt engine continues the same file).
@@ -125,7 +131,10 @@ where
         });
         rebuild
     });
-    let state = state_for(core, rebuild, tok, name, a.api_key.clone());
+    let options = ServerOptions {
+        tool_call_parser: a.tool_call_parser.server(),
+    };
+    let state = state_with(core, rebuild, tok, name, a.api_key.clone(), options);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

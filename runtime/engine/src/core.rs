@@ -16,7 +16,10 @@ use super::executor::{build_batch, run_copies, HostCache};
 use super::stop::StopText;
 use super::EngineError;
 use crate::backend::Backend;
+use crate::constraint::TokenMask;
+use crate::constraint::{Constraint, ConstraintError};
 use crate::detok::{IncrementalDecoder, TokenDecoder};
+use crate::masks::{with_masks, StepMasks};
 use crate::model::{KvCache, Model};
 use crate::report::StepReport;
 use crate::request::{RequestLimits, ValidatedRequest};
@@ -93,12 +96,28 @@ struct SampleState {
     rng: StdRng,
     detok: IncrementalDecoder,
     text: StopText,
+    /// What restricts this sample's tokens (a structured output).
+    constraint: Option<Constraint>,
+    /// The constraint as it was before any token, for the siblings of an `n > 1` request's
+    /// first sample (they start from its first logits).
+    sibling_constraint: Option<Constraint>,
 }
 
 impl SampleState {
     /// Sample `index` of `request`, with its own generator ([`sample_rng`]).
-    fn new(request: u64, index: usize, params: Arc<SamplingParams>, prompt: Arc<Vec<u32>>) -> Self {
+    fn new(
+        request: u64,
+        index: usize,
+        params: Arc<SamplingParams>,
+        prompt: Arc<Vec<u32>>,
+        constraint: Option<Constraint>,
+    ) -> Self {
         let rng = sample_rng(&params, request, index);
+        let sibling_constraint = if index == 0 && params.n > 1 {
+            constraint.clone()
+        } else {
+            None
+        };
         SampleState {
             request,
             index,
@@ -108,6 +127,8 @@ impl SampleState {
             rng,
             detok: IncrementalDecoder::new(),
             text: StopText::default(),
+            constraint,
+            sibling_constraint,
         }
     }
 }
@@ -251,7 +272,7 @@ impl<B: Backend> EngineCore<B> {
             }
         }
         let (priority, cache_salt) = (r.request.priority(), r.request.cache_salt());
-        let (prompt, params) = r.request.into_parts();
+        let (prompt, params, constraint) = r.request.into_parts();
         let mut req = Request::new(r.id, prompt.clone(), params.max_tokens);
         let req_arrival = self.started.elapsed().as_secs_f64();
         req.arrival_s = req_arrival;
@@ -260,7 +281,7 @@ impl<B: Backend> EngineCore<B> {
         self.scheduler.add_request(req)?;
         self.samples.insert(
             r.id,
-            SampleState::new(r.id, 0, Arc::new(params), Arc::new(prompt)),
+            SampleState::new(r.id, 0, Arc::new(params), Arc::new(prompt), constraint),
         );
         self.requests.insert(r.id, vec![r.id]);
         self.unscheduled.insert(r.id, req_arrival);
@@ -313,15 +334,29 @@ impl<B: Backend> EngineCore<B> {
         report.counts = Some(scheduler::StepCounts::of(&plan));
         let batch = build_batch(&plan, self.cache.layout.block_size);
         let (model, backend, cache) = (&self.model, &self.backend, &mut self.cache);
+        let (logits, mut masks) = with_masks(mask_jobs(&plan, &mut self.samples), || {
+            backend.run_forward(|| model.forward(backend, &batch, cache))
+        });
+        report.masks = masks.masks.len();
+        report.mask_seconds = masks.compute_seconds;
+        report.mask_wait_seconds = masks.wait_seconds;
         // A device error (this step's copies or forward) fails the step with its message.
-        let mut logits = backend.run_forward(|| model.forward(backend, &batch, cache))?;
+        let mut logits = logits?;
         let vocab = self.model.config().vocab_size;
         let mut result = StepResult::default();
         let mut outputs = Vec::new();
         let mut forks: Vec<(SeqId, Vec<f32>)> = Vec::new();
-        let mut drawn = draw_samples(&self.backend, &plan, &mut self.samples, &mut logits, vocab);
+        let mut drawn = draw_samples(
+            &self.backend,
+            &plan,
+            &mut self.samples,
+            &mut logits,
+            vocab,
+            &mut masks,
+        );
         for (row, sc) in plan.seqs.iter().filter(|s| s.samples).enumerate() {
-            let (Some(st), Some((s, raw))) = (self.samples.get_mut(&sc.seq), drawn[row].take())
+            let (Some(st), Some((s, raw, failed))) =
+                (self.samples.get_mut(&sc.seq), drawn[row].take())
             else {
                 continue;
             };
@@ -330,7 +365,14 @@ impl<B: Backend> EngineCore<B> {
                 .sequence(sc.seq)
                 .and_then(|q| q.num_cached_prompt_tokens)
                 .unwrap_or(0);
-            let out = emit(st, &s, self.tokenizer.as_deref(), &self.eos_ids, cached)?;
+            let out = emit(
+                st,
+                &s,
+                self.tokenizer.as_deref(),
+                &self.eos_ids,
+                cached,
+                failed,
+            )?;
             result.sampled.push((sc.seq, s.token));
             if let Some(reason) = out.finish {
                 result.finished.push((sc.seq, reason));
@@ -361,14 +403,29 @@ impl<B: Backend> EngineCore<B> {
         raw: Vec<f32>,
         outputs: &mut Vec<TokenOutput>,
     ) -> Result<(), EngineError> {
-        let (request, params, prompt) = {
+        let (request, params, prompt, constraint) = {
             let p = &self.samples[&parent];
-            (p.request, p.params.clone(), p.prompt.clone())
+            let c = p.sibling_constraint.clone();
+            (p.request, p.params.clone(), p.prompt.clone(), c)
         };
         for index in 1..params.n {
-            let mut st = SampleState::new(request, index, params.clone(), prompt.clone());
-            let s = sample(&mut raw.clone(), &params, &prompt, &[], &mut st.rng);
-            let out = emit(&mut st, &s, self.tokenizer.as_deref(), &self.eos_ids, 0)?;
+            let mut st = SampleState::new(
+                request,
+                index,
+                params.clone(),
+                prompt.clone(),
+                constraint.clone(),
+            );
+            // `raw` is already masked by the first sample's (identical) first mask.
+            let s = sample(&mut raw.clone(), &params, &prompt, &[], None, &mut st.rng);
+            let out = emit(
+                &mut st,
+                &s,
+                self.tokenizer.as_deref(),
+                &self.eos_ids,
+                0,
+                None,
+            )?;
             if out.finish.is_none() {
                 let child = self.next_child;
                 self.next_child += 1;
@@ -382,17 +439,41 @@ impl<B: Backend> EngineCore<B> {
     }
 }
 
+/// The constraints of the step's sampling rows, whose masks the helper computes while the
+/// forward runs.
+fn mask_jobs<'a>(
+    plan: &scheduler::StepPlan,
+    samples: &'a mut HashMap<SeqId, SampleState>,
+) -> Vec<(SeqId, &'a mut Constraint)> {
+    let sampling: std::collections::HashSet<SeqId> = plan
+        .seqs
+        .iter()
+        .filter(|s| s.samples)
+        .map(|s| s.seq)
+        .collect();
+    samples
+        .iter_mut()
+        .filter(|(seq, _)| sampling.contains(seq))
+        .filter_map(|(seq, st)| st.constraint.as_mut().map(|c| (*seq, c)))
+        .collect()
+}
+
+/// One row's draw: the token, the raw logits for the siblings of an `n > 1` request's first
+/// token, and why the row's constraint could not give a mask (the sample then ends).
+type Drawn = (Sampled, Option<Vec<f32>>, Option<ConstraintError>);
+
 /// Samples every sampling row of a step, in parallel over sequences (each sample has its
 /// own seeded generator, so the draws do not depend on the order or the thread). Returns,
-/// per row, the token and, for the first token of an `n > 1` request, the raw logits its
-/// siblings will sample from.
+/// per row, the token and, for the first token of an `n > 1` request, the (masked) logits
+/// its siblings will sample from. A constrained row samples under its mask from `masks`.
 fn draw_samples<B: Backend>(
     backend: &B,
     plan: &scheduler::StepPlan,
     samples: &mut HashMap<SeqId, SampleState>,
     logits: &mut [f32],
     vocab: usize,
-) -> Vec<Option<(Sampled, Option<Vec<f32>>)>> {
+    masks: &mut StepMasks,
+) -> Vec<Option<Drawn>> {
     let rows_of: HashMap<SeqId, usize> = plan
         .seqs
         .iter()
@@ -401,37 +482,60 @@ fn draw_samples<B: Backend>(
         .map(|(row, sc)| (sc.seq, row))
         .collect();
     let mut rows: Vec<&mut [f32]> = logits.chunks_mut(vocab).collect();
-    let mut jobs: Vec<(usize, &mut SampleState, &mut [f32])> = samples
+    type Job<'a> = (usize, &'a mut SampleState, &'a mut [f32], Option<TokenMask>);
+    let mut failed: HashMap<usize, ConstraintError> = HashMap::new();
+    let mut jobs: Vec<Job> = samples
         .iter_mut()
         .filter_map(|(seq, st)| {
             let row = *rows_of.get(seq)?;
-            Some((row, st, std::mem::take(rows.get_mut(row)?)))
+            let mask = match (st.constraint.is_some(), masks.masks.remove(seq)) {
+                (false, _) => None,
+                (true, Some(Ok(m))) if m.count() > 0 => Some(m),
+                (true, Some(Ok(_))) => {
+                    failed.insert(row, ConstraintError("no token is allowed".into()));
+                    None
+                }
+                (true, Some(Err(e))) => {
+                    failed.insert(row, e);
+                    None
+                }
+                (true, None) => {
+                    failed.insert(row, ConstraintError("no mask was computed".into()));
+                    None
+                }
+            };
+            Some((row, st, std::mem::take(rows.get_mut(row)?), mask))
         })
         .collect();
     // Each job fills its own result slot, on the backend's host threads.
     let mut work: Vec<_> = jobs.iter_mut().map(|j| (j, None)).collect();
     backend.host_parallel(&mut work, |w| {
-        let ((row, st, l), result) = w;
+        let ((row, st, l, mask), result) = w;
+        if let Some(m) = mask {
+            m.apply(l);
+        }
         let wants_fork = st.index == 0 && st.output.is_empty() && st.params.n > 1;
         let raw = wants_fork.then(|| l.to_vec());
-        let s = sample(l, &st.params, &st.prompt, &st.output, &mut st.rng);
+        let s = sample(l, &st.params, &st.prompt, &st.output, None, &mut st.rng);
         *result = Some((*row, s, raw));
     });
-    let mut drawn: Vec<Option<(Sampled, Option<Vec<f32>>)>> = Vec::new();
+    let mut drawn: Vec<Option<Drawn>> = Vec::new();
     drawn.resize_with(rows_of.len(), || None);
     for (row, s, raw) in work.into_iter().filter_map(|(_, r)| r) {
-        drawn[row] = Some((s, raw));
+        drawn[row] = Some((s, raw, failed.remove(&row)));
     }
     drawn
 }
 
-/// Appends a sampled token to a sample's state: stop checks, text, the output record.
+/// Appends a sampled token to a sample's state: stop checks, the constraint, text, the
+/// output record. A sample whose constraint failed (`failed`) ends here with `abort`.
 fn emit(
     st: &mut SampleState,
     s: &Sampled,
     tok: Option<&dyn TokenDecoder>,
     eos_ids: &[u32],
     cached: usize,
+    failed: Option<ConstraintError>,
 ) -> Result<TokenOutput, EngineError> {
     st.output.push(s.token);
     let p = &st.params;
@@ -439,7 +543,21 @@ fn emit(
     let stop_token =
         (!p.ignore_eos && eos_ids.contains(&s.token)) || p.stop_token_ids.contains(&s.token);
     let mut text = String::new();
-    if stop_token {
+    let mut complete = false;
+    if let Some(e) = failed {
+        tracing::warn!("request {}: {e}; ending the sample", st.request);
+        finish = Some(FinishReason::Abort);
+    } else if let (Some(c), false) = (st.constraint.as_mut(), stop_token) {
+        match c.0.commit(s.token) {
+            Ok(()) => complete = c.0.is_finished(),
+            Err(e) => {
+                tracing::warn!("request {}: {e}; ending the sample", st.request);
+                finish = Some(FinishReason::Abort);
+            }
+        }
+    }
+    if finish.is_some() {
+    } else if stop_token {
         finish = Some(FinishReason::Stop);
     } else if let Some(t) = tok {
         let delta = st.detok.push(t, s.token)?;
@@ -447,12 +565,17 @@ fn emit(
         text = released;
         if hit {
             finish = Some(FinishReason::Stop);
+            // The stop string ended it, not the grammar: what it held back stays back.
+            complete = false;
         }
+    }
+    if finish.is_none() && complete {
+        finish = Some(FinishReason::Stop);
     }
     if finish.is_none() && st.output.len() >= p.max_tokens {
         finish = Some(FinishReason::Length);
     }
-    if finish == Some(FinishReason::Length) || (finish.is_some() && stop_token) {
+    if finish == Some(FinishReason::Length) || (finish.is_some() && (stop_token || complete)) {
         if let Some(t) = tok {
             let rest = st.detok.finish(t)?;
             let (released, _) = st.text.push(&rest, &p.stop);

@@ -21,7 +21,7 @@ use crate::{EngineCore, EngineError, GenerateRequest, RequestLimits, StepReport,
 
 enum Command {
     Add(
-        GenerateRequest,
+        Box<GenerateRequest>,
         tmpsc::UnboundedSender<TokenOutput>,
         oneshot::Sender<Result<(), EngineError>>,
     ),
@@ -186,7 +186,7 @@ impl EngineHandle {
         let (out_tx, out_rx) = tmpsc::unbounded_channel();
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx
-            .send(Command::Add(req, out_tx, reply_tx))
+            .send(Command::Add(Box::new(req), out_tx, reply_tx))
             .map_err(|_| EngineError::Stopped)?;
         reply_rx.await.map_err(|_| EngineError::Stopped)??;
         Ok(out_rx)
@@ -237,7 +237,7 @@ fn run_loop<B: Backend>(
             match c {
                 Command::Add(req, out, reply) => {
                     let id = req.id;
-                    let res = core.add_request(req);
+                    let res = core.add_request(*req);
                     if res.is_ok() {
                         streams.insert(id, out);
                     }

@@ -4,25 +4,31 @@
 //! Owns: the model seam (`model`: the `Model` trait, `KvSpec`, weights by Hugging Face name
 //! from a `WeightSource`, the Llama family's forward pass), the backends behind one interface
 //! (`backend`: CPU, CUDA), the sampler, `EngineCore` (schedule, copies, forward, sample,
-//! update) and `EngineHandle` (the core on its own thread, driven through channels).
+//! update), structured outputs (`constraint`: the token-mask seam the sampler applies;
+//! `structured`: its llguidance implementation, grammars from JSON schemas, regexes, choices
+//! and Lark) and `EngineHandle` (the core on its own thread, driven through channels).
 //!
 //! Knows nothing of: HTTP, file formats (config.json, safetensors, GGUF, tokenizer.json: the
 //! `models` crate reads them and hands over a `WeightSource` and a `TokenDecoder`), the CLI.
 
 pub mod backend;
+pub mod constraint;
 pub mod core;
 pub mod detok;
 mod error;
 pub mod executor;
 pub mod handle;
+mod masks;
 pub mod model;
 mod report;
 pub mod request;
 mod run;
 pub mod sampler;
 pub mod stop;
+pub mod structured;
 
 pub use self::core::{EngineConfig, EngineCore, GenerateRequest, TokenOutput};
+pub use constraint::{Constraint, TokenConstraint, TokenMask};
 pub use error::EngineError;
 pub use report::StepReport;
 pub use request::{InvalidRequest, RequestLimits, ValidatedRequest};

@@ -18,6 +18,13 @@ pub struct StepReport {
     pub queue_times_s: Vec<f64>,
     /// Schedule to outputs, in seconds.
     pub seconds: f64,
+    /// Structured-output masks computed for this step (one per constrained sampling row).
+    pub masks: usize,
+    /// Seconds the mask helper spent on them (alongside the forward pass).
+    pub mask_seconds: f64,
+    /// Seconds sampling waited for the masks after the forward had finished (the part of
+    /// the mask time that was on the step's critical path).
+    pub mask_wait_seconds: f64,
 }
 
 impl StepReport {

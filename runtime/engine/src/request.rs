@@ -8,6 +8,7 @@
 //! left to the engine and the scheduler is their own capacity: the queue, the KV cache, the
 //! step budget.
 
+use crate::constraint::Constraint;
 use crate::sampler::SamplingParams;
 
 /// What a request may ask of one engine: its model's vocabulary and longest sequence.
@@ -39,6 +40,10 @@ pub enum InvalidRequest {
     NoTokens,
     #[error("n must be at least 1")]
     NoSamples,
+    /// A structured-output request whose end-of-sequence could never be sampled: it must be
+    /// able to stop when its grammar is complete.
+    #[error("a structured output cannot be combined with ignore_eos")]
+    ConstraintIgnoresEos,
 }
 
 impl InvalidRequest {
@@ -48,6 +53,7 @@ impl InvalidRequest {
             InvalidRequest::EmptyPrompt | InvalidRequest::TokenOutsideVocabulary { .. } => "prompt",
             InvalidRequest::TooLong { .. } | InvalidRequest::NoTokens => "max_tokens",
             InvalidRequest::NoSamples => "n",
+            InvalidRequest::ConstraintIgnoresEos => "ignore_eos",
         }
     }
 }
@@ -59,6 +65,7 @@ pub struct ValidatedRequest {
     params: SamplingParams,
     priority: i32,
     cache_salt: Option<u64>,
+    constraint: Option<Constraint>,
 }
 
 impl RequestLimits {
@@ -67,6 +74,17 @@ impl RequestLimits {
         &self,
         prompt: Vec<u32>,
         params: SamplingParams,
+    ) -> Result<ValidatedRequest, InvalidRequest> {
+        self.validate_constrained(prompt, params, None)
+    }
+
+    /// [`Self::validate`] for a request whose tokens `constraint` restricts (a structured
+    /// output, compiled by `structured::GrammarCompiler`).
+    pub fn validate_constrained(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        constraint: Option<Constraint>,
     ) -> Result<ValidatedRequest, InvalidRequest> {
         if prompt.is_empty() {
             return Err(InvalidRequest::EmptyPrompt);
@@ -90,11 +108,15 @@ impl RequestLimits {
                 max_model_len: self.max_model_len,
             });
         }
+        if constraint.is_some() && params.ignore_eos {
+            return Err(InvalidRequest::ConstraintIgnoresEos);
+        }
         Ok(ValidatedRequest {
             prompt,
             params,
             priority: 0,
             cache_salt: None,
+            constraint,
         })
     }
 }
@@ -128,9 +150,14 @@ impl ValidatedRequest {
         self.cache_salt
     }
 
-    /// The prompt and parameters, taken apart.
-    pub fn into_parts(self) -> (Vec<u32>, SamplingParams) {
-        (self.prompt, self.params)
+    /// What restricts the request's tokens, if anything.
+    pub fn constraint(&self) -> Option<&Constraint> {
+        self.constraint.as_ref()
+    }
+
+    /// The prompt, parameters and constraint, taken apart.
+    pub fn into_parts(self) -> (Vec<u32>, SamplingParams, Option<Constraint>) {
+        (self.prompt, self.params, self.constraint)
     }
 }
 

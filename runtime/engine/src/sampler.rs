@@ -6,6 +6,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::constraint::TokenMask;
+
 /// How a request wants its tokens chosen (OpenAI and vLLM semantics).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -93,14 +95,20 @@ pub fn sample_rng(params: &SamplingParams, request: u64, index: usize) -> StdRng
     StdRng::seed_from_u64(seed)
 }
 
-/// Samples one token from `logits` (modified in place by the penalties).
+/// Samples one token from `logits` (modified in place by the penalties and, if given, the
+/// structured-output `mask`: a token it does not allow is never drawn, and log-probabilities
+/// are those of the masked distribution).
 pub fn sample(
     logits: &mut [f32],
     p: &SamplingParams,
     prompt: &[u32],
     output: &[u32],
+    mask: Option<&TokenMask>,
     rng: &mut StdRng,
 ) -> Sampled {
+    if let Some(m) = mask {
+        m.apply(logits);
+    }
     apply_penalties(logits, p, prompt, output);
     let token = if p.temperature <= 0.0 {
         argmax(logits)
@@ -278,7 +286,7 @@ mod tests {
             logprobs: Some(2),
             ..SamplingParams::greedy(1)
         };
-        let s = sample(&mut l, &p, &[], &[], &mut rng());
+        let s = sample(&mut l, &p, &[], &[], None, &mut rng());
         assert_eq!(s.token, 1);
         assert_eq!(s.top.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 3]);
         let z: f32 = [0.0f32, 3.0, 1.0, 2.0].iter().map(|x| x.exp()).sum();
@@ -304,8 +312,42 @@ mod tests {
         ] {
             let mut r = rng();
             for _ in 0..50 {
-                assert_eq!(sample(&mut logits.clone(), &p, &[], &[], &mut r).token, 1);
+                assert_eq!(
+                    sample(&mut logits.clone(), &p, &[], &[], None, &mut r).token,
+                    1
+                );
             }
+        }
+    }
+
+    #[test]
+    fn a_mask_is_never_sampled_outside_of() {
+        let logits = vec![5.0, 0.0, 4.0, 1.0, 3.0];
+        let mut mask = TokenMask::none(5);
+        mask.allow(1);
+        mask.allow(3);
+        let greedy = SamplingParams {
+            logprobs: Some(5),
+            ..SamplingParams::greedy(1)
+        };
+        let s = sample(
+            &mut logits.clone(),
+            &greedy,
+            &[],
+            &[],
+            Some(&mask),
+            &mut rng(),
+        );
+        assert_eq!(s.token, 3);
+        // The masked distribution: only ids 1 and 3 carry probability.
+        let z = 1f32.exp() + 1.0;
+        assert!((s.logprob - (1f32.exp() / z).ln()).abs() < 1e-6);
+        assert!(s.top.iter().skip(2).all(|&(_, lp)| lp == f32::NEG_INFINITY));
+        let mut r = rng();
+        let p = SamplingParams::default();
+        for _ in 0..2000 {
+            let t = sample(&mut logits.clone(), &p, &[], &[], Some(&mask), &mut r).token;
+            assert!(t == 1 || t == 3, "{t}");
         }
     }
 
@@ -316,7 +358,7 @@ mod tests {
         let p = SamplingParams::default();
         let mut r = rng();
         let ones = (0..20_000)
-            .filter(|_| sample(&mut logits.clone(), &p, &[], &[], &mut r).token == 1)
+            .filter(|_| sample(&mut logits.clone(), &p, &[], &[], None, &mut r).token == 1)
             .count();
         assert!((ones as f64 / 20_000.0 - 0.75).abs() < 0.02, "{ones}");
     }
@@ -330,7 +372,7 @@ mod tests {
             frequency_penalty: 0.25,
             ..SamplingParams::greedy(1)
         };
-        let s = sample(&mut l, &p, &[2], &[0, 0], &mut rng());
+        let s = sample(&mut l, &p, &[2], &[0, 0], None, &mut rng());
         assert_eq!(s.token, 1);
         assert_eq!(l[0], 2.0 / 2.0 - 0.5 - 0.5);
         assert_eq!(l[2], -2.0);

@@ -1,9 +1,11 @@
 //! What `--model` names: a model directory, a model `pagedrt pull` knows (pulled on first
+//! use), a Hugging Face Hub id `ORG/NAME[@REVISION]` (fetched into the Hub cache on first
 //! use), or nothing (the default model).
 
 use std::path::{Path, PathBuf};
 
 use crate::error::ModelError;
+use crate::hub::{pull_hub, HubModel, HubOptions};
 use crate::pull::{pull, DEFAULT_MODEL, KNOWN_MODELS};
 
 /// Where a model comes from.
@@ -34,9 +36,13 @@ pub fn resolve_model(spec: Option<&str>, say: &mut dyn FnMut(&str)) -> Result<Pa
     if KNOWN_MODELS.iter().any(|m| m.name == spec) {
         return pull(spec, say);
     }
+    if let Some(hub) = HubModel::parse(spec) {
+        return pull_hub(&hub, &HubOptions::from_env(), say);
+    }
     let known: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
     Err(ModelError::Other(format!(
-        "--model {spec}: not a model directory and not a known model ({})",
+        "--model {spec}: not a model directory, not a known model ({}) and not a Hub id \
+         (ORG/NAME[@REVISION])",
         known.join(", ")
     )))
 }

@@ -4,21 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use crate::chat_template::{environment, reads_tools, render_tools_into_messages};
 use crate::error::ModelError;
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
+pub use crate::chat_template::{ChatMessage, ToolCallFormat};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
+    /// The tokenizer.json text of a tokenizer that has no file (the dummy models').
+    json: Option<String>,
     add_bos: bool,
     pub bos_id: Option<u32>,
     /// Token ids that end generation (from generation_config.json, else the EOS token).
@@ -102,6 +99,7 @@ impl Tokenizer {
                 .map(str::to_string),
             inner,
             path,
+            json: None,
             bos_id,
             eos_ids,
             bos_token,
@@ -116,12 +114,14 @@ impl Tokenizer {
         let json = crate::dummy::byte_level_tokenizer_json();
         let inner =
             tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| tok_err(&path, e))?;
+        let json = Some(json);
         let template = r#"{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"#;
         Ok(Tokenizer {
             bos_id: inner.token_to_id("<|im_start|>"),
             eos_ids: inner.token_to_id("<|im_end|>").into_iter().collect(),
             inner,
             path,
+            json,
             add_bos: false,
             bos_token: Some("<|im_start|>".into()),
             eos_token: Some("<|im_end|>".into()),
@@ -168,6 +168,39 @@ impl Tokenizer {
             .map_err(|e| tok_err(&self.path, e))
     }
 
+    /// Every token's bytes as llguidance sees them (`toktrie_hf_tokenizers` over the same
+    /// tokenizer.json), with this tokenizer's end-of-sequence ids, padded to the model's
+    /// `model_vocab` logits: what `engine::structured::GrammarCompiler` compiles against.
+    /// (That crate links its own copy of `tokenizers`, 0.21: no release builds on 0.22.)
+    pub fn token_env(&self, model_vocab: usize) -> Result<engine::structured::TokEnv, ModelError> {
+        let mut bt = match &self.json {
+            Some(j) => toktrie_hf_tokenizers::ByteTokenizer::from_json_bytes(j.as_bytes()),
+            None => toktrie_hf_tokenizers::ByteTokenizer::from_file(&self.path),
+        }
+        .map_err(|e| {
+            tok_err(
+                &self.path,
+                format!("token bytes for structured outputs: {e}"),
+            )
+        })?;
+        let vocab = self.vocab_size();
+        let eos: Vec<u32> = self
+            .eos_ids
+            .iter()
+            .copied()
+            .filter(|&t| (t as usize) < vocab)
+            .collect();
+        if !eos.is_empty() {
+            bt.set_eos_tokens(&eos);
+        }
+        bt.into_tok_env(Some(model_vocab.max(vocab))).map_err(|e| {
+            tok_err(
+                &self.path,
+                format!("token bytes for structured outputs: {e}"),
+            )
+        })
+    }
+
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some()
     }
@@ -178,28 +211,54 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ModelError> {
+        self.apply_chat_template_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Whether the chat template reads the `tools` variable (otherwise tools reach the model
+    /// through the system-message rendering, `chat_template`).
+    pub fn template_reads_tools(&self) -> bool {
+        self.chat_template.as_deref().is_some_and(reads_tools)
+    }
+
+    /// The tool-call format this model's template says it writes, if pagedrt parses it.
+    pub fn tool_call_format(&self) -> Option<ToolCallFormat> {
+        self.chat_template
+            .as_deref()
+            .and_then(ToolCallFormat::of_template)
+    }
+
+    /// Renders the chat template with tool definitions (`{"type": "function", "function":
+    /// {...}}` each): through its `tools` variable if it reads one, else folded into the
+    /// messages (`chat_template::render_tools_into_messages`).
+    pub fn apply_chat_template_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Json],
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
         let tpl = self.chat_template.as_deref().ok_or_else(|| {
             tok_err(
                 &self.path,
                 "this model has no chat template (tokenizer_config.json)",
             )
         })?;
-        let mut env = minijinja::Environment::new();
-        minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template("chat", tpl)
-            .map_err(|e| tok_err(&self.path, format!("chat template: {e}")))?;
+        let has_tool_turns = messages
+            .iter()
+            .any(|m| m.role == "tool" || m.tool_calls.is_some());
+        let folded;
+        let (messages, tools_var) = if reads_tools(tpl) {
+            (messages, (!tools.is_empty()).then_some(tools))
+        } else if !tools.is_empty() || has_tool_turns {
+            folded = render_tools_into_messages(messages, tools);
+            (folded.as_slice(), None)
+        } else {
+            (messages, None)
+        };
+        let env =
+            environment(tpl).map_err(|e| tok_err(&self.path, format!("chat template: {e}")))?;
         let ctx = minijinja::context! {
             messages => messages,
+            tools => tools_var,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),

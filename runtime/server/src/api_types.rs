@@ -56,19 +56,42 @@ pub struct Sampling {
     pub top_logprobs: Option<i64>,
 }
 
+/// The structured-output fields of completions and chat completions: OpenAI's
+/// `response_format`, vLLM's `structured_outputs` and its older `guided_*` fields
+/// (`structured::spec_of` reads them).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StructuredFields {
+    pub response_format: Option<Json>,
+    pub structured_outputs: Option<Json>,
+    pub guided_json: Option<Json>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(flatten)]
+    pub structured: StructuredFields,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatMessageIn {
     pub role: String,
-    /// A string, or a list of `{"type": "text", "text": ...}` parts.
+    /// A string, a list of `{"type": "text", "text": ...}` parts, or null (an assistant
+    /// message that only calls tools).
+    #[serde(default)]
     pub content: Json,
+    /// An assistant message's calls: `{"id", "type": "function", "function": {"name",
+    /// "arguments"}}`, the arguments a JSON string.
+    pub tool_calls: Option<Vec<Json>>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +100,13 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessageIn>,
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(flatten)]
+    pub structured: StructuredFields,
+    /// `[{"type": "function", "function": {"name", "description", "parameters"}}]`.
+    pub tools: Option<Json>,
+    /// `none`, `auto`, `required` or `{"type": "function", "function": {"name"}}`.
+    pub tool_choice: Option<Json>,
+    pub parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

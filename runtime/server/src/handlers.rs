@@ -1,46 +1,46 @@
-//! The endpoints.
+//! The endpoints other than chat (`chat`) and the Responses API (`responses`), and what
+//! every endpoint shares: parsing the body, the API key, the model name, answering.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::stream::{self, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value as Json_};
-use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::api_types::{
-    ChatRequest, CompletionRequest, DetokenizeRequest, Prompt, Sampling, TokenizeRequest,
-};
+use crate::api_types::{CompletionRequest, DetokenizeRequest, Prompt, Sampling, TokenizeRequest};
+use crate::chat::{chat_choice, ChatChunks};
 use crate::error::ApiError;
+use crate::generation::{
+    collect, data, done_events, finish_str, last_error, sse_stream, submit_all, usage_json,
+};
 use crate::logprobs::{self, TokenLogprob};
+use crate::structured;
+use crate::tool_calls::CallShape;
 use crate::validate::{chat_messages, sampling_params};
 use crate::AppState;
 use engine::sampler::SamplingParams;
-use engine::{GenerateRequest, TokenOutput};
+use engine::Constraint;
 use models::tokenizer::Tokenizer;
 
-type S = State<Arc<AppState>>;
+pub(crate) type S = State<Arc<AppState>>;
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// The body, or why it could not be read (over the size limit: 413).
-type Body = Result<Bytes, BytesRejection>;
+pub(crate) type Body = Result<Bytes, BytesRejection>;
 
-fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(crate::MAX_BODY_BYTES)
@@ -53,7 +53,7 @@ fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
 }
 
 /// Constant-time comparison of the bearer token with the configured key.
-fn authorize(headers: &HeaderMap, st: &AppState) -> Result<(), ApiError> {
+pub(crate) fn authorize(headers: &HeaderMap, st: &AppState) -> Result<(), ApiError> {
     let Some(key) = &st.api_key else {
         return Ok(());
     };
@@ -74,193 +74,12 @@ fn authorize(headers: &HeaderMap, st: &AppState) -> Result<(), ApiError> {
     }
 }
 
-fn check_model(model: &str, st: &AppState) -> Result<(), ApiError> {
+pub(crate) fn check_model(model: &str, st: &AppState) -> Result<(), ApiError> {
     if model == st.served_model_name {
         Ok(())
     } else {
         Err(ApiError::not_found_model(model))
     }
-}
-
-fn finish_str(t: &TokenOutput) -> Option<&'static str> {
-    t.finish.map(engine::FinishReason::as_str)
-}
-
-/// Submits one engine request per prompt. On any refusal the ones already queued are
-/// dropped (and so aborted).
-async fn submit_all(
-    st: &AppState,
-    prompts: Vec<Vec<u32>>,
-    params: &SamplingParams,
-    s: &Sampling,
-) -> Result<Vec<UnboundedReceiver<TokenOutput>>, ApiError> {
-    let salt = s.cache_salt.as_ref().map(|x| {
-        x.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        })
-    });
-    let mut out = Vec::with_capacity(prompts.len());
-    for p in prompts {
-        let n_prompt = p.len();
-        let request = st
-            .limits
-            .validate(p, params.clone())?
-            .with_priority(s.priority.unwrap_or(0))
-            .with_cache_salt(salt);
-        let id = st.next_id.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!("pagedrt:prompt_tokens_total").increment(n_prompt as u64);
-        let rx = st
-            .engine
-            .submit(GenerateRequest { id, request })
-            .await
-            .map_err(ApiError::from)?;
-        out.push(rx);
-    }
-    Ok(out)
-}
-
-/// Client-side latencies of one request's streams, for the histograms.
-struct Latency {
-    started: Instant,
-    last: std::collections::HashMap<usize, Instant>,
-}
-
-impl Latency {
-    fn new(started: Instant) -> Self {
-        Latency {
-            started,
-            last: Default::default(),
-        }
-    }
-    fn token(&mut self, index: usize, finished: bool) {
-        let now = Instant::now();
-        match self.last.insert(index, now) {
-            None if index == 0 => ::metrics::histogram!("pagedrt:time_to_first_token_seconds")
-                .record((now - self.started).as_secs_f64()),
-            None => {}
-            Some(prev) => ::metrics::histogram!("pagedrt:inter_token_latency_seconds")
-                .record((now - prev).as_secs_f64()),
-        }
-        if finished && index == 0 {
-            ::metrics::histogram!("pagedrt:e2e_request_latency_seconds")
-                .record((now - self.started).as_secs_f64());
-        }
-    }
-}
-
-#[derive(Default, Clone)]
-struct Choice {
-    text: String,
-    tokens: usize,
-    finish: Option<&'static str>,
-    logprobs: Vec<TokenLogprob>,
-}
-
-struct Usage {
-    prompt: usize,
-    completion: usize,
-    cached: usize,
-}
-
-fn usage_json(u: &Usage) -> Json_ {
-    json!({
-        "prompt_tokens": u.prompt,
-        "completion_tokens": u.completion,
-        "total_tokens": u.prompt + u.completion,
-        "prompt_tokens_details": {"cached_tokens": u.cached},
-    })
-}
-
-/// Waits for every sample of every prompt.
-async fn collect(
-    rxs: Vec<UnboundedReceiver<TokenOutput>>,
-    n: usize,
-    prompt_tokens: usize,
-    started: Instant,
-    engine_error: &(dyn Fn() -> String + Sync),
-) -> Result<(Vec<Choice>, Usage), ApiError> {
-    let mut choices = vec![Choice::default(); rxs.len() * n];
-    let mut cached = 0;
-    let mut lat = Latency::new(started);
-    for (pi, mut rx) in rxs.into_iter().enumerate() {
-        while let Some(t) = rx.recv().await {
-            lat.token(pi * n + t.index, t.finish.is_some());
-            let c = &mut choices[pi * n + t.index];
-            c.text.push_str(&t.text);
-            c.tokens += 1;
-            c.logprobs.push(TokenLogprob::of(&t));
-            c.finish = finish_str(&t).or(c.finish);
-            if t.index == 0 {
-                cached = cached.max(t.cached_prompt_tokens);
-            }
-        }
-    }
-    if choices.iter().any(|c| c.finish.is_none()) {
-        return Err(ApiError::internal(format!(
-            "the engine stopped before the request finished: {}",
-            engine_error()
-        )));
-    }
-    let completion = choices.iter().map(|c| c.tokens).sum();
-    Ok((
-        choices,
-        Usage {
-            prompt: prompt_tokens,
-            completion,
-            cached,
-        },
-    ))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn sse_stream(
-    rxs: Vec<UnboundedReceiver<TokenOutput>>,
-    n: usize,
-    prompt_tokens: usize,
-    include_usage: bool,
-    started: Instant,
-    chunk: impl Fn(usize, &TokenOutput, bool) -> Json_ + Send + Sync + 'static,
-    usage_chunk: impl Fn(Json_) -> Json_ + Send + 'static,
-) -> Response {
-    let usage = Arc::new(Mutex::new(Usage {
-        prompt: prompt_tokens,
-        completion: 0,
-        cached: 0,
-    }));
-    let u = usage.clone();
-    let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
-    let lat = Mutex::new(Latency::new(started));
-    let merged = stream::select_all(
-        rxs.into_iter()
-            .enumerate()
-            .map(|(pi, rx)| UnboundedReceiverStream::new(rx).map(move |t| (pi, t))),
-    )
-    .map(move |(pi, t)| {
-        let index = pi * n + t.index;
-        if let Ok(mut u) = u.lock() {
-            u.completion += 1;
-            u.cached = u.cached.max(t.cached_prompt_tokens);
-        }
-        let first = seen.lock().map(|mut s| s.insert(index)).unwrap_or(false);
-        if let Ok(mut l) = lat.lock() {
-            l.token(index, t.finish.is_some());
-        }
-        Ok::<Event, Infallible>(Event::default().data(chunk(index, &t, first).to_string()))
-    });
-    let tail = stream::once(async move {
-        let mut events = vec![];
-        if include_usage {
-            if let Ok(u) = usage.lock() {
-                events.push(Ok(
-                    Event::default().data(usage_chunk(usage_json(&u)).to_string())
-                ));
-            }
-        }
-        events.push(Ok(Event::default().data("[DONE]")));
-        stream::iter(events)
-    })
-    .flatten();
-    Sse::new(merged.chain(tail)).into_response()
 }
 
 fn prompts_of(st: &AppState, p: Prompt) -> Result<Vec<Vec<u32>>, ApiError> {
@@ -291,7 +110,7 @@ fn prompts_of(st: &AppState, p: Prompt) -> Result<Vec<Vec<u32>>, ApiError> {
 
 /// The two OpenAI response families differ only in object names and choice shapes.
 #[derive(Clone, Copy)]
-enum Flavor {
+pub(crate) enum Flavor {
     Completion,
     Chat,
 }
@@ -318,44 +137,24 @@ impl Flavor {
             Flavor::Chat => logprobs::chat_json(tok, entries),
         }
     }
-    fn choice(self, index: usize, c: &Choice, logprobs: Json_) -> Json_ {
-        match self {
-            Flavor::Completion => json!({"index": index, "text": c.text, "logprobs": logprobs,
-                                         "finish_reason": c.finish}),
-            Flavor::Chat => json!({"index": index, "logprobs": logprobs, "finish_reason": c.finish,
-                                   "message": {"role": "assistant", "content": c.text}}),
-        }
-    }
-    /// One streamed token; a chat stream names the role in each choice's first delta.
-    fn chunk_choice(self, index: usize, t: &TokenOutput, first: bool, logprobs: Json_) -> Json_ {
-        match self {
-            Flavor::Completion => json!({"index": index, "text": t.text, "logprobs": logprobs,
-                                         "finish_reason": finish_str(t)}),
-            Flavor::Chat => {
-                let delta = if first {
-                    json!({"role": "assistant", "content": t.text})
-                } else {
-                    json!({"content": t.text})
-                };
-                json!({"index": index, "delta": delta, "logprobs": logprobs,
-                       "finish_reason": finish_str(t)})
-            }
-        }
-    }
 }
 
-/// Submits the prompts and answers, streaming or not.
-async fn respond(
+/// Submits the prompts (each under its own copy of `constraint`) and answers, streaming or
+/// not; a chat answer carries the tool calls its text holds in `calls`' shape.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn respond(
     st: &AppState,
     flavor: Flavor,
     prompts: Vec<Vec<u32>>,
     params: SamplingParams,
     s: &Sampling,
+    constraint: Option<Constraint>,
+    calls: Option<CallShape>,
 ) -> Result<Response, ApiError> {
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
     let n = params.n;
     let started = Instant::now();
-    let rxs = submit_all(st, prompts, &params, s).await?;
+    let rxs = submit_all(st, prompts, &params, s, constraint).await?;
     let id = format!(
         "{}-{}",
         flavor.id_prefix(),
@@ -369,38 +168,45 @@ async fn respond(
         let (id2, model2) = (id.clone(), model.clone());
         let tok = st.tokenizer.clone();
         // Completion text offsets per choice, for streamed logprobs.
-        let offsets = parking_lot::Mutex::new(std::collections::HashMap::<usize, usize>::new());
+        let mut offsets = std::collections::HashMap::<usize, usize>::new();
+        let mut chat = ChatChunks::new(calls, &id);
         return Ok(sse_stream(
             rxs,
             n,
             prompt_tokens,
-            include,
             started,
-            move |index, t, first| {
+            move |index, t| {
                 let lp = if want_logprobs {
-                    let mut o = offsets.lock();
-                    let at = o.entry(index).or_insert(0);
+                    let at = offsets.entry(index).or_insert(0);
                     let v = flavor.logprobs(&tok, &[TokenLogprob::of(t)], *at);
                     *at += t.text.len();
                     v
                 } else {
                     Json_::Null
                 };
-                json!({"id": id, "object": object, "created": created, "model": model,
-                       "choices": [flavor.chunk_choice(index, t, first, lp)]})
+                let choices = match flavor {
+                    Flavor::Completion => vec![json!({"index": index, "text": t.text,
+                        "logprobs": lp, "finish_reason": finish_str(t)})],
+                    Flavor::Chat => chat.choices(index, t, lp),
+                };
+                choices
+                    .into_iter()
+                    .map(|c| {
+                        data(&json!({"id": id, "object": object, "created": created,
+                                     "model": model, "choices": [c]}))
+                    })
+                    .collect()
             },
             move |usage| {
-                json!({"id": id2, "object": object, "created": created, "model": model2,
-                       "choices": [], "usage": usage})
+                done_events(include.then(|| {
+                    json!({"id": id2, "object": object, "created": created, "model": model2,
+                           "choices": [], "usage": usage_json(&usage)})
+                }))
             },
         ));
     }
-    let last_error = || {
-        st.engine
-            .last_error()
-            .unwrap_or_else(|| "the engine loop has stopped".into())
-    };
-    let (choices, usage) = collect(rxs, n, prompt_tokens, started, &last_error).await?;
+    let err = || last_error(st);
+    let (choices, usage) = collect(rxs, n, prompt_tokens, started, &err).await?;
     let choices: Vec<Json_> = choices
         .iter()
         .enumerate()
@@ -410,7 +216,11 @@ async fn respond(
             } else {
                 Json_::Null
             };
-            flavor.choice(i, c, lp)
+            match flavor {
+                Flavor::Completion => json!({"index": i, "text": c.text, "logprobs": lp,
+                                             "finish_reason": c.finish}),
+                Flavor::Chat => chat_choice(i, c, lp, calls.as_ref(), &id),
+            }
         })
         .collect();
     Ok(Json(
@@ -430,36 +240,18 @@ pub async fn completions(
     check_model(&req.model, &st)?;
     let params = sampling_params(&req.sampling, 16, st.limits.max_model_len)?;
     let prompts = prompts_of(&st, req.prompt)?;
-    respond(&st, Flavor::Completion, prompts, params, &req.sampling).await
-}
-
-pub async fn chat_completions(
-    State(st): S,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
-    let req: ChatRequest = parse(body)?;
-    check_model(&req.model, &st)?;
-    let mut params = sampling_params(
+    let constraint =
+        structured::compile(&st.grammars, structured::spec_of(&req.structured)?).await?;
+    respond(
+        &st,
+        Flavor::Completion,
+        prompts,
+        params,
         &req.sampling,
-        st.limits.max_model_len,
-        st.limits.max_model_len,
-    )?;
-    let msgs = chat_messages(&req.messages)?;
-    let text = st
-        .tokenizer
-        .apply_chat_template(&msgs, true)
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
-    let prompt = st
-        .tokenizer
-        .encode(&text)
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
-    if req.sampling.max_tokens.is_none() && req.sampling.max_completion_tokens.is_none() {
-        // No limit given: whatever room the context leaves.
-        params.max_tokens = st.limits.max_model_len.saturating_sub(prompt.len()).max(1);
-    }
-    respond(&st, Flavor::Chat, vec![prompt], params, &req.sampling).await
+        constraint,
+        None,
+    )
+    .await
 }
 
 pub async fn models(State(st): S, headers: HeaderMap) -> Result<Response, ApiError> {

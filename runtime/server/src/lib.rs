@@ -5,11 +5,17 @@
 //! the tools; of the engine it sees only `EngineHandle` and the types it exchanges.
 
 mod api_types;
+mod chat;
 mod error;
+mod generation;
 mod handlers;
 pub mod listener;
 mod logprobs;
 pub mod metrics;
+mod responses;
+mod structured;
+mod tool_calls;
+mod tools;
 mod validate;
 
 use std::sync::atomic::AtomicU64;
@@ -20,8 +26,9 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use engine::handle::{EngineHandle, Rebuild};
+use engine::structured::GrammarCompiler;
 use engine::RequestLimits;
-use models::tokenizer::Tokenizer;
+use models::tokenizer::{Tokenizer, ToolCallFormat};
 
 pub use error::ApiError;
 pub use listener::ConnLimits;
@@ -35,6 +42,29 @@ pub struct AppState {
     /// The engine's request limits (vocabulary, longest sequence).
     pub limits: RequestLimits,
     pub next_id: AtomicU64,
+    /// Compiles structured outputs over this model's vocabulary (or why it cannot).
+    pub grammars: Result<Arc<GrammarCompiler>, String>,
+    /// The tool-call format `tool_choice: auto` parses (`None`: auto is refused).
+    pub tool_format: Option<ToolCallFormat>,
+}
+
+/// Which tool-call format the server parses (`--tool-call-parser`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ToolCallParser {
+    /// The format the model's chat template shows, if pagedrt parses it.
+    #[default]
+    Auto,
+    /// Hermes `<tool_call>` blocks, whatever the template (with a template that has no
+    /// tools, the system-message rendering asks for exactly this).
+    Hermes,
+    /// None: `tool_choice: auto` is refused.
+    None,
+}
+
+/// How the server treats requests, beyond the engine.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    pub tool_call_parser: ToolCallParser,
 }
 
 /// Request bodies above this size are refused (413).
@@ -45,7 +75,8 @@ pub const MAX_BODY_BYTES: usize = 4 << 20;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/completions", post(handlers::completions))
-        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/models", get(handlers::models))
         .route("/tokenize", post(handlers::tokenize))
         .route("/detokenize", post(handlers::detokenize))
@@ -91,6 +122,29 @@ where
     B: engine::backend::Backend + Send + 'static,
     B::Buf: Send,
 {
+    state_with(
+        core,
+        rebuild,
+        tokenizer,
+        served_model_name,
+        api_key,
+        ServerOptions::default(),
+    )
+}
+
+/// [`state_for`] with [`ServerOptions`].
+pub fn state_with<B>(
+    core: engine::EngineCore<B>,
+    rebuild: Option<Rebuild<B>>,
+    tokenizer: Arc<Tokenizer>,
+    served_model_name: String,
+    api_key: Option<String>,
+    options: ServerOptions,
+) -> Arc<AppState>
+where
+    B: engine::backend::Backend + Send + 'static,
+    B::Buf: Send,
+{
     let _ = metrics::handle();
     let on_step =
         |c: &engine::EngineCore<B>, r: Option<&engine::StepReport>| metrics::record_step(c, r);
@@ -98,13 +152,29 @@ where
         Some(rebuild) => EngineHandle::spawn_restartable(core, on_step, rebuild),
         None => EngineHandle::spawn(core, on_step),
     };
+    let limits = engine.limits();
+    let grammars = tokenizer
+        .token_env(limits.vocab_size)
+        .map_err(|e| e.to_string())
+        .and_then(|env| GrammarCompiler::new(env, limits.vocab_size).map_err(|e| e.to_string()))
+        .map(Arc::new);
+    if let Err(e) = &grammars {
+        tracing::warn!("structured outputs are unavailable: {e}");
+    }
+    let tool_format = match options.tool_call_parser {
+        ToolCallParser::Auto => tokenizer.tool_call_format(),
+        ToolCallParser::Hermes => Some(ToolCallFormat::Hermes),
+        ToolCallParser::None => None,
+    };
     Arc::new(AppState {
-        limits: engine.limits(),
+        limits,
         engine,
         tokenizer,
         served_model_name,
         api_key,
         next_id: AtomicU64::new(0),
+        grammars,
+        tool_format,
     })
 }
 

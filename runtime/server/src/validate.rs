@@ -116,7 +116,63 @@ pub fn sampling_params(
     })
 }
 
-/// Chat messages with string content (text parts are joined).
+/// A message's text: a string, text parts joined, or nothing (null).
+pub fn content_text(content: &serde_json::Value, param: &str) -> Result<String, ApiError> {
+    match content {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Array(parts) => Ok(parts
+            .iter()
+            .map(|p| {
+                let kind = p.get("type").and_then(|t| t.as_str());
+                match (kind, p.get("text")) {
+                    (
+                        Some("text" | "input_text" | "output_text"),
+                        Some(serde_json::Value::String(t)),
+                    ) => Ok(t.clone()),
+                    _ => Err(ApiError::bad_request(
+                        "only text content parts are supported",
+                        Some(param),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .join("")),
+        serde_json::Value::Null => Ok(String::new()),
+        _ => Err(ApiError::bad_request(
+            "message content must be a string",
+            Some(param),
+        )),
+    }
+}
+
+/// An assistant message's calls as templates take them: the arguments (a JSON string on
+/// the wire) parsed into an object, as vLLM and transformers hand them over.
+fn template_calls(calls: &[serde_json::Value]) -> Result<Vec<serde_json::Value>, ApiError> {
+    calls
+        .iter()
+        .map(|c| {
+            let f = c.get("function").ok_or_else(|| {
+                ApiError::bad_request("a tool call needs a `function`", Some("messages"))
+            })?;
+            let args = match f.get("arguments") {
+                Some(serde_json::Value::String(a)) => {
+                    serde_json::from_str(a).unwrap_or_else(|_| serde_json::json!(a))
+                }
+                Some(other) => other.clone(),
+                None => serde_json::json!({}),
+            };
+            let mut c = c.clone();
+            c["function"]["arguments"] = args;
+            if c.get("type").is_none() {
+                c["type"] = serde_json::json!("function");
+            }
+            Ok(c)
+        })
+        .collect()
+}
+
+/// Chat messages for the template: text content (parts joined), `developer` as `system`,
+/// assistant tool calls and `tool` results kept.
 pub fn chat_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
     if msgs.is_empty() {
         return Err(ApiError::bad_request(
@@ -126,33 +182,18 @@ pub fn chat_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiErro
     }
     msgs.iter()
         .map(|m| {
-            let content = match &m.content {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Array(parts) => parts
-                    .iter()
-                    .map(
-                        |p| match (p.get("type").and_then(|t| t.as_str()), p.get("text")) {
-                            (Some("text"), Some(serde_json::Value::String(t))) => Ok(t.clone()),
-                            _ => Err(ApiError::bad_request(
-                                "only text content parts are supported",
-                                Some("messages"),
-                            )),
-                        },
-                    )
-                    .collect::<Result<Vec<_>, _>>()?
-                    .join(""),
-                serde_json::Value::Null => String::new(),
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "message content must be a string",
-                        Some("messages"),
-                    ))
-                }
+            let role = if m.role == "developer" {
+                "system"
+            } else {
+                m.role.as_str()
             };
-            Ok(ChatMessage {
-                role: m.role.clone(),
-                content,
-            })
+            let mut out = ChatMessage::new(role, content_text(&m.content, "messages")?);
+            if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_empty()) {
+                out.tool_calls = Some(template_calls(calls)?);
+            }
+            out.tool_call_id = m.tool_call_id.clone();
+            out.name = m.name.clone();
+            Ok(out)
         })
         .collect()
 }

@@ -105,7 +105,7 @@ impl<'a, B: Backend> NoCacheRunner<'a, B> {
             let mut still = Vec::with_capacity(live.len());
             for (row, &i) in live.iter().enumerate() {
                 let l = &mut logits[row * vocab..(row + 1) * vocab];
-                let s = sample(l, params, &prompts[i], &outs[i], &mut rngs[i]);
+                let s = sample(l, params, &prompts[i], &outs[i], None, &mut rngs[i]);
                 outs[i].push(s.token);
                 seqs[i].push(s.token);
                 let eos = (!params.ignore_eos && eos_ids.contains(&s.token))

@@ -15,6 +15,7 @@ macro_rules! report_skip {
 }
 
 pub mod http;
+pub mod hub;
 
 use std::path::PathBuf;
 

@@ -74,10 +74,7 @@ fn streaming_never_emits_a_broken_character() {
 #[test]
 fn chat_template_renders_chatml_with_the_default_system_prompt() {
     let tok = tokenizer();
-    let msgs = vec![ChatMessage {
-        role: "user".into(),
-        content: "Hi!".into(),
-    }];
+    let msgs = vec![ChatMessage::new("user", "Hi!")];
     let text = tok.apply_chat_template(&msgs, true).unwrap();
     assert_eq!(
         text,
