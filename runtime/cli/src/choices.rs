@@ -78,6 +78,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--kv-events-encoding`: how KV-cache events are laid out (`engine::kv_events::wire`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvEventsEncoding {
+    /// Each event a map tagged by `"type"` (what `vllm-router` 0.1.17 parses).
+    Map,
+    /// Each event an array led by its tag (msgspec `array_like` structs of earlier vLLM).
+    Array,
+}
+
+impl KvEventsEncoding {
+    pub fn encoding(self) -> engine::kv_events::EventEncoding {
+        match self {
+            KvEventsEncoding::Map => engine::kv_events::EventEncoding::Map,
+            KvEventsEncoding::Array => engine::kv_events::EventEncoding::Array,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

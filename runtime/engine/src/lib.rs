@@ -4,7 +4,8 @@
 //! Owns: the model seam (`model`: the `Model` trait, `KvSpec`, weights by Hugging Face name
 //! from a `WeightSource`, the Llama family's forward pass), the backends behind one interface
 //! (`backend`: CPU, CUDA), the sampler, `EngineCore` (schedule, copies, forward, sample,
-//! update) and `EngineHandle` (the core on its own thread, driven through channels).
+//! update), `EngineHandle` (the core on its own thread, driven through channels) and the
+//! publisher of its KV-cache events (`kv_events`).
 //!
 //! Knows nothing of: HTTP, file formats (config.json, safetensors, GGUF, tokenizer.json: the
 //! `models` crate reads them and hands over a `WeightSource` and a `TokenDecoder`), the CLI.
@@ -15,6 +16,7 @@ pub mod detok;
 mod error;
 pub mod executor;
 pub mod handle;
+pub mod kv_events;
 pub mod model;
 mod report;
 pub mod request;
