@@ -78,6 +78,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// `simulate --router`: vllm-router's policies (`scheduler::sim::router`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RouterChoice {
+    RoundRobin,
+    PowerOfTwo,
+    LeastLoaded,
+    CacheAware,
+    KvAware,
+}
+
+impl RouterChoice {
+    pub fn policy(self) -> scheduler::sim::router::RouterPolicy {
+        use scheduler::sim::router::RouterPolicy as P;
+        match self {
+            RouterChoice::RoundRobin => P::RoundRobin,
+            RouterChoice::PowerOfTwo => P::PowerOfTwo,
+            RouterChoice::LeastLoaded => P::LeastLoaded,
+            RouterChoice::CacheAware => P::CacheAware,
+            RouterChoice::KvAware => P::KvAware,
+        }
+    }
+}
+
 /// `--kv-events-encoding`: how KV-cache events are laid out (`engine::kv_events::wire`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KvEventsEncoding {

@@ -94,7 +94,8 @@ pub fn build(spec: &DatasetSpec) -> Result<Vec<BenchRequest>, ToolError> {
                 .collect();
             Ok(synth(&spec.input_len, &spec.output_len, &prefixes))
         }
-        path => from_file(Path::new(path), spec),
+        // `trace:PATH` as `simulate --workload` names it, or the path itself.
+        path => from_file(Path::new(path.strip_prefix("trace:").unwrap_or(path)), spec),
     }
 }
 
