@@ -31,7 +31,7 @@ const WORDS: [&str; 48] = [
 ];
 
 /// `n` words drawn from `rng`, each with a leading space.
-fn words(rng: &mut StdRng, n: usize) -> String {
+pub(crate) fn words(rng: &mut StdRng, n: usize) -> String {
     let mut s = String::with_capacity(n * 6);
     for _ in 0..n {
         s.push(' ');
