@@ -80,7 +80,7 @@ pub async fn fit_lengths(
     tokens: &Tokens,
     seed: u64,
 ) -> Result<usize, ToolError> {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x1e57_4e5);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x01e5_74e5);
     let mut missed = 0;
     for r in reqs.iter_mut() {
         let want = r.prompt_len;
