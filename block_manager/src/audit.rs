@@ -103,6 +103,12 @@ impl BlockManager {
         let mut cached = 0;
         for (hash, b) in self.dev.prefix.entries() {
             match self.dev.prefix.identity(b) {
+                // Every cached page is reachable: its parent holds the identity it linked.
+                Some(id) if id.hash == hash && !self.dev.prefix.is_current(id.parent) => {
+                    return Err(InvariantViolation(format!(
+                        "cached page {b} hangs from a page that lost its identity"
+                    )))
+                }
                 Some(id) if id.hash == hash => {}
                 _ => {
                     return Err(InvariantViolation(format!(

@@ -4,6 +4,7 @@
 //! allocate and release pages (disjoint field borrows), and so that every path that changes a
 //! page's state updates `filled_slots` and `evictions` the same way.
 
+use crate::events::EventLog;
 use crate::pool::BlockPool;
 use crate::prefix_cache::PrefixCache;
 use crate::BlockId;
@@ -16,6 +17,8 @@ pub(crate) struct DevicePages {
     pub filled_slots: usize,
     /// Cached free pages whose identity was dropped because the page was reused.
     pub evictions: u64,
+    /// What the prefix cache gained and lost, for a publisher (off unless turned on).
+    pub events: EventLog,
 }
 
 impl DevicePages {
@@ -25,6 +28,7 @@ impl DevicePages {
             prefix: PrefixCache::new(num_blocks, block_size),
             filled_slots: 0,
             evictions: 0,
+            events: EventLog::new(num_blocks),
         })
     }
 
@@ -33,11 +37,19 @@ impl DevicePages {
     pub(crate) fn allocate(&mut self) -> Option<BlockId> {
         let b = self.pool.allocate()?;
         if self.pool.is_cached(b) {
-            self.prefix.forget(b);
-            self.pool.set_cached(b, false);
+            self.forget(b);
             self.evictions += 1;
         }
         Some(b)
+    }
+
+    /// Drops the prefix-cache identity of page `b` and of every page cached on top of it.
+    pub(crate) fn forget(&mut self, b: BlockId) {
+        let (pool, events) = (&mut self.pool, &mut self.events);
+        self.prefix.forget(b, |x, hash| {
+            pool.set_cached(x, false);
+            events.forgotten(x, hash);
+        });
     }
 
     /// One more reference; a free (cached) page comes back into use with its content.

@@ -27,6 +27,7 @@
 mod audit;
 mod device;
 mod error;
+mod events;
 mod free_list;
 mod manager;
 mod pool;
@@ -36,6 +37,7 @@ mod swap;
 
 pub use audit::InvariantViolation;
 pub use error::BlockError;
+pub use events::KvEvent;
 pub use manager::{Allocation, BlockManager, BlockManagerConfig, PrefixHit};
 pub use pool::{BlockPool, PoolStats};
 pub use prefix_cache::{chain_hash, PageLink, ROOT_HASH};

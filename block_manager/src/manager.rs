@@ -7,7 +7,7 @@ use crate::error::BlockError;
 use crate::free_list::NIL;
 use crate::pool::BlockPool;
 use crate::prefix_cache::{chain_hash, PageIdentity, PageLink, ROOT_HASH};
-use crate::{BlockCopy, BlockHash, BlockId, Location, SeqId, TokenId};
+use crate::{BlockCopy, BlockHash, BlockId, KvEvent, Location, SeqId, TokenId};
 
 /// How the block manager is sized and what it does.
 #[derive(Debug, Clone, PartialEq)]
@@ -481,8 +481,9 @@ impl BlockManager {
                 // Same content computed twice (two sequences prefilled it at once): children
                 // link to the page that is findable.
                 twin
-            } else if prefix.hash_taken(h) {
-                // A true hash collision: leave this page uncached.
+            } else if !prefix.is_current(st.last_link) || prefix.hash_taken(h) {
+                // Its parent lost its identity (evicted, or the cache was reset), so no lookup
+                // could reach this page; or a true hash collision. Leave it uncached.
                 b
             } else {
                 let id = PageIdentity {
@@ -492,6 +493,11 @@ impl BlockManager {
                 };
                 prefix.insert(b, id, page);
                 self.dev.pool.set_cached(b, true);
+                // A router hashes token ids only: salted pages are not announced.
+                if st.extra_key.is_none() {
+                    let parent = (i > 0).then_some((st.last_link.block, st.last_hash));
+                    self.dev.events.stored(b, h, parent, page);
+                }
                 b
             };
             st.last_link = self.dev.prefix.link(canonical);
@@ -550,11 +556,28 @@ impl BlockManager {
     /// fill later are cached again, chained to the forgotten ones and so not findable.
     pub fn reset_prefix_cache(&mut self) -> usize {
         let cached: Vec<BlockId> = self.dev.prefix.entries().map(|(_, b)| b).collect();
+        // One "all cleared" says it: no removal per page.
+        self.dev.events.cleared();
         for &b in &cached {
-            self.dev.prefix.forget(b);
-            self.dev.pool.set_cached(b, false);
+            self.dev.forget(b);
         }
         cached.len()
+    }
+
+    /// Turns the recording of [`KvEvent`]s on or off (off when made). While on, the owner
+    /// must drain them with [`Self::take_events`] (the engine does after every step), or they
+    /// accumulate.
+    pub fn record_events(&mut self, on: bool) {
+        self.dev.events.set_on(on);
+    }
+
+    pub fn records_events(&self) -> bool {
+        self.dev.events.is_on()
+    }
+
+    /// The events recorded since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.dev.events.take()
     }
 }
 

@@ -8,7 +8,10 @@
 //! can never hand out K/V computed for other tokens.
 //!
 //! A page's generation increases every time it loses its identity (evicted for reuse, or the
-//! cache reset), so links to the old content stop matching.
+//! cache reset), so links to the old content stop matching. The pages cached on top of it
+//! could then never be found again: they lose their identities with it (each page keeps the
+//! list of its cached children), so every page with an identity is reachable from a
+//! sequence's first page, and its hash is free for the same content computed again.
 
 use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::Xxh3;
@@ -72,6 +75,12 @@ pub(crate) struct PrefixCache {
     generation: Vec<u32>,
     /// Token ids of every cached page, `block_size` per page, for hit verification.
     tokens: Vec<TokenId>,
+    /// The cached pages whose parent is this page: an intrusive doubly linked list per page.
+    first_child: Vec<BlockId>,
+    next_sibling: Vec<BlockId>,
+    prev_sibling: Vec<BlockId>,
+    /// The work list of [`Self::forget`], kept so that evictions do not allocate.
+    scratch: Vec<BlockId>,
 }
 
 impl PrefixCache {
@@ -82,7 +91,18 @@ impl PrefixCache {
             identity: vec![None; num_blocks],
             generation: vec![0; num_blocks],
             tokens: vec![0; num_blocks * block_size],
+            first_child: vec![NIL; num_blocks],
+            next_sibling: vec![NIL; num_blocks],
+            prev_sibling: vec![NIL; num_blocks],
+            scratch: Vec::new(),
         }
+    }
+
+    /// Whether `link` names a page that holds, now, the identity it had when linked (or is the
+    /// root): what a new page must be computed on top of to be findable.
+    pub(crate) fn is_current(&self, link: PageLink) -> bool {
+        link == PageLink::ROOT
+            || (self.identity(link.block).is_some() && self.link(link.block) == link)
     }
 
     pub(crate) fn link(&self, b: BlockId) -> PageLink {
@@ -151,23 +171,69 @@ impl PrefixCache {
         self.map.contains_key(&hash)
     }
 
-    /// Gives page `b` an identity and makes it findable. The hash must not be taken.
+    /// Gives page `b` an identity and makes it findable. The hash must not be taken and the
+    /// parent must be current ([`Self::is_current`]).
     pub(crate) fn insert(&mut self, b: BlockId, id: PageIdentity, tokens: &[TokenId]) {
         debug_assert!(!self.map.contains_key(&id.hash));
+        debug_assert!(self.is_current(id.parent));
         let s = b as usize * self.block_size;
         self.tokens[s..s + self.block_size].copy_from_slice(tokens);
         self.map.insert(id.hash, b);
+        if id.parent != PageLink::ROOT {
+            let p = id.parent.block as usize;
+            let first = self.first_child[p];
+            self.next_sibling[b as usize] = first;
+            self.prev_sibling[b as usize] = NIL;
+            if first != NIL {
+                self.prev_sibling[first as usize] = b;
+            }
+            self.first_child[p] = b;
+        }
         self.identity[b as usize] = Some(id);
     }
 
-    /// Removes page `b`'s identity (it is being reused or the cache is reset).
-    pub(crate) fn forget(&mut self, b: BlockId) {
-        if let Some(id) = self.identity[b as usize].take() {
-            if self.map.get(&id.hash) == Some(&b) {
+    /// Removes page `b`'s identity (it is being reused or the cache is reset) and those of
+    /// the pages cached on top of it, which no lookup could reach any more. Returns each
+    /// page that lost its identity, with the hash it had, to `gone` (`b` first; nothing if
+    /// `b` had none).
+    pub(crate) fn forget(&mut self, b: BlockId, mut gone: impl FnMut(BlockId, BlockHash)) {
+        let mut stack = std::mem::take(&mut self.scratch);
+        stack.push(b);
+        while let Some(x) = stack.pop() {
+            let Some(id) = self.identity[x as usize].take() else {
+                continue;
+            };
+            if self.map.get(&id.hash) == Some(&x) {
                 self.map.remove(&id.hash);
             }
-            self.generation[b as usize] = self.generation[b as usize].wrapping_add(1);
+            self.generation[x as usize] = self.generation[x as usize].wrapping_add(1);
+            self.unlink(x, id.parent);
+            let mut c = self.first_child[x as usize];
+            while c != NIL {
+                stack.push(c);
+                c = self.next_sibling[c as usize];
+            }
+            gone(x, id.hash);
         }
+        self.scratch = stack;
+    }
+
+    /// Takes `b` out of its parent's list of children.
+    fn unlink(&mut self, b: BlockId, parent: PageLink) {
+        if parent == PageLink::ROOT {
+            return;
+        }
+        let (prev, next) = (self.prev_sibling[b as usize], self.next_sibling[b as usize]);
+        if prev == NIL {
+            self.first_child[parent.block as usize] = next;
+        } else {
+            self.next_sibling[prev as usize] = next;
+        }
+        if next != NIL {
+            self.prev_sibling[next as usize] = prev;
+        }
+        self.prev_sibling[b as usize] = NIL;
+        self.next_sibling[b as usize] = NIL;
     }
 }
 
@@ -215,7 +281,7 @@ mod tests {
             generation: 0,
         };
         assert_eq!(c.find(42, other_parent, None, &[7, 8]), None);
-        c.forget(1);
+        c.forget(1, |_, _| {});
         assert_eq!(c.find(42, PageLink::ROOT, None, &[7, 8]), None);
         assert_eq!(c.generation(1), 1);
     }

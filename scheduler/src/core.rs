@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use block_manager::{BlockError, BlockManager, KvStats, Location, SeqId};
+use block_manager::{BlockError, BlockManager, KvEvent, KvStats, Location, SeqId};
 use rustc_hash::FxHashMap;
 
 use crate::config::{PreemptionMode, SchedulerConfig};
@@ -78,6 +78,15 @@ impl Scheduler {
     }
     pub fn kv_stats(&self) -> KvStats {
         self.bm.stats()
+    }
+    /// Turns the block manager's recording of KV-cache events on or off
+    /// ([`BlockManager::record_events`]).
+    pub fn record_kv_events(&mut self, on: bool) {
+        self.bm.record_events(on);
+    }
+    /// The KV-cache events recorded since the last call.
+    pub fn take_kv_events(&mut self) -> Vec<KvEvent> {
+        self.bm.take_events()
     }
     pub fn counters(&self) -> SchedulerCounters {
         self.counters

@@ -10,6 +10,7 @@ use scheduler::sim::{LenDist, Slo};
 
 use tools::loadgen::arrivals::{arrival_times, Ramp};
 use tools::loadgen::dataset::{build, DatasetSpec};
+use tools::loadgen::exact_len::{fit_lengths, Tokens};
 use tools::loadgen::http::Endpoint;
 use tools::loadgen::report::BenchResult;
 use tools::loadgen::run::{first_model, run as run_load, Outcome, Target};
@@ -48,7 +49,9 @@ pub struct BenchServeArgs {
     /// or ShareGPT .json).
     #[arg(long, default_value = "random")]
     dataset: String,
-    /// Prompt length in words (≈ tokens): N, uniform:LO:HI or lognormal:MEAN:SIGMA[:MAX].
+    /// Prompt length in tokens: N, uniform:LO:HI or lognormal:MEAN:SIGMA[:MAX]. Exact for
+    /// `random` when the tokenizer is known (--tokenizer, or the server's /tokenize), else
+    /// in words (about one token each in BPE vocabularies), with a warning.
     #[arg(long, default_value = "1024")]
     input_len: String,
     /// max_tokens of each request, same forms as --input-len.
@@ -118,9 +121,10 @@ fn run_once(
     a: &BenchServeArgs,
     rt: &tokio::runtime::Runtime,
     target: &Arc<Target>,
+    tokens: Option<&Tokens>,
     rate: f64,
 ) -> anyhow::Result<(BenchResult, Vec<Outcome>)> {
-    let reqs = build(&DatasetSpec {
+    let mut reqs = build(&DatasetSpec {
         name: a.dataset.clone(),
         num_prompts: a.num_prompts,
         input_len: LenDist::parse(&a.input_len)?,
@@ -129,6 +133,12 @@ fn run_once(
         prefix_len: a.prefix_len,
         seed: a.seed,
     })?;
+    if let Some(t) = tokens {
+        let missed = rt.block_on(fit_lengths(&mut reqs, t, a.seed))?;
+        if missed > 0 {
+            eprintln!("warning: {missed} random prompts could not be made exactly --input-len tokens long");
+        }
+    }
     let arrivals = arrival_times(reqs.len(), rate, a.burstiness, ramp(a)?, a.seed)?;
     let bar = super::progress_bar(
         reqs.len(),
@@ -187,6 +197,11 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
             None => None,
         },
     });
+    let tokens = if a.dataset == "random" {
+        random_lengths(&a, &rt, &target)
+    } else {
+        None
+    };
     let rates = if a.sweep_rates.is_empty() {
         vec![a.request_rate]
     } else {
@@ -194,7 +209,7 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
     };
     let mut runs = Vec::new();
     for &rate in &rates {
-        let (r, outcomes) = run_once(&a, &rt, &target, rate)?;
+        let (r, outcomes) = run_once(&a, &rt, &target, tokens.as_ref(), rate)?;
         println!("request rate {rate} req/s, model {}", target.model);
         print!("{}", r.table());
         runs.push((rate, r, outcomes));
@@ -297,6 +312,34 @@ fn plots(dir: &PathBuf, runs: &[(f64, BenchResult, Vec<Outcome>)]) -> anyhow::Re
         )?;
     }
     Ok(())
+}
+
+/// What makes `random` prompts exactly `--input-len` tokens long: `--tokenizer`, else the
+/// server's `/tokenize` (if it answers); without either the lengths are approximate, and
+/// the user is told.
+fn random_lengths(
+    a: &BenchServeArgs,
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+) -> Option<Tokens> {
+    if let Some(t) = &target.tokenizer {
+        return Some(Tokens::Local(t.clone()));
+    }
+    let server = Tokens::Server {
+        endpoint: target.endpoint.clone(),
+        api_key: a.api_key.clone(),
+    };
+    match rt.block_on(server.encode("probe")) {
+        Ok(_) => Some(server),
+        Err(e) => {
+            eprintln!(
+                "warning: random prompt lengths are approximate (one word is about one token in \
+                 BPE vocabularies, five in a byte-level one): the server's /tokenize did not \
+                 answer ({e}); give --tokenizer for exact lengths"
+            );
+            None
+        }
+    }
 }
 
 /// `--tokenizer`: a model directory or a pulled model's name.

@@ -99,6 +99,47 @@ impl ToolCallParser {
     }
 }
 
+/// `simulate --router`: vllm-router's policies (`scheduler::sim::router`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RouterChoice {
+    RoundRobin,
+    PowerOfTwo,
+    LeastLoaded,
+    CacheAware,
+    KvAware,
+}
+
+impl RouterChoice {
+    pub fn policy(self) -> scheduler::sim::router::RouterPolicy {
+        use scheduler::sim::router::RouterPolicy as P;
+        match self {
+            RouterChoice::RoundRobin => P::RoundRobin,
+            RouterChoice::PowerOfTwo => P::PowerOfTwo,
+            RouterChoice::LeastLoaded => P::LeastLoaded,
+            RouterChoice::CacheAware => P::CacheAware,
+            RouterChoice::KvAware => P::KvAware,
+        }
+    }
+}
+
+/// `--kv-events-encoding`: how KV-cache events are laid out (`engine::kv_events::wire`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvEventsEncoding {
+    /// Each event a map tagged by `"type"` (what `vllm-router` 0.1.17 parses).
+    Map,
+    /// Each event an array led by its tag (msgspec `array_like` structs of earlier vLLM).
+    Array,
+}
+
+impl KvEventsEncoding {
+    pub fn encoding(self) -> engine::kv_events::EventEncoding {
+        match self {
+            KvEventsEncoding::Map => engine::kv_events::EventEncoding::Map,
+            KvEventsEncoding::Array => engine::kv_events::EventEncoding::Array,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ mod generate;
 mod model_cmds;
 mod serve;
 mod simulate;
+mod simulate_fleet;
 mod workload_args;
 
 use clap::{Parser, Subcommand};

@@ -2,13 +2,14 @@
 
 use clap::Args;
 
-use crate::choices::{LogFormat, ToolCallParser};
+use crate::choices::{KvEventsEncoding, LogFormat, ToolCallParser};
 
 use super::engine_args::{with_engine, EngineArgs};
 use engine::backend::Backend;
 use std::sync::Arc;
 
 use engine::handle::Rebuild;
+use engine::kv_events::{KvEventPublisher, KvEventsConfig};
 use engine::{EngineCore, EngineError};
 use models::tokenizer::Tokenizer;
 use server::{serve_with, state_with, ConnLimits, ServeOptions, ServerOptions};
@@ -59,6 +60,22 @@ pub struct ServeArgs {
     /// tool choices work whatever this says.
     #[arg(long, value_enum, default_value_t = ToolCallParser::Auto)]
     tool_call_parser: ToolCallParser,
+    /// Publish the KV cache's events (pages stored, removed, all cleared) in vLLM's format on
+    /// a ZeroMQ PUB socket bound here, `tcp://HOST:PORT` (`tcp://*:PORT`: every interface),
+    /// for `vllm-router --policy kv_aware --kv-event-source URL=ENDPOINT`.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    kv_events_endpoint: Option<String>,
+    /// How the events are laid out: `map` (tagged maps, what vllm-router parses) or `array`
+    /// (msgspec array_like structs of earlier vLLM).
+    #[arg(long, value_enum, default_value_t = KvEventsEncoding::Map)]
+    kv_events_encoding: KvEventsEncoding,
+    /// The first frame of every event message (vLLM's default: empty).
+    #[arg(long, default_value = "")]
+    kv_events_topic: String,
+    /// Prefix of the metric names on /metrics: `pagedrt`, or `vllm` for vLLM's exact names
+    /// (with its `model_name` label) for tools that read only those.
+    #[arg(long, default_value = "pagedrt")]
+    metrics_prefix: String,
 }
 
 /// Opens the step log for appending (a rebuilt engine continues the same file).
@@ -87,8 +104,20 @@ fn init_logging(format: LogFormat) -> anyhow::Result<()> {
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     init_logging(a.log_format)?;
+    // Before the model loads: a bad prefix fails at once.
+    server::metrics::use_prefix(&a.metrics_prefix, &served_model_name(&a))?;
     let (any, tok) = a.engine.build()?;
     with_engine!(any, core => run_on(a, core, tok))
+}
+
+/// The model name clients must send.
+fn served_model_name(a: &ServeArgs) -> String {
+    a.served_model_name.clone().unwrap_or_else(|| {
+        a.engine
+            .model
+            .clone()
+            .unwrap_or_else(|| models::pull::DEFAULT_MODEL.to_string())
+    })
 }
 
 fn run_on<B>(a: ServeArgs, mut core: EngineCore<B>, tok: Arc<Tokenizer>) -> anyhow::Result<()>
@@ -96,17 +125,26 @@ where
     B: Backend + Send + 'static,
     B::Buf: Send,
 {
-    let name = a.served_model_name.clone().unwrap_or_else(|| {
-        a.engine
-            .model
-            .clone()
-            .unwrap_or_else(|| models::pull::DEFAULT_MODEL.to_string())
-    });
+    let name = served_model_name(&a);
     if let Some(path) = &a.step_log {
         // A fresh log per server run; a rebuilt engine appends to it.
         std::fs::File::create(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         core.set_step_log(open_step_log(path)?);
     }
+    let kv_events = match &a.kv_events_endpoint {
+        Some(endpoint) => {
+            let cfg = KvEventsConfig {
+                topic: a.kv_events_topic.clone(),
+                encoding: a.kv_events_encoding.encoding(),
+                ..KvEventsConfig::new(endpoint.clone())
+            };
+            let block_size = core.scheduler().kv_stats().block_size;
+            let publisher = KvEventPublisher::bind(cfg, block_size)?;
+            core.set_kv_events(publisher.clone());
+            Some(publisher)
+        }
+        None => None,
+    };
     let kv = core.scheduler().kv_stats();
     tracing::info!(
         "{} KV pages of {} tokens ({} tokens in all); serving `{name}` on http://{}:{}",
@@ -117,7 +155,7 @@ where
         a.port
     );
     let rebuild = a.restart_engine.then(|| {
-        let (args, step_log) = (a.engine.clone(), a.step_log.clone());
+        let (args, step_log, kv_events) = (a.engine.clone(), a.step_log.clone(), kv_events);
         let rebuild: Rebuild<B> = Box::new(move || {
             let fail = |e: anyhow::Error| EngineError::Config(format!("rebuilding: {e:#}"));
             let (any, _) = args.build().map_err(fail)?;
@@ -126,6 +164,9 @@ where
                 .ok_or_else(|| EngineError::Config("rebuilt on another device".into()))?;
             if let Some(path) = &step_log {
                 core.set_step_log(open_step_log(path).map_err(fail)?);
+            }
+            if let Some(p) = &kv_events {
+                core.set_kv_events(p.clone());
             }
             Ok(core)
         });

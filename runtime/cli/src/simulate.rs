@@ -4,7 +4,7 @@ use clap::Args;
 use scheduler::sim::{simulate, SimConfig, SimResult, Slo};
 use scheduler::SchedulerConfig;
 
-use crate::choices::{Policy, Preemption};
+use crate::choices::{Policy, Preemption, RouterChoice};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -14,10 +14,28 @@ use tools::plot::{cdf, line_chart, Line};
 #[derive(Args, Debug, Clone)]
 pub struct SimulateArgs {
     #[command(flatten)]
-    workload: WorkloadArgs,
-    /// A preset (h100-llama3-8b, cpu-smollm2-135m) or a JSON file.
+    pub workload: WorkloadArgs,
+    /// A preset (h100-llama3-8b, cpu-smollm2-135m) or a JSON file; with --replicas, one per
+    /// replica (comma-separated) or one for all.
     #[arg(long, default_value = "h100-llama3-8b")]
-    cost_model: String,
+    pub cost_model: String,
+    /// Simulate a fleet of this many replicas behind --router (each replica the real
+    /// scheduler and block manager).
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// How the fleet's router picks a replica, by vllm-router's rules (default with
+    /// --replicas: round-robin).
+    #[arg(long, value_enum)]
+    router: Option<RouterChoice>,
+    /// cache-aware: least-loaded below this prefix match rate (vllm-router's default).
+    #[arg(long, default_value_t = 0.3)]
+    pub cache_threshold: f64,
+    /// cache-aware: load is imbalanced when max - min exceeds this ...
+    #[arg(long, default_value_t = 64)]
+    pub balance_abs_threshold: usize,
+    /// ... and max exceeds min times this.
+    #[arg(long, default_value_t = 1.5)]
+    pub balance_rel_threshold: f64,
     /// Multiply every step's time by this factor: the same model on a machine that much
     /// slower (above 1) or faster. `pagedrt bench check-steps` measures the factor a real
     /// run had against the model (its `ratio`).
@@ -25,7 +43,7 @@ pub struct SimulateArgs {
     cost_scale: f64,
     /// One policy or a comma-separated list.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fcfs")]
-    policy: Vec<Policy>,
+    pub policy: Vec<Policy>,
     #[arg(long, value_enum, default_value_t = Preemption::Recompute)]
     preemption_mode: Preemption,
     #[arg(long, default_value_t = 16)]
@@ -52,25 +70,25 @@ pub struct SimulateArgs {
     max_model_len: Option<usize>,
     /// SLOs for goodput, in milliseconds: ttft:MS tpot:MS e2el:MS.
     #[arg(long, num_args = 1..)]
-    goodput: Vec<String>,
+    pub goodput: Vec<String>,
     /// Run once per rate (comma-separated), for every policy given.
     #[arg(long, value_delimiter = ',')]
     sweep_rates: Vec<f64>,
     /// Write the summary as JSON (an array for sweeps).
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     /// Write one CSV row per request.
     #[arg(long)]
     csv: Option<PathBuf>,
     /// Write the time series (running/waiting/swapped, KV usage, fragmentation) as CSV.
     #[arg(long)]
-    series_csv: Option<PathBuf>,
+    pub series_csv: Option<PathBuf>,
     /// Write SVG plots (latency CDFs, KV usage over time, rate sweeps) into this folder.
     #[arg(long)]
-    svg_dir: Option<PathBuf>,
+    pub svg_dir: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
-    quiet: bool,
+    pub quiet: bool,
 }
 
 /// `--cost-scale`: a positive, finite factor.
@@ -81,8 +99,14 @@ fn parse_scale(s: &str) -> Result<f64, String> {
     }
 }
 
-fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> anyhow::Result<SimConfig> {
-    let mut cost_model = tools::sim_inputs::load_cost_model(&a.cost_model)?;
+/// The single replica's configuration, with the cost model `cost_model`.
+pub fn config(
+    a: &SimulateArgs,
+    cost_model: &str,
+    policy: &str,
+    prefix_len: usize,
+) -> anyhow::Result<SimConfig> {
+    let mut cost_model = tools::sim_inputs::load_cost_model(cost_model)?;
     if a.cost_scale != 1.0 {
         cost_model = cost_model.scaled(a.cost_scale);
     }
@@ -120,7 +144,7 @@ fn config(a: &SimulateArgs, policy: &str, prefix_len: usize) -> anyhow::Result<S
 
 fn run_one(a: &SimulateArgs, policy: &str, rate: f64) -> anyhow::Result<SimResult> {
     let (reqs, prefix_len) = a.workload.generate(rate)?;
-    let cfg = config(a, policy, prefix_len)?;
+    let cfg = config(a, &a.cost_model, policy, prefix_len)?;
     let bar = super::progress_bar(
         reqs.len(),
         a.quiet,
@@ -133,6 +157,15 @@ fn run_one(a: &SimulateArgs, policy: &str, rate: f64) -> anyhow::Result<SimResul
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
+    if a.replicas.is_some() || a.router.is_some() {
+        if a.policy.len() > 1 || !a.sweep_rates.is_empty() || a.csv.is_some() {
+            return Err(anyhow::anyhow!(
+                "--replicas: one policy and one rate per run (no --sweep-rates, no --csv)"
+            ));
+        }
+        let router = a.router.unwrap_or(RouterChoice::RoundRobin).policy();
+        return super::simulate_fleet::run(&a, a.replicas.unwrap_or(1), router);
+    }
     let policies: Vec<&str> = a.policy.iter().map(|p| p.name()).collect();
     let rates = if a.sweep_rates.is_empty() {
         vec![a.workload.request_rate]

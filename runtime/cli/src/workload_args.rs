@@ -7,7 +7,9 @@ use tools::sim_inputs::load_trace;
 
 #[derive(Args, Debug, Clone)]
 pub struct WorkloadArgs {
-    /// sharegpt-like, fixed, prefix-sharing, or trace:PATH (.csv or .jsonl).
+    /// sharegpt-like, random (every request --input-len tokens in, --output-len out, as
+    /// `bench serve --dataset random`; `fixed` is its old name), prefix-sharing, or
+    /// trace:PATH (.csv or .jsonl).
     #[arg(long, default_value = "sharegpt-like")]
     pub workload: String,
     #[arg(long, default_value_t = 1000)]
@@ -44,6 +46,16 @@ impl WorkloadArgs {
     /// The requests at `rate` (requests/s, infinite = all at once) and the length of the
     /// shared system prompt of prefix-sharing workloads.
     pub fn generate(&self, rate: f64) -> anyhow::Result<(Vec<SimRequest>, usize)> {
+        let (reqs, prefix_len, _) = self.stream(rate)?;
+        Ok((reqs.collect(), prefix_len))
+    }
+
+    /// [`Self::generate`], one request at a time (a trace is read whole), with the number of
+    /// requests.
+    pub fn stream(
+        &self,
+        rate: f64,
+    ) -> anyhow::Result<(Box<dyn Iterator<Item = SimRequest>>, usize, usize)> {
         let a = self;
         let arrivals = if !rate.is_finite() {
             Arrivals::AllAtOnce
@@ -75,7 +87,7 @@ impl WorkloadArgs {
                 spec.prompt_len = LenDist::SHAREGPT_PROMPT;
                 spec.output_len = LenDist::SHAREGPT_OUTPUT;
             }
-            "fixed" => {}
+            "random" | "fixed" => {}
             "prefix-sharing" => {
                 spec.shared_prefix = Some((a.prefix_groups, a.prefix_len));
                 prefix_len = a.prefix_len;
@@ -83,12 +95,14 @@ impl WorkloadArgs {
             w => {
                 let path = w.strip_prefix("trace:").ok_or_else(|| {
                     anyhow::anyhow!(
-                        "unknown workload '{w}' (sharegpt-like, fixed, prefix-sharing, trace:PATH)"
+                        "unknown workload '{w}' (sharegpt-like, random, prefix-sharing, trace:PATH)"
                     )
                 })?;
-                return Ok((load_trace(path.as_ref())?, a.prefix_len));
+                let trace = load_trace(path.as_ref())?;
+                let n = trace.len();
+                return Ok((Box::new(trace.into_iter()), a.prefix_len, n));
             }
         }
-        Ok((spec.generate()?, prefix_len))
+        Ok((Box::new(spec.iter()?), prefix_len, spec.num_requests))
     }
 }

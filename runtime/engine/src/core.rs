@@ -19,6 +19,7 @@ use crate::backend::Backend;
 use crate::constraint::TokenMask;
 use crate::constraint::{Constraint, ConstraintError};
 use crate::detok::{IncrementalDecoder, TokenDecoder};
+use crate::kv_events::KvEventPublisher;
 use crate::masks::{with_masks, StepMasks};
 use crate::model::{KvCache, Model};
 use crate::report::StepReport;
@@ -153,6 +154,9 @@ pub struct EngineCore<B: Backend> {
     unscheduled: HashMap<u64, f64>,
     /// Where each step's report goes (`pagedrt serve --step-log`), as JSON lines.
     step_log: Option<Box<dyn std::io::Write + Send>>,
+    /// Where each step's KV-cache events go (`pagedrt serve --kv-events-endpoint`).
+    kv_events: Option<KvEventPublisher>,
+    kv_dtype: KvDtype,
 }
 
 impl<B: Backend> EngineCore<B> {
@@ -216,6 +220,8 @@ impl<B: Backend> EngineCore<B> {
             max_queue: cfg.max_queue,
             unscheduled: HashMap::new(),
             step_log: None,
+            kv_events: None,
+            kv_dtype: cfg.kv_dtype,
         })
     }
 
@@ -225,6 +231,11 @@ impl<B: Backend> EngineCore<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// How the KV cache stores K and V.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     pub fn model(&self) -> &dyn Model<B> {
@@ -305,11 +316,27 @@ impl<B: Backend> EngineCore<B> {
         self.step_log = Some(w);
     }
 
+    /// Publishes every later step's KV-cache events on `publisher` (the block manager records
+    /// them from now on). A publisher that served an earlier engine (one rebuilt after a
+    /// panic) first says that every page it announced is gone.
+    pub fn set_kv_events(&mut self, publisher: KvEventPublisher) {
+        if publisher.published() > 0 {
+            publisher.publish(vec![block_manager::KvEvent::AllCleared]);
+        }
+        self.scheduler.record_kv_events(true);
+        self.kv_events = Some(publisher);
+    }
+
     /// Runs one step; reports the tokens it produced and what it did.
     pub fn step(&mut self) -> Result<StepReport, EngineError> {
         let t0 = Instant::now();
         let mut report = StepReport::default();
-        report.outputs = self.step_inner(&mut report)?;
+        let outputs = self.step_inner(&mut report);
+        if let Some(p) = &self.kv_events {
+            // A move into a channel: encoding and sending happen on the publisher's thread.
+            p.publish(self.scheduler.take_kv_events());
+        }
+        report.outputs = outputs?;
         report.seconds = t0.elapsed().as_secs_f64();
         if let (Some(w), Some(line)) = (self.step_log.as_mut(), report.log_line()) {
             // A full disk must not stop serving: the log is best effort.

@@ -6,7 +6,8 @@
 //! (`backend`: CPU, CUDA), the sampler, `EngineCore` (schedule, copies, forward, sample,
 //! update), structured outputs (`constraint`: the token-mask seam the sampler applies;
 //! `structured`: its llguidance implementation, grammars from JSON schemas, regexes, choices
-//! and Lark) and `EngineHandle` (the core on its own thread, driven through channels).
+//! and Lark), `EngineHandle` (the core on its own thread, driven through channels) and the
+//! publisher of its KV-cache events (`kv_events`).
 //!
 //! Knows nothing of: HTTP, file formats (config.json, safetensors, GGUF, tokenizer.json: the
 //! `models` crate reads them and hands over a `WeightSource` and a `TokenDecoder`), the CLI.
@@ -18,6 +19,7 @@ pub mod detok;
 mod error;
 pub mod executor;
 pub mod handle;
+pub mod kv_events;
 mod masks;
 pub mod model;
 mod report;

@@ -49,7 +49,7 @@ pub(crate) async fn submit_all(
             .with_priority(s.priority.unwrap_or(0))
             .with_cache_salt(salt);
         let id = st.next_id.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!("pagedrt:prompt_tokens_total").increment(n_prompt as u64);
+        crate::metrics::prompt_tokens(n_prompt);
         let rx = st
             .engine
             .submit(GenerateRequest { id, request })
@@ -76,15 +76,14 @@ impl Latency {
     fn token(&mut self, index: usize, finished: bool) {
         let now = Instant::now();
         match self.last.insert(index, now) {
-            None if index == 0 => ::metrics::histogram!("pagedrt:time_to_first_token_seconds")
-                .record((now - self.started).as_secs_f64()),
+            None if index == 0 => {
+                crate::metrics::time_to_first_token((now - self.started).as_secs_f64())
+            }
             None => {}
-            Some(prev) => ::metrics::histogram!("pagedrt:inter_token_latency_seconds")
-                .record((now - prev).as_secs_f64()),
+            Some(prev) => crate::metrics::inter_token_latency((now - prev).as_secs_f64()),
         }
         if finished && index == 0 {
-            ::metrics::histogram!("pagedrt:e2e_request_latency_seconds")
-                .record((now - self.started).as_secs_f64());
+            crate::metrics::e2e_request_latency((now - self.started).as_secs_f64());
         }
     }
 }

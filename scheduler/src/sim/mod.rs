@@ -4,12 +4,21 @@
 
 mod cost_model;
 mod error;
+mod fleet;
+mod histogram;
 mod metrics;
+mod replica;
+pub mod router;
 mod run;
 mod workload;
 
 pub use cost_model::CostModel;
 pub use error::SimError;
+pub use fleet::{simulate_fleet, FleetConfig, FleetResult, LoadPoint, ReplicaLoad, ReplicaReport};
+pub use histogram::LatencyHistogram;
 pub use metrics::{percentile_sorted, RequestRecord, Slo, Summary};
+pub use replica::{Observer, Replica, ReplicaConfig};
 pub use run::{simulate, simulate_observed, SimConfig, SimResult, StepView, TimePoint};
-pub use workload::{parse_trace, prompt_tokens, Arrivals, LenDist, SimRequest, WorkloadSpec};
+pub use workload::{
+    parse_trace, prompt_tokens, Arrivals, LenDist, SimRequest, WorkloadIter, WorkloadSpec,
+};

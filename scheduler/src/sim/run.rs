@@ -1,13 +1,14 @@
 //! The simulation loop: arrivals, schedule, advance the clock by the step's cost, record.
 
-use block_manager::{BlockManager, BlockManagerConfig, KvStats};
+use block_manager::KvStats;
 use serde::Serialize;
 
 use super::cost_model::CostModel;
 use super::error::SimError;
 use super::metrics::{RequestRecord, Slo, Summary};
+use super::replica::{Observer, Replica, ReplicaConfig};
 use super::workload::{prompt_tokens, SimRequest};
-use crate::{policy, FinishReason, Request, Scheduler, SchedulerConfig, StepResult};
+use crate::SchedulerConfig;
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -87,6 +88,57 @@ pub struct StepView {
     pub waiting: usize,
 }
 
+impl SimConfig {
+    /// How each simulated engine is built.
+    pub fn replica(&self) -> ReplicaConfig {
+        ReplicaConfig {
+            scheduler: self.scheduler.clone(),
+            policy: self.policy.clone(),
+            block_size: self.block_size,
+            num_blocks: self.num_blocks,
+            num_host_blocks: self.num_host_blocks,
+            watermark: self.watermark,
+            enable_prefix_caching: self.enable_prefix_caching,
+            cost_model: self.cost_model.clone(),
+        }
+    }
+}
+
+/// Every request's record and every inter-token latency, as the single-replica report wants.
+struct Records {
+    records: Vec<RequestRecord>,
+    itls: Vec<f64>,
+    done: usize,
+}
+
+impl Observer for Records {
+    fn scheduled(&mut self, req: u64, start: f64) {
+        self.records[req as usize]
+            .first_scheduled_s
+            .get_or_insert(start);
+    }
+    fn token(&mut self, req: u64, t: f64, first: bool, itl: Option<f64>) {
+        let r = &mut self.records[req as usize];
+        if first {
+            r.first_token_s = Some(t);
+        }
+        if let Some(d) = itl {
+            self.itls.push(d);
+        }
+        r.output_len += 1;
+    }
+    fn extra_tokens(&mut self, req: u64, k: usize) {
+        self.records[req as usize].output_len += k;
+    }
+    fn finished(&mut self, req: u64, t: f64) {
+        self.records[req as usize].finish_s = Some(t);
+        self.done += 1;
+    }
+    fn preempted(&mut self, req: u64) {
+        self.records[req as usize].preemptions += 1;
+    }
+}
+
 /// Runs `requests` (sorted by arrival) through the scheduler on a virtual clock.
 /// `progress` is called with the number of finished requests now and then.
 pub fn simulate(
@@ -105,92 +157,59 @@ pub fn simulate_observed(
     progress: &mut dyn FnMut(usize),
     observe: &mut dyn FnMut(&StepView),
 ) -> Result<SimResult, SimError> {
-    let bm_cfg = BlockManagerConfig::new(cfg.block_size, cfg.num_blocks)
-        .with_host_blocks(cfg.num_host_blocks)
-        .with_watermark(cfg.watermark)
-        .with_prefix_caching(cfg.enable_prefix_caching);
-    let bm = BlockManager::new(bm_cfg)?;
-    let pol = policy::by_name(&cfg.policy).ok_or_else(|| {
-        SimError::Config(format!(
-            "unknown policy '{}' (one of {})",
-            cfg.policy,
-            policy::POLICY_NAMES.join(", ")
-        ))
-    })?;
-    // `auto` preemption weighs recompute against swap with the same cost model as the steps.
-    let mut sched_cfg = cfg.scheduler.clone();
-    sched_cfg.preemption_costs = crate::PreemptionCosts {
-        recompute_s_per_token: cfg.cost_model.per_prefill_token_s,
-        swap_s_per_block: 2.0
-            * cfg.block_size as f64
-            * cfg.cost_model.kv_bytes_per_token
-            * cfg.cost_model.per_swap_byte_s,
-    };
-    let mut sched = Scheduler::new(sched_cfg, bm, pol)?;
-    let mut records: Vec<RequestRecord> = requests
-        .iter()
-        .enumerate()
-        .map(|(i, r)| RequestRecord::new(i as u64, r))
-        .collect();
-    let mut itls: Vec<f64> = Vec::new();
     let nreq = requests.len();
-    // Per sequence (requests first, then forked children): tokens made and when the last was.
-    let mut seq_out: Vec<usize> = vec![0; nreq];
-    let mut last_token: Vec<f64> = vec![0.0; nreq];
-    // The request each forked child belongs to, and live sequences per request.
-    let mut child_owner: Vec<usize> = Vec::new();
-    let mut live: Vec<usize> = vec![1; nreq];
-    let owner = |id: usize, child_owner: &[usize]| {
-        if id < nreq {
-            id
-        } else {
-            child_owner[id - nreq]
-        }
+    let mut rep = Replica::new(&cfg.replica(), nreq as u64)?;
+    let mut rec = Records {
+        records: requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RequestRecord::new(i as u64, r))
+            .collect(),
+        itls: Vec::new(),
+        done: 0,
     };
     let mut series = Vec::new();
-    let (mut now, mut next, mut done) = (0.0f64, 0usize, 0usize);
+    let (mut now, mut next) = (0.0f64, 0usize);
     let (mut usage_sum, mut usage_peak, mut usage_time) = (0.0f64, 0.0f64, 0.0f64);
-    let mut step_no: u64 = 0;
     loop {
-        while next < requests.len() && requests[next].arrival_s <= now {
+        while next < nreq && requests[next].arrival_s <= now {
             let r = &requests[next];
-            let mut req = Request::new(
+            let prompt = prompt_tokens(r, next as u64, cfg.shared_prefix_len);
+            if let Err(e) = rep.add(
                 next as u64,
-                prompt_tokens(r, next as u64, cfg.shared_prefix_len),
+                r.arrival_s,
+                prompt,
                 r.output_len,
-            );
-            req.arrival_s = r.arrival_s;
-            req.priority = r.priority;
-            if let Err(e) = sched.add_request(req) {
-                records[next].rejected = Some(e.to_string());
-                done += 1;
+                r.n,
+                r.priority,
+            ) {
+                rec.records[next].rejected = Some(e.to_string());
+                rec.done += 1;
             }
             next += 1;
         }
-        if !sched.has_unfinished() {
-            if next == requests.len() {
+        if !rep.scheduler().has_unfinished() {
+            if next == nreq {
                 break;
             }
             now = now.max(requests[next].arrival_s);
             continue;
         }
-        let plan = sched.schedule(now)?;
-        if plan.is_empty() {
-            if next == requests.len() {
+        let Some(dt) = rep.begin_step(now)? else {
+            if next == nreq {
                 return Err(SimError::Stalled {
                     at_s: now,
                     why: format!(
                         "{} waiting requests cannot be admitted",
-                        sched.num_waiting()
+                        rep.scheduler().num_waiting()
                     ),
                 });
             }
             now = requests[next].arrival_s;
             continue;
-        }
-        let dt = cfg.cost_model.step_time(&plan, cfg.block_size);
+        };
         now += dt;
-        step_no += 1;
+        let sched = rep.scheduler();
         observe(&StepView {
             now_s: now,
             dt_s: dt,
@@ -198,72 +217,22 @@ pub fn simulate_observed(
             running: sched.num_running(),
             waiting: sched.num_waiting(),
         });
-        let mut result = StepResult::default();
-        let mut forks: Vec<usize> = Vec::new();
-        for sc in &plan.seqs {
-            let id = sc.seq as usize;
-            let ri = owner(id, &child_owner);
-            let rec = &mut records[ri];
-            rec.first_scheduled_s.get_or_insert(now - dt);
-            if !sc.samples {
-                continue;
-            }
-            if rec.first_token_s.is_none() {
-                rec.first_token_s = Some(now);
-            } else if seq_out[id] > 0 {
-                itls.push(now - last_token[id]);
-            }
-            last_token[id] = now;
-            seq_out[id] += 1;
-            rec.output_len += 1;
-            result.sampled.push((sc.seq, 1 + (sc.seq % 1000) as u32));
-            let want = requests[ri].output_len;
-            if id < nreq && seq_out[id] == 1 && rec.n > 1 {
-                if want == 1 {
-                    // Every sample is done with its only token: nothing to fork.
-                    rec.output_len += rec.n - 1;
-                } else {
-                    forks.push(id);
-                }
-            }
-            if seq_out[id] >= want {
-                result.finished.push((sc.seq, FinishReason::Length));
-                live[ri] -= 1;
-                if live[ri] == 0 {
-                    rec.finish_s = Some(now);
-                    done += 1;
-                }
-            }
+        let step_tokens = rep.pending_plan().map_or(0, |p| p.num_tokens());
+        if rep.finish_step(&mut rec)? {
+            progress(rec.done);
         }
-        for &id in &plan.preempted {
-            records[owner(id as usize, &child_owner)].preemptions += 1;
-        }
-        sched.update(&result)?;
-        for parent in forks {
-            for _ in 1..records[parent].n {
-                let child = nreq + child_owner.len();
-                sched.fork(parent as u64, child as u64, 1 + (child % 1000) as u32)?;
-                child_owner.push(parent);
-                seq_out.push(1);
-                last_token.push(now);
-                records[parent].output_len += 1;
-                live[parent] += 1;
-            }
-        }
-        if !result.finished.is_empty() {
-            progress(done);
-        }
+        let sched = rep.scheduler();
         let kv = sched.kv_stats();
         usage_sum += kv.usage() * dt;
         usage_time += dt;
         usage_peak = usage_peak.max(kv.usage());
-        if (step_no as usize).is_multiple_of(cfg.series_every.max(1)) {
+        if (rep.steps() as usize).is_multiple_of(cfg.series_every.max(1)) {
             series.push(TimePoint {
                 t_s: now,
                 running: sched.num_running(),
                 waiting: sched.num_waiting(),
                 swapped: sched.num_swapped(),
-                step_tokens: plan.num_tokens(),
+                step_tokens,
                 kv_usage: kv.usage(),
                 kv_internal_fragmentation: kv.internal_fragmentation(),
                 kv_shared_tokens: kv.shared_tokens(),
@@ -271,6 +240,13 @@ pub fn simulate_observed(
             });
         }
     }
+    let Records {
+        records,
+        mut itls,
+        done,
+    } = rec;
+    let sched = rep.scheduler();
+    let step_no = rep.steps();
     progress(done);
     let counters = sched.counters();
     let kv = sched.kv_stats();

@@ -157,9 +157,13 @@ impl WorkloadSpec {
     }
 
     pub fn generate(&self) -> Result<Vec<SimRequest>, SimError> {
-        let mut rng = StdRng::seed_from_u64(self.seed);
-        let mut t = 0.0;
-        let gap: Box<dyn Fn(&mut StdRng) -> f64> = match self.arrivals {
+        Ok(self.iter()?.collect())
+    }
+
+    /// The requests one at a time (the fleet simulator streams a million of them); the same
+    /// sequence as [`Self::generate`].
+    pub fn iter(&self) -> Result<WorkloadIter, SimError> {
+        let gap: Box<dyn Fn(&mut StdRng) -> f64 + Send> = match self.arrivals {
             Arrivals::AllAtOnce => Box::new(|_| 0.0),
             Arrivals::Poisson { rate } => {
                 let d = Exp::new(rate)
@@ -173,30 +177,64 @@ impl WorkloadSpec {
                 Box::new(move |r| d.sample(r))
             }
         };
-        let mut out = Vec::with_capacity(self.num_requests);
-        for _ in 0..self.num_requests {
-            let (group, prefix) = match self.shared_prefix {
-                Some((k, len)) if k > 0 => (Some(rng.random_range(0..k)), len),
-                _ => (None, 0),
-            };
-            let own = self.prompt_len.sample(&mut rng)?;
-            let output_len = self.output_len.sample(&mut rng)?;
-            let priority = if self.priority_levels > 1 {
-                rng.random_range(0..self.priority_levels) as i32
-            } else {
-                0
-            };
-            out.push(SimRequest {
-                arrival_s: t,
-                prompt_len: prefix + own,
-                output_len,
-                prefix_group: group,
-                priority,
-                n: self.parallel_samples.max(1),
-            });
-            t += gap(&mut rng);
+        // A bad length distribution fails here, not in the middle of the stream.
+        let mut check = StdRng::seed_from_u64(0);
+        self.prompt_len.sample(&mut check)?;
+        self.output_len.sample(&mut check)?;
+        Ok(WorkloadIter {
+            spec: self.clone(),
+            rng: StdRng::seed_from_u64(self.seed),
+            t: 0.0,
+            left: self.num_requests,
+            gap,
+        })
+    }
+}
+
+/// [`WorkloadSpec::iter`].
+pub struct WorkloadIter {
+    spec: WorkloadSpec,
+    rng: StdRng,
+    t: f64,
+    left: usize,
+    gap: Box<dyn Fn(&mut StdRng) -> f64 + Send>,
+}
+
+impl Iterator for WorkloadIter {
+    type Item = SimRequest;
+
+    fn next(&mut self) -> Option<SimRequest> {
+        if self.left == 0 {
+            return None;
         }
-        Ok(out)
+        self.left -= 1;
+        let (spec, rng) = (&self.spec, &mut self.rng);
+        let (group, prefix) = match spec.shared_prefix {
+            Some((k, len)) if k > 0 => (Some(rng.random_range(0..k)), len),
+            _ => (None, 0),
+        };
+        // Checked when the iterator was made: these draws cannot fail.
+        let own = spec.prompt_len.sample(rng).unwrap_or(1);
+        let output_len = spec.output_len.sample(rng).unwrap_or(1);
+        let priority = if spec.priority_levels > 1 {
+            rng.random_range(0..spec.priority_levels) as i32
+        } else {
+            0
+        };
+        let r = SimRequest {
+            arrival_s: self.t,
+            prompt_len: prefix + own,
+            output_len,
+            prefix_group: group,
+            priority,
+            n: spec.parallel_samples.max(1),
+        };
+        self.t += (self.gap)(rng);
+        Some(r)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
     }
 }
 

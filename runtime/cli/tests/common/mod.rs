@@ -14,6 +14,7 @@ macro_rules! report_skip {
     }};
 }
 
+pub mod fleet;
 pub mod http;
 pub mod hub;
 

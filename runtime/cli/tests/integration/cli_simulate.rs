@@ -161,7 +161,7 @@ fn check_steps_measures_a_drift_that_cost_scale_replays() {
             .args([
                 "simulate",
                 "--workload",
-                "fixed",
+                "random",
                 "--input-len",
                 "uniform:16:300",
                 "--output-len",
@@ -191,5 +191,71 @@ fn check_steps_measures_a_drift_that_cost_scale_replays() {
         .arg("--steps")
         .arg(dir.join("missing.jsonl"))
         .run_fails_with("missing.jsonl");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn simulate_a_fleet_reports_per_replica_and_plots_the_load_of_each() {
+    let dir = tmp("fleet");
+    let (out, svg, csv) = (
+        dir.join("fleet.json"),
+        dir.join("svg"),
+        dir.join("load.csv"),
+    );
+    let o = pagedrt()
+        .args(["simulate", "--replicas", "3", "--router", "kv-aware"])
+        .args(["--workload", "prefix-sharing", "--prefix-groups", "6"])
+        .args(["--prefix-len", "256", "--input-len", "uniform:8:64"])
+        .args(["--output-len", "uniform:4:32", "--num-requests", "600"])
+        .args([
+            "--request-rate",
+            "30",
+            "--cost-model",
+            "h100-llama3-8b,h100-llama3-8b,h100-llama3-8b",
+        ])
+        .args(["--num-blocks", "200", "--quiet", "--json"])
+        .arg(&out)
+        .arg("--svg-dir")
+        .arg(&svg)
+        .arg("--series-csv")
+        .arg(&csv)
+        .run_ok();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("fleet of 3 behind kv-aware"), "{text}");
+    let v = read_json(&out);
+    assert_eq!(v["router"], "kv-aware");
+    assert_eq!(v["completed"], 600);
+    let per = v["per_replica"].as_array().unwrap();
+    assert_eq!(per.len(), 3);
+    let routed: u64 = per.iter().map(|q| q["requests"].as_u64().unwrap()).sum();
+    assert_eq!(routed, 600);
+    for q in per {
+        for k in [
+            "request_share",
+            "request_throughput",
+            "prefix_hit_rate",
+            "mean_kv_usage",
+        ] {
+            assert!(q[k].is_number(), "{k}: {q}");
+        }
+        assert!(q["ttft_s"]["median"].as_f64().unwrap() > 0.0);
+    }
+    assert!(std::fs::read_to_string(svg.join("load_per_replica.svg"))
+        .unwrap()
+        .starts_with("<svg"));
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert!(rows.starts_with("t_s,replica,in_flight,running,waiting,kv_usage"));
+    assert!(rows.lines().count() > 30);
+    // One cost model per replica, or one for all.
+    pagedrt()
+        .args([
+            "simulate",
+            "--replicas",
+            "3",
+            "--cost-model",
+            "h100-llama3-8b,h100-llama3-8b",
+        ])
+        .args(["--num-requests", "5", "--quiet"])
+        .run_fails_with("one per replica");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -12,7 +12,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use common::http::{start, tiny_engine};
-use common::{pagedrt, RunOk};
+use common::{pagedrt, read_json, RunOk};
 use tools::loadgen::arrivals::{arrival_times, Ramp};
 use tools::loadgen::dataset::BenchRequest;
 use tools::loadgen::http::Endpoint;
@@ -254,7 +254,7 @@ fn bench_serve_end_to_end_against_pagedrt() {
             "--dataset",
             "random",
             "--input-len",
-            "24",
+            "uniform:8:40",
             "--output-len",
             "12",
             "--ignore-eos",
@@ -277,6 +277,7 @@ fn bench_serve_end_to_end_against_pagedrt() {
         30 * 12,
         "usage counts every token"
     );
+
     assert!(v["request_throughput"].as_f64().unwrap() > 0.0);
     assert!(v["output_throughput"].as_f64().unwrap() > 0.0);
     for k in ["ttft_s", "tpot_s", "itl_s", "e2e_s"] {
@@ -336,6 +337,30 @@ fn bench_serve_end_to_end_against_pagedrt() {
         );
         assert!(t > 0.0, "a logged step costs nothing: {c:?} {cm:?}");
     }
+    // The server's /tokenize makes every random prompt exactly --input-len tokens (a word of
+    // this byte-level vocabulary is about five tokens).
+    let exact = common::tmp("bench-serve-exact").join("out.json");
+    pagedrt()
+        .args(["bench", "serve", "--base-url"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args([
+            "--num-prompts",
+            "10",
+            "--dataset",
+            "random",
+            "--input-len",
+            "37",
+        ])
+        .args([
+            "--output-len",
+            "2",
+            "--ignore-eos",
+            "--quiet",
+            "--save-result",
+        ])
+        .arg(&exact)
+        .run_ok();
+    assert_eq!(read_json(&exact)["total_input_tokens"], 370);
     // A server that is not there: every request fails with its reason, none is dropped.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -6,18 +6,9 @@ use crate::common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use common::fleet::KillOnDrop;
 use common::http::{request, send_completion};
 use common::pagedrt;
-
-/// Kills the server if the test fails before it exits.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn sigterm_finishes_within_the_grace_period_and_exits_zero() {

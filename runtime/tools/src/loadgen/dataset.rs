@@ -31,7 +31,7 @@ const WORDS: [&str; 48] = [
 ];
 
 /// `n` words drawn from `rng`, each with a leading space.
-fn words(rng: &mut StdRng, n: usize) -> String {
+pub(crate) fn words(rng: &mut StdRng, n: usize) -> String {
     let mut s = String::with_capacity(n * 6);
     for _ in 0..n {
         s.push(' ');
@@ -94,7 +94,8 @@ pub fn build(spec: &DatasetSpec) -> Result<Vec<BenchRequest>, ToolError> {
                 .collect();
             Ok(synth(&spec.input_len, &spec.output_len, &prefixes))
         }
-        path => from_file(Path::new(path), spec),
+        // `trace:PATH` as `simulate --workload` names it, or the path itself.
+        path => from_file(Path::new(path.strip_prefix("trace:").unwrap_or(path)), spec),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod arrivals;
 pub mod dataset;
+pub mod exact_len;
 pub mod http;
 pub mod report;
 pub mod run;
