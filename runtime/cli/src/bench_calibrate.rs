@@ -1,5 +1,7 @@
-//! `pagedrt bench calibrate`: time the real engine's forward pass over a designed set of step
-//! shapes and fit the simulator's cost model to them (`pagedrt simulate --cost-model F`).
+//! `pagedrt bench calibrate`: fit the simulator's cost model (`pagedrt simulate --cost-model
+//! F`) to the steps this engine runs when it serves a calibration load (the default,
+//! `calibrate_served`), to a server's step log (`--from-steps`), or to designed step shapes
+//! timed alone (`--designed`).
 
 use std::path::PathBuf;
 
@@ -38,11 +40,15 @@ pub struct CalibrateArgs {
     /// that best predicts held-out steps; 0 fits one law for all steps.
     #[arg(long, default_value = "auto", value_parser = parse_knee)]
     knee: Knee,
-    /// Fit to the steps a server recorded (`pagedrt serve --step-log FILE`) instead of
-    /// timing designed steps: the cost then includes what serving adds to each step (HTTP
-    /// and streaming threads sharing the cores).
+    /// Fit to the steps a server recorded (`pagedrt serve --step-log FILE`), instead of
+    /// serving the calibration load here.
     #[arg(long)]
     from_steps: Option<PathBuf>,
+    /// Time designed step shapes alone (the engine's forward pass only), instead of serving
+    /// the calibration load: faster to run, but a served run is then predicted too fast by
+    /// what serving adds (docs/calibration.md).
+    #[arg(long, conflicts_with = "from_steps")]
+    designed: bool,
 }
 
 /// `--knee`: a row count, or `auto`.
@@ -93,24 +99,37 @@ fn time_design(
     Ok(samples)
 }
 
+/// The model's configuration, without loading its weights.
+fn model_config(source: &ModelSource) -> anyhow::Result<engine::model::ModelConfig> {
+    Ok(match source {
+        ModelSource::Dir(dir) => models::config::from_file(&models::config::config_path(dir)),
+        ModelSource::Dummy(spec) => models::dummy::dummy_config(spec),
+    }?)
+}
+
 pub fn run(a: CalibrateArgs) -> anyhow::Result<()> {
     let source = resolve_source(a.model.as_deref(), &mut |l| eprintln!("{l}"))?;
     let (cfg, samples) = match &a.from_steps {
         Some(path) => {
             let samples = load_step_log(path)?;
             eprintln!("{} steps from {}", samples.len(), path.display());
-            let cfg = match &source {
-                ModelSource::Dir(dir) => {
-                    models::config::from_file(&models::config::config_path(dir))
-                }
-                ModelSource::Dummy(spec) => models::dummy::dummy_config(spec),
-            }?;
-            (cfg, samples)
+            (model_config(&source)?, samples)
         }
-        None => {
+        None if a.designed => {
             let (model, _) = cpu_model(&source, 0)?;
             let samples = time_design(&model, &a)?;
             (model.config().clone(), samples)
+        }
+        None => {
+            let bytes = parse_bytes(&a.kv_cache_memory).map_err(anyhow::Error::msg)?;
+            let samples = super::calibrate_served::served_steps(
+                &source,
+                a.block_size,
+                bytes,
+                a.kv_cache_dtype,
+            )?;
+            eprintln!("{} served steps", samples.len());
+            (model_config(&source)?, samples)
         }
     };
     let cfg = &cfg;
@@ -144,7 +163,7 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<()> {
         }
     };
     let (cm, fit) = fit_cost_model(&samples, &base, knee)?;
-    if a.from_steps.is_none() {
+    if a.designed {
         println!("| decodes | context tokens | prefill | measured ms | model ms | error |");
         println!("|---:|---:|---:|---:|---:|---:|");
         for (c, y) in &samples {

@@ -8,6 +8,7 @@ mod bench_kernels;
 mod bench_serve;
 mod bench_structured;
 mod bench_throughput;
+mod calibrate_served;
 mod choices;
 mod doctor;
 mod engine_args;

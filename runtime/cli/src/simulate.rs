@@ -60,7 +60,9 @@ pub struct SimulateArgs {
     no_prefix_caching: bool,
     #[arg(long, default_value_t = 256)]
     max_num_seqs: usize,
-    #[arg(long, default_value_t = 8192)]
+    /// Tokens per step (`pagedrt serve`'s default, so that a calibrated cost model predicts
+    /// a default server).
+    #[arg(long, default_value_t = 2048)]
     max_num_batched_tokens: usize,
     #[arg(long)]
     long_prefill_threshold: Option<usize>,

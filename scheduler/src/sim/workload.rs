@@ -2,7 +2,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Exp, Gamma, LogNormal};
+use rand_distr::{Distribution, Gamma, LogNormal};
 use serde::{Deserialize, Serialize};
 
 use super::error::SimError;
@@ -165,8 +165,10 @@ impl WorkloadSpec {
     pub fn iter(&self) -> Result<WorkloadIter, SimError> {
         let gap: Box<dyn Fn(&mut StdRng) -> f64 + Send> = match self.arrivals {
             Arrivals::AllAtOnce => Box::new(|_| 0.0),
+            // Gamma of shape 1 is the exponential: drawn as `bench serve` draws its gaps, so
+            // the same seed gives the same arrival times in both tools.
             Arrivals::Poisson { rate } => {
-                let d = Exp::new(rate)
+                let d = Gamma::new(1.0, 1.0 / rate)
                     .map_err(|e| SimError::BadSpec(format!("request rate {rate}: {e}")))?;
                 Box::new(move |r| d.sample(r))
             }
