@@ -6,6 +6,7 @@ pub mod attention;
 mod attention_avx2;
 pub mod cache_ops;
 pub mod huge_pages;
+pub mod isa;
 pub mod kv_store;
 pub mod matmul;
 pub mod ops;
