@@ -12,6 +12,8 @@ pub mod matmul;
 pub mod ops;
 mod pack_x;
 pub mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed_avx512;
 mod packed_kernel;
 pub mod simd;
 pub mod softmax;
