@@ -159,10 +159,13 @@ impl EngineArgs {
             kv_prefault: self.kv_prefault,
         };
         let any = match cuda {
-            None => load_model_as(&CpuBackend, &source, 0, self.dtype).and_then(|(model, tok)| {
-                EngineCore::new(CpuBackend, model, Some(tok), cfg)
-                    .map(|e| AnyEngine::Cpu(Box::new(e)))
-            }),
+            None => {
+                eprintln!("CPU kernels: {}", kernels::cpu::isa::describe());
+                load_model_as(&CpuBackend, &source, 0, self.dtype).and_then(|(model, tok)| {
+                    EngineCore::new(CpuBackend, model, Some(tok), cfg)
+                        .map(|e| AnyEngine::Cpu(Box::new(e)))
+                })
+            }
             Some(b) => {
                 eprintln!("device: {} ({})", b.gpu().info().name, b.gpu().info().arch);
                 load_model_as(&b, &source, 0, self.dtype).and_then(|(model, tok)| {

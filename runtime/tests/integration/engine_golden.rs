@@ -77,6 +77,58 @@ fn greedy_generation_matches_the_float64_reference() {
     );
 }
 
+/// Every CPU kernel path this machine has (`kernels::cpu::isa`; the default one is the
+/// best, which the other tests here run): greedy parity with the float64 reference in f32,
+/// and bf16 weights away from near ties, as on the default path.
+#[test]
+fn greedy_parity_holds_on_every_cpu_kernel_path() {
+    use kernels::cpu::isa::{self, Isa};
+    let gold = golden();
+    let near = common::golden_with_margin(0.35);
+    let source = runtime::model::resolve::ModelSource::Dir(default_model());
+    let paths = Isa::available();
+    eprintln!("CPU kernel paths checked: {paths:?}");
+    for isa in paths {
+        isa::with_isa(isa, || {
+            let mut e = cpu_engine(
+                &default_model(),
+                config(256, 2048, 0, PreemptionMode::Recompute),
+            )
+            .unwrap();
+            for (i, g) in gold.iter().enumerate() {
+                e.add_request(greedy_req(i as u64, g.prompt.clone(), 16))
+                    .unwrap();
+            }
+            let out = run_to_completion(&mut e).unwrap();
+            for (i, g) in gold.iter().enumerate() {
+                check(&out[&(i as u64, 0)].tokens, g, &format!("{isa}, f32"));
+            }
+            let (model, tok) = runtime::engine::load_model_as(
+                &runtime::backend::cpu::CpuBackend,
+                &source,
+                0,
+                runtime::backend::WeightDtype::Bf16,
+            )
+            .unwrap();
+            let mut e = runtime::engine::EngineCore::new(
+                runtime::backend::cpu::CpuBackend,
+                model,
+                Some(tok),
+                config(256, 64, 0, PreemptionMode::Recompute),
+            )
+            .unwrap();
+            for (i, g) in near.iter().enumerate() {
+                e.add_request(greedy_req(i as u64, g.prompt.clone(), 16))
+                    .unwrap();
+            }
+            let out = run_to_completion(&mut e).unwrap();
+            for (i, g) in near.iter().enumerate() {
+                check(&out[&(i as u64, 0)].tokens, g, &format!("{isa}, bf16"));
+            }
+        });
+    }
+}
+
 /// bf16 weights move the first-step logits by up to about 0.16 here
 /// (`tests/integration/golden_logits.rs`), so a top-2 margin by up to about 0.32: every step
 /// before the first whose reference margin is below 0.35 must give the reference's token. (On this machine all 128 tokens match.)
