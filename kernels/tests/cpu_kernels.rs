@@ -1,6 +1,7 @@
 //! CPU kernels against naive float64 references on random inputs.
 
 use half::f16;
+use kernels::cpu::isa::Isa;
 use kernels::cpu::{self, AttentionElem, KvStore, SeqChunk};
 use kernels::KvLayout;
 use rand::rngs::StdRng;
@@ -67,14 +68,18 @@ fn paged_attention_over_an_f16_cache_matches_f64_attention() {
     paged_attention_matches_reference::<f16>();
 }
 
+/// On every ISA path this CPU has, against one reference per case.
 fn paged_attention_matches_reference<E: AttentionElem>() {
     let mut rng = StdRng::seed_from_u64(1);
-    // 24 takes the portable path (not a multiple of 16), 32 and 64 the AVX2 kernel.
-    for (&hd, &bs) in [24usize, 32, 64]
+    // 24 takes the portable path on every ISA (not a multiple of 16); 16, 32, 64 and 144
+    // the vector kernels (one to nine 16-wide slices of the head dim: the AVX-512 V sum
+    // holds four at a time). Groups of 1 to 5 query heads per KV head (the kernels take
+    // heads in batches of up to four, scores for up to three at once).
+    for (&hd, &bs) in [24usize, 16, 32, 64, 144]
         .iter()
         .flat_map(|hd| [1usize, 8, 16, 64, 256].iter().map(move |bs| (hd, bs)))
     {
-        for &(heads, kv_heads) in &[(4usize, 4usize), (6, 2), (8, 1)] {
+        for &(heads, kv_heads) in &[(4usize, 4usize), (6, 2), (8, 1), (9, 3), (10, 2), (4, 1)] {
             // Two sequences in one batch: one decode-like, one chunk of a longer prompt.
             let chunks = [
                 (1usize, rng.random_range(1..300usize)),
@@ -125,34 +130,39 @@ fn paged_attention_matches_reference<E: AttentionElem>() {
                 start += q_len;
             }
             let scale = 1.0 / (hd as f64).sqrt();
-            let mut out = vec![f32::NAN; start * heads * hd];
-            cpu::paged_attention(
-                &mut out,
-                &q_all,
-                &kc,
-                &vc,
-                &layout,
-                heads,
-                &seqs,
-                scale as f32,
-            );
             let mut row = 0;
+            let mut want = vec![];
             for (i, &(q_len, ctx)) in chunks.iter().enumerate() {
                 let (k, v) = &contexts[i];
                 let q = &q_all[row * heads * hd..(row + q_len) * heads * hd];
-                let want = naive_attention(q, k, v, q_len, ctx, heads, kv_heads, hd, scale);
-                let got = &out[row * heads * hd..(row + q_len) * heads * hd];
-                let err = got
+                want.extend(naive_attention(
+                    q, k, v, q_len, ctx, heads, kv_heads, hd, scale,
+                ));
+                row += q_len;
+            }
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; start * heads * hd];
+                cpu::paged_attention_on(
+                    isa,
+                    &mut out,
+                    &q_all,
+                    &kc,
+                    &vc,
+                    &layout,
+                    heads,
+                    &seqs,
+                    scale as f32,
+                );
+                let err = out
                     .iter()
                     .zip(&want)
                     .map(|(g, w)| (*g as f64 - w).abs())
                     .fold(0.0, f64::max);
                 assert!(
                     err < 1e-5,
-                    "{:?} hd {hd} bs {bs} heads {heads}/{kv_heads} q {q_len} ctx {ctx}: {err}",
+                    "{isa} {:?} hd {hd} bs {bs} heads {heads}/{kv_heads} {chunks:?}: {err}",
                     E::DTYPE
                 );
-                row += q_len;
             }
         }
     }

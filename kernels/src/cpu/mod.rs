@@ -4,6 +4,10 @@
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
+#[cfg(target_arch = "x86_64")]
+mod attention_pages;
 pub mod cache_ops;
 pub mod huge_pages;
 pub mod isa;
@@ -19,7 +23,7 @@ pub mod simd;
 pub mod softmax;
 pub mod team;
 
-pub use attention::{paged_attention, AttentionElem, SeqChunk};
+pub use attention::{paged_attention, paged_attention_on, AttentionElem, SeqChunk};
 pub use cache_ops::{copy_blocks, swap_blocks, write_kv};
 pub use kv_store::{KvDtype, KvElem, KvStore};
 pub use matmul::linear;
