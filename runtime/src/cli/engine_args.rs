@@ -49,13 +49,16 @@ pub struct EngineArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Storage of the weight matrices: f32, or bf16 (half the memory; on the CPU, decode
-    /// reads half the bytes). Activations stay f32.
+    /// reads half the bytes, and with AVX512-BF16 batched steps round their activations to
+    /// bf16 for twice the f32 rate; single rows keep f32 activations).
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub dtype: WeightDtype,
     /// Storage of the KV cache: f32, or f16 (half the bytes per token: twice the tokens in
     /// the same --kv-cache-memory, and decode attention reads half as much; CPU only).
-    #[arg(long, default_value_t = KvDtype::F32)]
-    pub kv_cache_dtype: KvDtype,
+    /// Default: f16 on the CPU (logits within a few hundredths of f32's, benches/RESULTS.md),
+    /// f32 on CUDA.
+    #[arg(long)]
+    pub kv_cache_dtype: Option<KvDtype>,
     /// Refuse new requests (429, Retry-After) while this many are waiting.
     #[arg(long)]
     pub max_queue: Option<usize>,
@@ -98,7 +101,7 @@ impl EngineArgs {
                     "--device cuda takes --dtype f32 for now (bf16 weights are CPU-only)".into(),
                 )
             }
-            "cuda" if self.kv_cache_dtype != KvDtype::F32 => {
+            "cuda" if self.kv_cache_dtype.is_some_and(|d| d != KvDtype::F32) => {
                 return Err(
                     "--device cuda takes --kv-cache-dtype f32 for now (an f16 cache is CPU-only)"
                         .into(),
@@ -108,7 +111,12 @@ impl EngineArgs {
                 CudaBackend::new(0)
                     .map_err(|e| format!("--device cuda: {e} (pagedrt doctor says more)"))?,
             ),
-            "auto" if self.dtype != WeightDtype::F32 || self.kv_cache_dtype != KvDtype::F32 => None,
+            "auto"
+                if self.dtype != WeightDtype::F32
+                    || self.kv_cache_dtype.is_some_and(|d| d != KvDtype::F32) =>
+            {
+                None
+            }
             "auto" => match CudaBackend::new(0) {
                 Ok(b) => Some(b),
                 Err(e) => {
@@ -118,6 +126,10 @@ impl EngineArgs {
             },
             d => return Err(format!("--device '{d}': cpu, cuda or auto")),
         };
+        let kv_dtype = self.kv_cache_dtype.unwrap_or(match cuda {
+            None => KvDtype::F16,
+            Some(_) => KvDtype::F32,
+        });
         let source = resolve_source(self.model.as_deref(), &mut |l| eprintln!("{l}"))
             .map_err(|e| e.to_string())?;
         let mc = match &source {
@@ -133,7 +145,7 @@ impl EngineArgs {
                     / KvCache::<CpuBackend>::bytes_per_block(
                         &mc,
                         self.block_size,
-                        self.kv_cache_dtype,
+                        kv_dtype,
                     )
             }
         };
@@ -144,7 +156,7 @@ impl EngineArgs {
             block_size: self.block_size,
             num_blocks,
             num_host_blocks: self.swap_blocks,
-            kv_dtype: self.kv_cache_dtype,
+            kv_dtype,
             watermark: 0.01,
             enable_prefix_caching: !self.no_prefix_caching,
             scheduler: SchedulerConfig {
