@@ -1,7 +1,7 @@
 //! This machine's ceilings and the CPU GEMM against them, every ISA path interleaved.
 //!
 //! `cargo run --release -p pagedrt-benches --bin cpu-roofline -- [ROUNDS] [--quick]
-//! [--only TEXT] [--profile]`
+//! [--only TEXT] [--profile] [--ceilings]` (`--ceilings`: parts 1 and 2 only)
 //!
 //! 1. Peak: register-only loops of independent FMAs (AVX2 and AVX-512, f32) and of
 //!    `vdpbf16ps` (bf16 pairs into f32), on one thread and on two.
@@ -49,6 +49,9 @@ fn main() {
         bandwidth(threads);
         p
     };
+    if args.iter().any(|a| a == "--ceilings") {
+        return;
+    }
     gemms(rounds, quick, only.as_deref(), profile, &peaks, threads);
 }
 
