@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::attention_pages::PageMath;
+use super::attention_pages::{PageMath, WEIGHTS};
 use super::softmax::exp_weights_in_place;
 
 /// A KV element this kernel can load eight at a time as f32.
@@ -44,15 +44,23 @@ pub(crate) struct Avx2;
 impl<E: Lanes> PageMath<E> for Avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scores(w: &mut [[f32; 256]], q: &[f32], kt: &[E], n: usize, hd: usize, scale: f32) {
+    unsafe fn scores(
+        w: &mut [[f32; WEIGHTS]],
+        off: usize,
+        q: &[f32],
+        kt: &[E],
+        n: usize,
+        hd: usize,
+        scale: f32,
+    ) {
         // Up to three heads share a pass over the keys; four go as two and two.
         match w.len() {
-            1 => group_scores::<E, 1>(w, q, kt, n, hd, scale),
-            2 => group_scores::<E, 2>(w, q, kt, n, hd, scale),
-            3 => group_scores::<E, 3>(w, q, kt, n, hd, scale),
+            1 => group_scores::<E, 1>(w, off, q, kt, n, hd, scale),
+            2 => group_scores::<E, 2>(w, off, q, kt, n, hd, scale),
+            3 => group_scores::<E, 3>(w, off, q, kt, n, hd, scale),
             _ => {
-                group_scores::<E, 2>(&mut w[..2], &q[..2 * hd], kt, n, hd, scale);
-                group_scores::<E, 2>(&mut w[2..], &q[2 * hd..], kt, n, hd, scale);
+                group_scores::<E, 2>(&mut w[..2], off, &q[..2 * hd], kt, n, hd, scale);
+                group_scores::<E, 2>(&mut w[2..], off, &q[2 * hd..], kt, n, hd, scale);
             }
         }
     }
@@ -67,17 +75,18 @@ impl<E: Lanes> PageMath<E> for Avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn accumulate_v(
         out: &mut [f32],
-        w: &[[f32; 256]],
+        w: &[[f32; WEIGHTS]],
+        off: usize,
         rescale: &[f32],
         vt: &[E],
         n: usize,
         hd: usize,
     ) {
         match rescale.len() {
-            1 => accumulate_v::<E, 1>(out, w, rescale, vt, n, hd),
-            2 => accumulate_v::<E, 2>(out, w, rescale, vt, n, hd),
-            3 => accumulate_v::<E, 3>(out, w, rescale, vt, n, hd),
-            _ => accumulate_v::<E, 4>(out, w, rescale, vt, n, hd),
+            1 => accumulate_v::<E, 1>(out, w, off, rescale, vt, n, hd),
+            2 => accumulate_v::<E, 2>(out, w, off, rescale, vt, n, hd),
+            3 => accumulate_v::<E, 3>(out, w, off, rescale, vt, n, hd),
+            _ => accumulate_v::<E, 4>(out, w, off, rescale, vt, n, hd),
         }
     }
 }
@@ -89,7 +98,8 @@ impl<E: Lanes> PageMath<E> for Avx2 {
 /// `G * 4` accumulators, `G` query vectors and a key vector fill the 16 registers at `G = 3`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn group_scores<E: Lanes, const G: usize>(
-    scores: &mut [[f32; 256]],
+    scores: &mut [[f32; WEIGHTS]],
+    off: usize,
     q: &[f32],
     kt: &[E],
     n: usize,
@@ -101,7 +111,7 @@ unsafe fn group_scores<E: Lanes, const G: usize>(
     let mut i0 = 0;
     while i0 < n {
         // Keys past the page's end re-read its last key; their scores are never used
-        // (`i0 + 4 <= 256` as `i0 < n <= 256` is a multiple of 4).
+        // (`off + i0 + 4 <= WEIGHTS` as `i0 < n` is a multiple of 4).
         let rows: [*const E; 4] =
             std::array::from_fn(|j| kt.as_ptr().add((i0 + j).min(n - 1) * hd));
         let mut acc = [[_mm256_setzero_ps(); 4]; G];
@@ -118,7 +128,7 @@ unsafe fn group_scores<E: Lanes, const G: usize>(
         }
         for h in 0..G {
             let s = _mm_mul_ps(hsum4(acc[h]), sc);
-            _mm_storeu_ps(scores[h].as_mut_ptr().add(i0), s);
+            _mm_storeu_ps(scores[h].as_mut_ptr().add(off + i0), s);
         }
         i0 += 4;
     }
@@ -137,9 +147,11 @@ unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
 /// `out[h] = out[h] · rescale[h] + Σ_i w[h][i] · v[i]`, 16 columns of the head dim at a
 /// time so the `2·H` accumulators stay in registers across the page's keys.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn accumulate_v<E: Lanes, const H: usize>(
     out: &mut [f32],
-    w: &[[f32; 256]],
+    w: &[[f32; WEIGHTS]],
+    off: usize,
     rescale: &[f32],
     vt: &[E],
     n: usize,
@@ -159,7 +171,7 @@ unsafe fn accumulate_v<E: Lanes, const H: usize>(
             let v0 = E::load8(vp.add(i * hd + c));
             let v1 = E::load8(vp.add(i * hd + c + 8));
             for h in 0..H {
-                let wi = _mm256_set1_ps(w[h][i]);
+                let wi = _mm256_set1_ps(w[h][off + i]);
                 acc[h][0] = _mm256_fmadd_ps(wi, v0, acc[h][0]);
                 acc[h][1] = _mm256_fmadd_ps(wi, v1, acc[h][1]);
             }

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::attention_pages::PageMath;
+use super::attention_pages::{PageMath, WEIGHTS};
 use super::softmax::exp_weights_in_place_avx512;
 
 /// A KV element this kernel can load sixteen at a time as f32.
@@ -46,12 +46,20 @@ pub(crate) struct Avx512;
 
 impl<E: Lanes512> PageMath<E> for Avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")]
-    unsafe fn scores(w: &mut [[f32; 256]], q: &[f32], kt: &[E], n: usize, hd: usize, scale: f32) {
+    unsafe fn scores(
+        w: &mut [[f32; WEIGHTS]],
+        off: usize,
+        q: &[f32],
+        kt: &[E],
+        n: usize,
+        hd: usize,
+        scale: f32,
+    ) {
         match w.len() {
-            1 => group_scores::<E, 1, 8>(w, q, kt, n, hd, scale),
-            2 => group_scores::<E, 2, 8>(w, q, kt, n, hd, scale),
-            3 => group_scores::<E, 3, 8>(w, q, kt, n, hd, scale),
-            _ => group_scores::<E, 4, 4>(w, q, kt, n, hd, scale),
+            1 => group_scores::<E, 1, 8>(w, off, q, kt, n, hd, scale),
+            2 => group_scores::<E, 2, 8>(w, off, q, kt, n, hd, scale),
+            3 => group_scores::<E, 3, 8>(w, off, q, kt, n, hd, scale),
+            _ => group_scores::<E, 4, 4>(w, off, q, kt, n, hd, scale),
         }
     }
 
@@ -63,7 +71,8 @@ impl<E: Lanes512> PageMath<E> for Avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")]
     unsafe fn accumulate_v(
         out: &mut [f32],
-        w: &[[f32; 256]],
+        w: &[[f32; WEIGHTS]],
+        off: usize,
         rescale: &[f32],
         vt: &[E],
         n: usize,
@@ -73,7 +82,7 @@ impl<E: Lanes512> PageMath<E> for Avx512 {
         let mut c0 = 0;
         while c0 < chunks {
             let cb = (chunks - c0).min(4);
-            let a = (&mut *out, w, rescale, vt, n, hd, c0 * 16);
+            let a = (&mut *out, w, off, rescale, vt, n, hd, c0 * 16);
             match (rescale.len(), cb) {
                 (1, 1) => accumulate_v::<E, 1, 1>(a),
                 (1, 2) => accumulate_v::<E, 1, 2>(a),
@@ -103,7 +112,8 @@ impl<E: Lanes512> PageMath<E> for Avx512 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")]
 unsafe fn group_scores<E: Lanes512, const G: usize, const KP: usize>(
-    scores: &mut [[f32; 256]],
+    scores: &mut [[f32; WEIGHTS]],
+    off: usize,
     q: &[f32],
     kt: &[E],
     n: usize,
@@ -114,7 +124,7 @@ unsafe fn group_scores<E: Lanes512, const G: usize, const KP: usize>(
     let mut i0 = 0;
     while i0 < n {
         // Keys past the page's end re-read its last key; their scores are never used
-        // (`i0 + KP <= 256` as `i0 < n <= 256` is a multiple of `KP`).
+        // (`off + i0 + KP <= WEIGHTS` as `i0 < n` is a multiple of `KP`).
         let rows: [*const E; KP] =
             std::array::from_fn(|j| kt.as_ptr().add((i0 + j).min(n - 1) * hd));
         let mut acc = [[_mm512_setzero_ps(); KP]; G];
@@ -130,7 +140,7 @@ unsafe fn group_scores<E: Lanes512, const G: usize, const KP: usize>(
             c += 16;
         }
         for h in 0..G {
-            let dst = scores[h].as_mut_ptr().add(i0);
+            let dst = scores[h].as_mut_ptr().add(off + i0);
             if KP == 8 {
                 let s = hsum8(std::array::from_fn(|j| acc[h][j]));
                 _mm256_storeu_ps(dst, _mm256_mul_ps(s, _mm256_set1_ps(scale)));
@@ -174,10 +184,12 @@ unsafe fn hsum4(v: [__m512; 4]) -> __m128 {
     _mm_add_ps(_mm256_castps256_ps128(ab), _mm256_extractf128_ps::<1>(ab))
 }
 
-/// Output, weights, rescales, V tile, keys, head dim, first column of the slice.
+/// Output, weights, their offset, rescales, V tile, keys, head dim, first column of the
+/// slice.
 type VArgs<'a, E> = (
     &'a mut [f32],
-    &'a [[f32; 256]],
+    &'a [[f32; WEIGHTS]],
+    usize,
     &'a [f32],
     &'a [E],
     usize,
@@ -191,7 +203,7 @@ type VArgs<'a, E> = (
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")]
 unsafe fn accumulate_v<E: Lanes512, const H: usize, const CB: usize>(a: VArgs<E>) {
-    let (out, w, rescale, vt, n, hd, c0) = a;
+    let (out, w, off, rescale, vt, n, hd, c0) = a;
     let op = out.as_mut_ptr().add(c0);
     let vp = vt.as_ptr().add(c0);
     let mut acc = [[_mm512_setzero_ps(); CB]; H];
@@ -204,7 +216,7 @@ unsafe fn accumulate_v<E: Lanes512, const H: usize, const CB: usize>(a: VArgs<E>
     for i in 0..n {
         let v: [__m512; CB] = std::array::from_fn(|cb| E::load16(vp.add(i * hd + cb * 16)));
         for h in 0..H {
-            let wi = _mm512_set1_ps(w[h][i]);
+            let wi = _mm512_set1_ps(w[h][off + i]);
             for cb in 0..CB {
                 acc[h][cb] = _mm512_fmadd_ps(wi, v[cb], acc[h][cb]);
             }
