@@ -131,11 +131,7 @@ fn step<E: AttentionElem + ZeroBits>(isa: Isa, s: &Shape, st: &Setup<E>, out: &m
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rounds: usize = args
-        .iter()
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5)
-        .max(1);
+    let rounds: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(5).max(1);
     let only = args
         .iter()
         .position(|a| a == "--only")

@@ -24,7 +24,7 @@ pub mod softmax;
 pub mod team;
 
 pub use attention::{paged_attention, paged_attention_on, AttentionElem, SeqChunk};
-pub use cache_ops::{copy_blocks, swap_blocks, write_kv};
+pub use cache_ops::{copy_blocks, qkv_rope_write_kv, swap_blocks, write_kv};
 pub use kv_store::{KvDtype, KvElem, KvStore};
 pub use matmul::linear;
 pub use ops::{add_inplace, embedding, rms_norm, silu_and_mul, Llama3Scaling, Rope};

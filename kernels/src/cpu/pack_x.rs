@@ -114,6 +114,7 @@ fn bf16_pairs_portable(dst: &mut [u32], src: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
 unsafe fn bf16_pairs_avx512(dst: &mut [u32], src: &[f32]) {
+    use super::simd::lanes16;
     use std::arch::x86_64::*;
     let n = src.len();
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
@@ -127,25 +128,12 @@ unsafe fn bf16_pairs_avx512(dst: &mut [u32], src: &[f32]) {
     }
     if i < n {
         let left = n - i;
-        let m_a: __mmask16 = if left >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << left) - 1
-        };
-        let m_b: __mmask16 = if left > 16 {
-            (1u16 << (left - 16)) - 1
-        } else {
-            0
-        };
+        let (m_a, m_b) = (lanes16(left), lanes16(left.saturating_sub(16)));
         let a = _mm512_maskz_loadu_ps(m_a, s.add(i));
         let b = _mm512_maskz_loadu_ps(m_b, s.add(i + 16));
         let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
         let pairs = left.div_ceil(2);
-        let m_out: __mmask16 = if pairs >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << pairs) - 1
-        };
+        let m_out = lanes16(pairs);
         _mm512_mask_storeu_epi32(d.add(i / 2) as *mut _, m_out, v);
     }
 }

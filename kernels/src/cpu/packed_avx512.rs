@@ -248,12 +248,7 @@ unsafe fn store<const R: usize, const P: usize, E>(t: &Tile<E>, acc: &[[__m512; 
     for r in 0..R {
         let o = t.out.add(r * t.out_stride);
         for j in 0..P {
-            let valid = t.cols - j * PANEL;
-            let mask: __mmask16 = if valid >= PANEL {
-                0xFFFF
-            } else {
-                (1u16 << valid) - 1
-            };
+            let mask = super::simd::lanes16(t.cols - j * PANEL);
             let mut a = acc[r][j];
             if t.accumulate {
                 a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(mask, o.add(j * PANEL)));

@@ -120,6 +120,17 @@ pub(crate) unsafe fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::
     _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
 }
 
+/// The mask of the first `min(n, 16)` lanes of a 16-lane vector (a ragged end's masked
+/// loads and stores).
+#[inline(always)]
+pub(crate) fn lanes16(n: usize) -> u16 {
+    if n >= 16 {
+        0xFFFF
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
 /// `exp256` on sixteen lanes: the same operations in the same order, so both paths give
 /// the same bits.
 ///

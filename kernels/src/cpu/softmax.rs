@@ -127,11 +127,7 @@ unsafe fn exp_weights_avx512(
     let mut i = 0;
     while i < n {
         let left = n - i;
-        let mask: __mmask16 = if left >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << left) - 1
-        };
+        let mask = super::simd::lanes16(left);
         let x = _mm512_mul_ps(
             _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, src.add(i)), sh),
             sc,
