@@ -141,12 +141,7 @@ impl EngineArgs {
             Some(n) => n,
             None => {
                 let bytes = parse_bytes(&self.kv_cache_memory)?;
-                bytes
-                    / KvCache::<CpuBackend>::bytes_per_block(
-                        &mc,
-                        self.block_size,
-                        kv_dtype,
-                    )
+                bytes / KvCache::<CpuBackend>::bytes_per_block(&mc, self.block_size, kv_dtype)
             }
         };
         if num_blocks == 0 {
