@@ -1,7 +1,8 @@
 //! This machine's ceilings and the CPU GEMM against them, every ISA path interleaved.
 //!
 //! `cargo run --release -p pagedrt-benches --bin cpu-roofline -- [ROUNDS] [--quick]
-//! [--only TEXT] [--profile] [--ceilings]` (`--ceilings`: parts 1 and 2 only)
+//! [--only TEXT] [--profile] [--ceilings] [--sliced]` (`--ceilings`: parts 1 and 2 only;
+//! `--sliced`: each case also with every call sliced in depth, interleaved, to compare)
 //!
 //! 1. Peak: register-only loops of independent FMAs (AVX2 and AVX-512, f32) and of
 //!    `vdpbf16ps` (bf16 pairs into f32), on one thread and on two.
@@ -19,7 +20,7 @@ use std::time::Instant;
 
 use half::bf16;
 use kernels::cpu::isa::Isa;
-use kernels::cpu::packed::{PackedMatrix, PanelElem};
+use kernels::cpu::packed::{PackedMatrix, PanelElem, Tuning};
 use kernels::cpu::team;
 
 fn main() {
@@ -27,7 +28,7 @@ fn main() {
     let rounds: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3).max(1);
     let quick = args.iter().any(|a| a == "--quick");
     // `--only TEXT`: only the GEMM cases whose "matrix/rows/dtype/path" contains TEXT, and
-    // no peak or bandwidth loops; `--profile`: seconds per case, not 50 ms.
+    // no bandwidth loop; `--profile`: seconds per case, not 50 ms.
     let profile = args.iter().any(|a| a == "--profile");
     let only = args
         .iter()
@@ -38,21 +39,23 @@ fn main() {
         "CPU path: {} ; {threads} threads",
         kernels::cpu::isa::describe()
     );
-    let peaks = if only.is_some() {
-        Peaks {
-            avx2: 1.0,
-            avx512: 1.0,
-            dot: 1.0,
-        }
-    } else {
-        let p = peaks(threads);
+    let peaks = peaks(threads);
+    if only.is_none() {
         bandwidth(threads);
-        p
-    };
+    }
     if args.iter().any(|a| a == "--ceilings") {
         return;
     }
-    gemms(rounds, quick, only.as_deref(), profile, &peaks, threads);
+    let sliced = args.iter().any(|a| a == "--sliced");
+    gemms(
+        rounds,
+        quick,
+        only.as_deref(),
+        profile,
+        sliced,
+        &peaks,
+        threads,
+    );
 }
 
 /// Peak GFLOP/s of each loop on `threads` threads: (f32 AVX2, f32 AVX-512, bf16 dot).
@@ -240,6 +243,9 @@ struct Case {
     m: usize,
     n: usize,
     k: usize,
+    /// The blocking: `None` is the default; `--sliced` adds cases with every call sliced
+    /// in depth, to compare.
+    tune: Option<Tuning>,
     secs: Vec<f64>,
 }
 
@@ -252,6 +258,7 @@ fn gemms(
     quick: bool,
     only: Option<&str>,
     profile: bool,
+    sliced: bool,
     peaks: &Peaks,
     threads: usize,
 ) {
@@ -282,15 +289,25 @@ fn gemms(
                     if only.is_some_and(|o| !id.contains(o)) {
                         continue;
                     }
-                    cases.push(Case {
-                        name: name.into(),
-                        isa,
-                        dtype,
-                        m,
-                        n,
-                        k,
-                        secs: vec![],
-                    });
+                    let sliced_tune = Tuning {
+                        full_depth_bytes: 0,
+                        ..Tuning::default()
+                    };
+                    for tune in [None, Some(sliced_tune)]
+                        .into_iter()
+                        .take(1 + sliced as usize)
+                    {
+                        cases.push(Case {
+                            name: name.into(),
+                            isa,
+                            dtype,
+                            m,
+                            n,
+                            k,
+                            tune,
+                            secs: vec![],
+                        });
+                    }
                 }
             }
         }
@@ -306,11 +323,12 @@ fn gemms(
             // Calls for about 50 ms per sample (`--profile`: a few seconds).
             let budget = if profile { 3.0 } else { 0.05 };
             let (f32s, bf16s) = &mats[idx];
+            let tune = c.tune.unwrap_or_default();
             let run = |i: usize, out: &mut [f32]| {
                 if c.dtype == "f32" {
-                    f32s[i % f32s.len()].linear_on(c.isa, out, &x, c.m)
+                    f32s[i % f32s.len()].linear_tuned(c.isa, out, &x, c.m, tune)
                 } else {
-                    bf16s[i % bf16s.len()].linear_on(c.isa, out, &x, c.m)
+                    bf16s[i % bf16s.len()].linear_tuned(c.isa, out, &x, c.m, tune)
                 }
             };
             run(0, &mut out);
@@ -337,11 +355,12 @@ fn gemms(
         let peak = peaks.of(c.isa, c.dtype);
         let wbytes = (c.n * c.k * if c.dtype == "f32" { 4 } else { 2 }) as f64;
         println!(
-            "{:<8} {:>5} {:>6} {:>9} {:>5} {:>10.1} {:>8.1}% {:>8.1}",
+            "{:<8} {:>5} {:>6} {:>9}{} {:>5} {:>10.1} {:>8.1}% {:>8.1}",
             c.name,
             c.m,
             c.dtype,
             c.isa.name(),
+            if c.tune.is_some() { "/sliced" } else { "" },
             threads,
             gflops,
             100.0 * gflops / peak,

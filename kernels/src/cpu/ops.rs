@@ -45,10 +45,20 @@ macro_rules! vectorized {
 /// more; else in one call. (One row per task made a 2,048-row prefill norm 0.75 ms: the two
 /// threads took turns on the task counter's cache line every 576 elements.)
 pub(crate) fn for_row_blocks(out: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    for_row_blocks_from(PAR_THRESHOLD, out, row, f)
+}
+
+/// `for_row_blocks` with the threshold given: for kernels that do more per element.
+pub(crate) fn for_row_blocks_from(
+    threshold: usize,
+    out: &mut [f32],
+    row: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
     let row = row.max(1);
     let rows = out.len() / row;
     let out = &mut out[..rows * row];
-    if out.len() < PAR_THRESHOLD {
+    if out.len() < threshold {
         return f(0, out);
     }
     let per = rows.div_ceil(4 * team::threads()).max(1);
