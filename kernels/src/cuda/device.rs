@@ -34,7 +34,7 @@ pub struct Gpu {
 }
 
 pub(crate) fn driver_err(e: cudarc::driver::DriverError) -> CudaError {
-    CudaError::Driver(e.to_string())
+    CudaError::Driver(e)
 }
 
 /// The number of CUDA devices, or why there are none usable.
@@ -129,11 +129,7 @@ impl Gpu {
                 .map(|src| scope.spawn(move || self.module(src).map(|_| ())))
                 .collect();
             jobs.into_iter()
-                .map(|j| {
-                    j.join().unwrap_or_else(|_| {
-                        Err(CudaError::Driver("compile thread panicked".into()))
-                    })
-                })
+                .map(|j| j.join().unwrap_or(Err(CudaError::CompileThreadPanicked)))
                 .collect::<Result<Vec<()>, CudaError>>()
         })?;
         Ok(())

@@ -20,7 +20,12 @@ pub enum CudaError {
     #[error("not a CUDA architecture: {0:?} (expected sm_XY or compute_XY, e.g. sm_90)")]
     BadArch(String),
     #[error("CUDA driver: {0}")]
-    Driver(String),
+    Driver(#[from] cudarc::driver::DriverError),
+    #[error("cuBLAS: {0}")]
+    Blas(#[from] cudarc::cublas::result::CublasError),
+    /// A thread compiling kernels in parallel panicked (a bug; its message was printed).
+    #[error("a kernel compile thread panicked")]
+    CompileThreadPanicked,
     #[error("kernel {kernel}: {problem}")]
     Unsupported { kernel: String, problem: String },
 }
