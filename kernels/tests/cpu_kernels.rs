@@ -1,6 +1,7 @@
 //! CPU kernels against naive float64 references on random inputs.
 
 use half::f16;
+use kernels::cpu::isa::Isa;
 use kernels::cpu::{self, AttentionElem, KvStore, SeqChunk};
 use kernels::KvLayout;
 use rand::rngs::StdRng;
@@ -67,14 +68,18 @@ fn paged_attention_over_an_f16_cache_matches_f64_attention() {
     paged_attention_matches_reference::<f16>();
 }
 
+/// On every ISA path this CPU has, against one reference per case.
 fn paged_attention_matches_reference<E: AttentionElem>() {
     let mut rng = StdRng::seed_from_u64(1);
-    // 24 takes the portable path (not a multiple of 16), 32 and 64 the AVX2 kernel.
-    for (&hd, &bs) in [24usize, 32, 64]
+    // 24 takes the portable path on every ISA (not a multiple of 16); 16, 32, 64 and 144
+    // the vector kernels (one to nine 16-wide slices of the head dim: the AVX-512 V sum
+    // holds four at a time). Groups of 1 to 5 query heads per KV head (the kernels take
+    // heads in batches of up to four, scores for up to three at once).
+    for (&hd, &bs) in [24usize, 16, 32, 64, 144]
         .iter()
         .flat_map(|hd| [1usize, 8, 16, 64, 256].iter().map(move |bs| (hd, bs)))
     {
-        for &(heads, kv_heads) in &[(4usize, 4usize), (6, 2), (8, 1)] {
+        for &(heads, kv_heads) in &[(4usize, 4usize), (6, 2), (8, 1), (9, 3), (10, 2), (4, 1)] {
             // Two sequences in one batch: one decode-like, one chunk of a longer prompt.
             let chunks = [
                 (1usize, rng.random_range(1..300usize)),
@@ -125,34 +130,39 @@ fn paged_attention_matches_reference<E: AttentionElem>() {
                 start += q_len;
             }
             let scale = 1.0 / (hd as f64).sqrt();
-            let mut out = vec![f32::NAN; start * heads * hd];
-            cpu::paged_attention(
-                &mut out,
-                &q_all,
-                &kc,
-                &vc,
-                &layout,
-                heads,
-                &seqs,
-                scale as f32,
-            );
             let mut row = 0;
+            let mut want = vec![];
             for (i, &(q_len, ctx)) in chunks.iter().enumerate() {
                 let (k, v) = &contexts[i];
                 let q = &q_all[row * heads * hd..(row + q_len) * heads * hd];
-                let want = naive_attention(q, k, v, q_len, ctx, heads, kv_heads, hd, scale);
-                let got = &out[row * heads * hd..(row + q_len) * heads * hd];
-                let err = got
+                want.extend(naive_attention(
+                    q, k, v, q_len, ctx, heads, kv_heads, hd, scale,
+                ));
+                row += q_len;
+            }
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; start * heads * hd];
+                cpu::paged_attention_on(
+                    isa,
+                    &mut out,
+                    &q_all,
+                    &kc,
+                    &vc,
+                    &layout,
+                    heads,
+                    &seqs,
+                    scale as f32,
+                );
+                let err = out
                     .iter()
                     .zip(&want)
                     .map(|(g, w)| (*g as f64 - w).abs())
                     .fold(0.0, f64::max);
                 assert!(
                     err < 1e-5,
-                    "{:?} hd {hd} bs {bs} heads {heads}/{kv_heads} q {q_len} ctx {ctx}: {err}",
+                    "{isa} {:?} hd {hd} bs {bs} heads {heads}/{kv_heads} {chunks:?}: {err}",
                     E::DTYPE
                 );
-                row += q_len;
             }
         }
     }
@@ -177,52 +187,78 @@ fn linear_matches_f64_matmul() {
     }
 }
 
+/// Norm, residual add, SiLU-and-mul and RoPE on every ISA path, for ragged shapes: rows
+/// 1..300, widths that are not multiples of the vector widths, and sizes on both sides of
+/// the threshold above which rows are split over threads.
 #[test]
-fn norm_activation_and_rope_match_f64() {
+fn norm_activation_and_rope_match_f64_on_every_path() {
     let mut rng = StdRng::seed_from_u64(3);
-    let dim = 64;
-    let x = randv(&mut rng, 3 * dim);
-    let w = randv(&mut rng, dim);
-    let mut out = vec![0.0; 3 * dim];
-    cpu::rms_norm(&mut out, &x, &w, 1e-5);
-    for t in 0..3 {
-        let r = &x[t * dim..(t + 1) * dim];
-        let ms: f64 = r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / dim as f64;
-        for i in 0..dim {
-            let want = r[i] as f64 / (ms + 1e-5).sqrt() * w[i] as f64;
-            assert!((out[t * dim + i] as f64 - want).abs() < 1e-5);
-        }
-    }
-    // SiLU-and-mul: 13 columns (a vector body and a scalar tail), gates spread to ±30.
-    let inter = 13;
-    let gu: Vec<f32> = randv(&mut rng, 2 * 2 * inter)
-        .iter()
-        .map(|v| v * 30.0)
-        .collect();
-    let mut act = vec![0.0; 2 * inter];
-    cpu::silu_and_mul(&mut act, &gu, inter);
-    for t in 0..2 {
-        for i in 0..inter {
-            let g = gu[t * 2 * inter + i] as f64;
-            let want = g / (1.0 + (-g).exp()) * gu[t * 2 * inter + inter + i] as f64;
-            let got = act[t * inter + i] as f64;
+    for isa in Isa::available() {
+        for &(rows, dim) in &[(3usize, 64usize), (1, 13), (7, 577), (300, 250), (129, 576)] {
+            let x = randv(&mut rng, rows * dim);
+            let w = randv(&mut rng, dim);
+            let mut out = vec![f32::NAN; rows * dim];
+            cpu::ops::rms_norm_on(isa, &mut out, &x, &w, 1e-5);
+            for t in 0..rows {
+                let r = &x[t * dim..(t + 1) * dim];
+                let ms: f64 = r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / dim as f64;
+                for i in 0..dim {
+                    let want = r[i] as f64 / (ms + 1e-5).sqrt() * w[i] as f64;
+                    let got = out[t * dim + i] as f64;
+                    assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "{isa} norm");
+                }
+            }
+            let y = randv(&mut rng, rows * dim);
+            let mut sum = x.clone();
+            cpu::ops::add_inplace_on(isa, &mut sum, &y);
             assert!(
-                (got - want).abs() < 1e-6 * (1.0 + want.abs()),
-                "{got} vs {want}"
+                sum.iter()
+                    .zip(x.iter().zip(&y))
+                    .all(|(s, (a, b))| *s == a + b),
+                "{isa} add"
             );
+            // SiLU-and-mul: gates spread to ±30, `dim` columns per row (vector body and
+            // tail).
+            let gu: Vec<f32> = randv(&mut rng, rows * 2 * dim)
+                .iter()
+                .map(|v| v * 30.0)
+                .collect();
+            let mut act = vec![f32::NAN; rows * dim];
+            cpu::ops::silu_and_mul_on(isa, &mut act, &gu, dim);
+            for t in 0..rows {
+                for i in 0..dim {
+                    let g = gu[t * 2 * dim + i] as f64;
+                    let want = g / (1.0 + (-g).exp()) * gu[t * 2 * dim + dim + i] as f64;
+                    let got = act[t * dim + i] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-6 * (1.0 + want.abs()),
+                        "{isa}: {got} vs {want}"
+                    );
+                }
+            }
         }
-    }
-    // RoPE: element i pairs with i + half, angle pos / theta^(2i / hd).
-    let rope = cpu::Rope::new(8, 10000.0, 64, None);
-    let mut v = randv(&mut rng, 2 * 8);
-    let orig = v.clone();
-    rope.apply(&mut v, &[5, 63], 1);
-    for (t, pos) in [(0usize, 5f64), (1, 63.0)] {
-        for i in 0..4 {
-            let a = pos / 10000f64.powf(2.0 * i as f64 / 8.0);
-            let (x1, x2) = (orig[t * 8 + i] as f64, orig[t * 8 + 4 + i] as f64);
-            assert!((v[t * 8 + i] as f64 - (x1 * a.cos() - x2 * a.sin())).abs() < 1e-5);
-            assert!((v[t * 8 + 4 + i] as f64 - (x2 * a.cos() + x1 * a.sin())).abs() < 1e-5);
+        // RoPE: element i pairs with i + half, angle pos / theta^(2i / hd); head dims 8 and
+        // 72 (not a multiple of 16), 1 to 300 tokens of 3 heads.
+        for &(hd, tokens) in &[(8usize, 2usize), (72, 1), (72, 300), (64, 130)] {
+            let heads = 3;
+            let rope = cpu::Rope::new(hd, 10000.0, 512, None);
+            let orig = randv(&mut rng, tokens * heads * hd);
+            let positions: Vec<usize> = (0..tokens).map(|t| (t * 37 + 5) % 512).collect();
+            let mut v = orig.clone();
+            rope.apply_on(isa, &mut v, &positions, heads);
+            let half = hd / 2;
+            for (t, &pos) in positions.iter().enumerate() {
+                for h in 0..heads {
+                    let base = (t * heads + h) * hd;
+                    for i in 0..half {
+                        let a = pos as f64 / 10000f64.powf(2.0 * i as f64 / hd as f64);
+                        let (x1, x2) = (orig[base + i] as f64, orig[base + half + i] as f64);
+                        let (w1, w2) = (x1 * a.cos() - x2 * a.sin(), x2 * a.cos() + x1 * a.sin());
+                        assert!((v[base + i] as f64 - w1).abs() < 1e-5, "{isa} rope");
+                        assert!((v[base + half + i] as f64 - w2).abs() < 1e-5, "{isa} rope");
+                    }
+                }
+            }
         }
     }
 }
@@ -245,6 +281,57 @@ fn llama3_scaling_leaves_high_frequencies_and_divides_low_ones() {
     let low = 500000f64.powf(-126.0 / 128.0);
     let want = (1.0 * (low / 8.0).cos() - 1.0 * (low / 8.0).sin()) as f32;
     assert!((b[63] - want).abs() < 1e-6);
+}
+
+/// The fused split + RoPE + cache write gives what the separate steps give (RoPE checked
+/// against f64 above, `write_kv` below), bit for bit, for 1 to 300 tokens (the parallel
+/// path too) with padding slots, in f32 and f16 caches.
+#[test]
+fn fused_qkv_rope_write_matches_the_separate_steps() {
+    fused_matches::<f32>();
+    fused_matches::<f16>();
+}
+
+fn fused_matches<E: AttentionElem + PartialEq + std::fmt::Debug>() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (heads, kv_heads, hd) = (9usize, 3usize, 64usize);
+    let (qd, kvd) = (heads * hd, kv_heads * hd);
+    let rope = cpu::Rope::new(hd, 10000.0, 1024, None);
+    for t in [1usize, 7, 300] {
+        let layout = KvLayout {
+            num_blocks: 40,
+            num_kv_heads: kv_heads,
+            block_size: 16,
+            head_dim: hd,
+        };
+        let qkv = randv(&mut rng, t * (qd + 2 * kvd));
+        let positions: Vec<usize> = (0..t).map(|i| (i * 3 + 1) % 1024).collect();
+        // Distinct slots, every fifth token padding.
+        let mut slots: Vec<i64> = (0..layout.num_blocks as i64 * 16).collect();
+        slots.shuffle(&mut rng);
+        let slots: Vec<i64> = (0..t)
+            .map(|i| if i % 5 == 4 { -1 } else { slots[i] })
+            .collect();
+        let mut q = vec![f32::NAN; t * qd];
+        let mut kc = vec![E::from_f32(0.5); layout.elems()];
+        let mut vc = kc.clone();
+        cpu::qkv_rope_write_kv(
+            &mut q, &qkv, &rope, &positions, heads, &layout, &mut kc, &mut vc, &slots,
+        );
+        let (mut q2, mut k2, mut v2) = (vec![], vec![], vec![]);
+        for r in qkv.chunks(qd + 2 * kvd) {
+            q2.extend_from_slice(&r[..qd]);
+            k2.extend_from_slice(&r[qd..qd + kvd]);
+            v2.extend_from_slice(&r[qd + kvd..]);
+        }
+        rope.apply(&mut q2, &positions, heads);
+        rope.apply(&mut k2, &positions, kv_heads);
+        let mut kc2 = vec![E::from_f32(0.5); layout.elems()];
+        let mut vc2 = kc2.clone();
+        cpu::write_kv(&mut kc2, &mut vc2, &layout, &k2, &v2, &slots);
+        assert_eq!(q, q2, "{t} tokens: q");
+        assert!(kc == kc2 && vc == vc2, "{t} tokens: cache");
+    }
 }
 
 #[test]

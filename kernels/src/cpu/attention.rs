@@ -7,6 +7,7 @@
 //! heads of one KV head (GQA group) share each K/V read. Work is split over (token, KV head)
 //! across threads. The cache holds f32 or f16 (`KvElem`); scores and sums are f32 either way.
 
+use super::isa::{self, Isa};
 use super::kv_store::KvElem;
 use super::simd::{axpy_lanes, dot_lanes};
 use super::team::{self, SendPtr};
@@ -36,6 +37,32 @@ pub fn paged_attention<E: AttentionElem>(
     seqs: &[SeqChunk],
     scale: f32,
 ) {
+    paged_attention_on(
+        isa::selected(),
+        out,
+        q,
+        k_cache,
+        v_cache,
+        layout,
+        num_heads,
+        seqs,
+        scale,
+    )
+}
+
+/// `paged_attention` on a given path (`isa` must be supported by this CPU).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_on<E: AttentionElem>(
+    isa: Isa,
+    out: &mut [f32],
+    q: &[f32],
+    k_cache: &[E],
+    v_cache: &[E],
+    layout: &KvLayout,
+    num_heads: usize,
+    seqs: &[SeqChunk],
+    scale: f32,
+) {
     let hd = layout.head_dim;
     let group = num_heads / layout.num_kv_heads;
     assert!(
@@ -55,8 +82,8 @@ pub fn paged_attention<E: AttentionElem>(
         }
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let avx2 = super::simd::has_avx2_fma() && E::avx2_supported();
-    let vector = avx2 && hd.is_multiple_of(16) && cfg!(target_arch = "x86_64");
+    assert!(isa.supported(), "this CPU has no {isa} path");
+    let vector = isa >= Isa::Avx2 && hd.is_multiple_of(16) && cfg!(target_arch = "x86_64");
     // A task is one token (all its KV heads, whose pages lie side by side), or, with too
     // few tokens to keep every core busy (a single decoding sequence), one (token, KV
     // head) of the vector kernel. (Splitting heads in 64-sequence decode steps too, with
@@ -92,30 +119,29 @@ pub fn paged_attention<E: AttentionElem>(
             let job = job(heads.start * group * hd..heads.end * group * hd);
             for kvh in heads.clone() {
                 let span = (kvh - heads.start) * group * hd..(kvh - heads.start + 1) * group * hd;
-                // SAFETY: the CPU reported AVX2 and FMA; head_dim is a multiple of 16 and
-                // the block size at most 256 (asserted above).
+                let (o, q) = (&mut job.out[span.clone()], &job.q[span]);
+                // The task's next KV head, whose first pages are fetched ahead.
+                let next = (kvh + 1 < heads.end).then_some(kvh + 1);
+                let (kc, vc, tb) = (k_cache, v_cache, job.table);
+                // SAFETY: the path's features were checked when `isa` was chosen; head_dim
+                // is a multiple of 16 and the block size at most 256 (asserted above).
                 unsafe {
-                    super::attention_avx2::attend_kv_head(
-                        &mut job.out[span.clone()],
-                        &job.q[span],
-                        k_cache,
-                        v_cache,
-                        layout,
-                        kvh,
-                        // The task's next KV head, whose first pages are fetched ahead.
-                        (kvh + 1 < heads.end).then_some(kvh + 1),
-                        job.table,
-                        pos,
-                        scale,
-                    )
+                    match isa {
+                        Isa::Avx512 => attend_kv_head::<E, Avx512>(
+                            o, q, kc, vc, layout, kvh, next, tb, pos, scale,
+                        ),
+                        _ => attend_kv_head::<E, Avx2>(
+                            o, q, kc, vc, layout, kvh, next, tb, pos, scale,
+                        ),
+                    }
                 };
             }
             return;
         }
         let job = job(0..row);
         #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: the CPU reported AVX2 and FMA.
+        if isa >= Isa::Avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (the path was checked).
             unsafe { attend_avx2(job) };
             return;
         }
@@ -123,20 +149,25 @@ pub fn paged_attention<E: AttentionElem>(
     });
 }
 
-/// A KV element the attention kernel reads: its vector path where the CPU has one.
+/// A KV element the attention kernel reads: its vector paths' loads.
 #[cfg(target_arch = "x86_64")]
-pub trait AttentionElem: KvElem + super::attention_avx2::Lanes {}
+pub trait AttentionElem:
+    KvElem + super::attention_avx2::Lanes + super::attention_avx512::Lanes512
+{
+}
 #[cfg(target_arch = "x86_64")]
-impl<E: KvElem + super::attention_avx2::Lanes> AttentionElem for E {}
+impl<E: KvElem + super::attention_avx2::Lanes + super::attention_avx512::Lanes512> AttentionElem
+    for E
+{
+}
 /// A KV element the attention kernel reads.
 #[cfg(not(target_arch = "x86_64"))]
-pub trait AttentionElem: KvElem {
-    fn avx2_supported() -> bool {
-        false
-    }
-}
+pub trait AttentionElem: KvElem {}
 #[cfg(not(target_arch = "x86_64"))]
 impl<E: KvElem> AttentionElem for E {}
+
+#[cfg(target_arch = "x86_64")]
+use super::{attention_avx2::Avx2, attention_avx512::Avx512, attention_pages::attend_kv_head};
 
 /// One query token's attention over its sequence.
 struct TokenJob<'a, E> {

@@ -4,20 +4,27 @@
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
+#[cfg(target_arch = "x86_64")]
+mod attention_pages;
 pub mod cache_ops;
 pub mod huge_pages;
+pub mod isa;
 pub mod kv_store;
 pub mod matmul;
 pub mod ops;
 mod pack_x;
 pub mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed_avx512;
 mod packed_kernel;
 pub mod simd;
 pub mod softmax;
 pub mod team;
 
-pub use attention::{paged_attention, AttentionElem, SeqChunk};
-pub use cache_ops::{copy_blocks, swap_blocks, write_kv};
+pub use attention::{paged_attention, paged_attention_on, AttentionElem, SeqChunk};
+pub use cache_ops::{copy_blocks, qkv_rope_write_kv, swap_blocks, write_kv};
 pub use kv_store::{KvDtype, KvElem, KvStore};
 pub use matmul::linear;
 pub use ops::{add_inplace, embedding, rms_norm, silu_and_mul, Llama3Scaling, Rope};

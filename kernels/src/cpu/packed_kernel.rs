@@ -1,76 +1,131 @@
-//! The micro-kernels of the packed GEMM (`packed.rs`), one per weight element type.
+//! The micro-kernels of the packed GEMM (`packed.rs`): what a tile is, how each weight
+//! element type is laid out in a panel, and which kernel each ISA path uses.
 //!
-//! A call computes `out[r][c] (+)= Σ_d x[d][r] · w[d][c]` for a tile of at most 6 rows and
-//! one 16-column panel. The activations `x` are always f32; the weights are f32 or bf16.
-//! bf16 is the top half of an f32, so the bf16 kernel widens a panel row in registers as it
-//! loads it: decode, which streams the weights from memory, reads half the bytes, and no
-//! separate widening pass is needed. A bf16 panel row stores its two 8-column halves
-//! interleaved (`PanelElem::slot`), so one 32-byte load widens with one shift (the even
-//! elements: columns 0-7) and one mask (the odd ones: columns 8-15).
+//! A call computes `out[r][c] (+)= Σ_d x[r][d] · w[d][c]` for a tile of at most `mr` rows
+//! and `np` consecutive 16-column panels. Weights are f32 or bf16:
+//! - f32 panels are `[depth][16]`.
+//! - bf16 panels are `[depth / 2][16][2]`: each 32-bit slot holds one column's two
+//!   consecutive depth elements, which is the operand order of AVX512-BF16's `vdpbf16ps`
+//!   (per f32 lane, `acc += a[2i]·b[2i] + a[2i+1]·b[2i+1]`). The same layout widens cheaply
+//!   for the f32-FMA kernels: the low half of each slot shifted up is depth `d`, the high
+//!   half masked is depth `d + 1` (bf16 is the top half of an f32), so one load and two
+//!   bit operations widen 32 weights. An odd depth is padded with a zero.
+//!
+//! Activations reach a kernel in one of three forms (`XLayout`): f32 rows read in place,
+//! f32 packed per tile (`pack_x`), or bf16 pairs (rounded once per call, as oneDNN does for
+//! bf16 GEMMs) for the dot-product kernel.
 
 use half::bf16;
 
-/// Rows of the weight (output columns) per panel: two AVX2 vectors.
+use super::isa::Isa;
+
+/// Rows of the weight (output columns) per panel: one AVX-512 vector, two AVX2 ones.
 pub const PANEL: usize = 16;
-/// Activation rows per micro-kernel tile.
-pub(crate) const MR: usize = 6;
+/// Activation rows per tile of the AVX2 and portable kernels.
+pub(crate) const MR_AVX2: usize = 6;
 
 /// How a tile's activations are laid out in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum XLayout {
-    /// Packed by `pack_activations`: `[depth][MR]`, one contiguous stream.
-    Packed,
-    /// The caller's row-major rows, this many elements apart: no packing pass. Decode-sized
-    /// inputs sit in L2 whole, so six row streams feed the tile as well as one packed one,
-    /// and the single-threaded packing pass between parallel GEMMs is gone.
+    /// f32, packed by `pack_x::pack_activations` in tiles of this many rows: `[depth][mr]`,
+    /// one contiguous stream per tile.
+    Packed(usize),
+    /// The caller's row-major f32 rows, this many elements apart: no packing pass.
+    /// Decode-sized inputs sit in L2 whole, so row streams feed the tile as well as one
+    /// packed one, and the single-threaded packing pass between parallel GEMMs is gone.
     Rows(usize),
+    /// bf16 pairs (`pack_x::bf16_pairs`), row-major, this many 32-bit pairs apart.
+    Pairs(usize),
 }
 
 impl XLayout {
-    /// Elements between (consecutive rows, consecutive depth steps) of a tile.
+    /// Elements between (consecutive rows, consecutive depth steps) of a tile's f32
+    /// activations (pairs for `Pairs`).
     pub(crate) fn steps(self) -> (usize, usize) {
         match self {
-            XLayout::Packed => (1, MR),
-            XLayout::Rows(stride) => (stride, 1),
+            XLayout::Packed(mr) => (1, mr),
+            XLayout::Rows(stride) | XLayout::Pairs(stride) => (stride, 1),
         }
     }
 }
 
-/// One micro-kernel call (see the module docs): `x` laid out as `x_layout` says, `w` packed
-/// `[depth][PANEL]`, `rows ≤ MR` valid rows, `cols ≤ PANEL` valid columns. Public only
-/// because `PanelElem` names it; nothing outside the crate can build one.
+/// One micro-kernel call (see the module docs). Public only because `PanelElem` names it;
+/// nothing outside the crate can build one.
 pub struct Tile<E> {
+    /// f32 activations (layouts `Packed` and `Rows`), at the tile's first row and depth.
     pub(crate) x: *const f32,
+    /// bf16 pairs (layout `Pairs`), at the tile's first row and depth pair.
+    pub(crate) xp: *const u32,
     pub(crate) x_layout: XLayout,
+    /// Valid rows, at most the kernel's `mr`.
     pub(crate) rows: usize,
+    /// The first panel's weights at the slice's first depth step.
     pub(crate) w: *const E,
+    /// Elements from one panel to the next.
+    pub(crate) panel_stride: usize,
+    /// Depth steps of this slice (the panels and pairs are padded past an odd end).
     pub(crate) depth: usize,
     pub(crate) out: *mut f32,
     pub(crate) out_stride: usize,
+    /// Valid output columns, at most `np * PANEL`; the tile covers `cols.div_ceil(PANEL)`
+    /// panels.
     pub(crate) cols: usize,
+    /// Add to the output (a later depth slice) instead of overwriting it.
     pub(crate) accumulate: bool,
-}
-
-/// A weight element the packed GEMM can store: how it converts, and its micro-kernel.
-pub trait PanelElem: super::huge_pages::ZeroBits + Default {
-    fn from_f32(v: f32) -> Self;
-    fn to_f32(self) -> f32;
-    /// Where column `j` (`< PANEL`) of a panel row is stored within the row.
-    fn slot(j: usize) -> usize {
-        j
-    }
-    /// The fastest micro-kernel this CPU supports for this element type.
-    #[doc(hidden)]
-    fn micro_kernel() -> MicroKernel<Self>;
-    /// The reference micro-kernel (any CPU), for tests.
-    #[doc(hidden)]
-    fn portable_kernel() -> MicroKernel<Self> {
-        micro_kernel_portable::<Self>
-    }
 }
 
 /// A micro-kernel; unsafe because the tile's raw pointers must cover the extents it names.
 pub type MicroKernel<E> = unsafe fn(&Tile<E>);
+
+/// The form the activations must take for a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    /// f32, read in place or packed in tiles of `mr` rows.
+    F32,
+    /// bf16 pairs, row-major.
+    Bf16Pairs,
+}
+
+/// A micro-kernel with the blocking it was written for.
+#[doc(hidden)]
+pub struct Kernel<E> {
+    pub(crate) f: MicroKernel<E>,
+    /// Rows per tile.
+    pub(crate) mr: usize,
+    /// Panels per tile.
+    pub(crate) np: usize,
+    /// Depth of one slice for prefill-sized inputs: `np` panels of it stay in L1.
+    pub(crate) kc: usize,
+    pub(crate) act: Act,
+}
+
+/// bf16 GEMMs with at least this many rows use the dot-product kernel on AVX-512 (with
+/// activations rounded to bf16); fewer rows are memory-bound and widen the weights to f32
+/// instead, keeping f32 activations.
+pub(crate) const DOT_MIN_ROWS: usize = 4;
+
+/// A weight element the packed GEMM can store: its panel layout and its micro-kernels.
+pub trait PanelElem: super::huge_pages::ZeroBits + Default {
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// Depth steps a panel stores for `k` (bf16 pairs pad an odd depth).
+    fn padded_depth(k: usize) -> usize;
+    /// Where element (depth `d`, column `c < PANEL`) lies within its panel.
+    fn index(d: usize, c: usize) -> usize;
+    /// The micro-kernel `isa` uses for a call with `m` activation rows.
+    #[doc(hidden)]
+    fn kernel(isa: Isa, m: usize) -> Kernel<Self>;
+}
+
+fn portable<E: PanelElem>() -> Kernel<E> {
+    Kernel {
+        f: micro_kernel_portable::<E>,
+        mr: MR_AVX2,
+        np: 1,
+        kc: 256,
+        act: Act::F32,
+    }
+}
 
 impl PanelElem for f32 {
     fn from_f32(v: f32) -> Self {
@@ -79,12 +134,25 @@ impl PanelElem for f32 {
     fn to_f32(self) -> f32 {
         self
     }
-    fn micro_kernel() -> MicroKernel<f32> {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd::has_avx2_fma() {
-            return avx2::f32_tile;
+    fn padded_depth(k: usize) -> usize {
+        k
+    }
+    fn index(d: usize, c: usize) -> usize {
+        d * PANEL + c
+    }
+    fn kernel(isa: Isa, _m: usize) -> Kernel<f32> {
+        match isa {
+            Isa::Portable => portable(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Kernel {
+                f: avx2::f32_tile,
+                ..portable()
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => super::packed_avx512::f32_kernel(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => portable(),
         }
-        micro_kernel_portable::<f32>
     }
 }
 
@@ -95,104 +163,122 @@ impl PanelElem for bf16 {
     fn to_f32(self) -> f32 {
         f32::from_bits((self.to_bits() as u32) << 16)
     }
-    /// The halves interleaved: columns 0-7 at even slots, 8-15 at odd ones. Widening a row
-    /// then takes one load, one shift and one mask, where two zero-extending loads and two
-    /// shifts did before: the single-stream GEMV chain (121 matrices, 269 MB), ten
-    /// alternated runs, faster in eight, median 1.04x; single-stream decode end to end,
-    /// twelve pairs in both orders, median 1.02x (within this machine's noise).
-    fn slot(j: usize) -> usize {
-        if j < PANEL / 2 {
-            2 * j
-        } else {
-            2 * (j - PANEL / 2) + 1
-        }
+    fn padded_depth(k: usize) -> usize {
+        k.next_multiple_of(2)
     }
-    fn micro_kernel() -> MicroKernel<bf16> {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd::has_avx2_fma() {
-            return avx2::bf16_tile;
+    fn index(d: usize, c: usize) -> usize {
+        (d / 2) * 2 * PANEL + 2 * c + d % 2
+    }
+    fn kernel(isa: Isa, m: usize) -> Kernel<bf16> {
+        match isa {
+            Isa::Portable => portable(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Kernel {
+                f: avx2::bf16_tile,
+                ..portable()
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if m >= DOT_MIN_ROWS => super::packed_avx512::bf16_dot_kernel(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => super::packed_avx512::bf16_widen_kernel(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => portable(),
         }
-        micro_kernel_portable::<bf16>
     }
 }
 
-/// # Safety
-/// The tile's pointers cover the extents it names.
-unsafe fn micro_kernel_portable<E: PanelElem>(t: &Tile<E>) {
-    let (row_step, depth_step) = t.x_layout.steps();
-    for r in 0..t.rows {
-        let mut acc = [0f32; PANEL];
-        for d in 0..t.depth {
-            let xv = *t.x.add(r * row_step + d * depth_step);
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a += xv * (*t.w.add(d * PANEL + E::slot(c))).to_f32();
-            }
-        }
-        store(t, r, &acc);
-    }
-}
-
-/// Writes (or adds) one row of a tile's accumulators, the valid columns only.
+/// The reference micro-kernel (any CPU, any tile shape, f32 activations).
 ///
 /// # Safety
-/// Row `r` of the tile's output covers `t.cols` elements.
-#[inline(always)]
-unsafe fn store<E>(t: &Tile<E>, r: usize, acc: &[f32; PANEL]) {
-    let o = t.out.add(r * t.out_stride);
-    for (c, &a) in acc.iter().enumerate().take(t.cols) {
-        let oc = o.add(c);
-        *oc = if t.accumulate { *oc + a } else { a };
+/// The tile's pointers cover the extents it names.
+pub(crate) unsafe fn micro_kernel_portable<E: PanelElem>(t: &Tile<E>) {
+    let (row_step, depth_step) = t.x_layout.steps();
+    for r in 0..t.rows {
+        for p in 0..t.cols.div_ceil(PANEL) {
+            let w = t.w.add(p * t.panel_stride);
+            let cols = PANEL.min(t.cols - p * PANEL);
+            let mut acc = [0f32; PANEL];
+            for d in 0..t.depth {
+                let xv = *t.x.add(r * row_step + d * depth_step);
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a += xv * (*w.add(E::index(d, c))).to_f32();
+                }
+            }
+            let o = t.out.add(r * t.out_stride + p * PANEL);
+            for (c, &a) in acc.iter().enumerate().take(cols) {
+                let oc = o.add(c);
+                *oc = if t.accumulate { *oc + a } else { a };
+            }
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! AVX2/FMA micro-kernels. A 6 × 16 tile lives in 12 accumulators; per step of the
-    //! inner dimension: one panel row (two vectors), six broadcasts, twelve FMAs. A single
-    //! row (decode) alternates two accumulator pairs so the FMA latency does not bound a
-    //! loop that should be bound by memory.
+    //! AVX2/FMA micro-kernels, one panel per tile. A 6 × 16 tile lives in 12 accumulators;
+    //! per step of the inner dimension: one panel row (two vectors), six broadcasts, twelve
+    //! FMAs. A single row (decode) alternates two accumulator pairs so the FMA latency does
+    //! not bound a loop that should be bound by memory.
 
-    use super::{store, Tile, XLayout, MR, PANEL};
+    use super::{Tile, XLayout, MR_AVX2 as MR, PANEL};
     use half::bf16;
     use std::arch::x86_64::*;
 
-    /// Loads panel row `d` as two f32 vectors.
+    /// Loads panel row `d` as two f32 vectors; `ODD` is `d % 2` (bf16 keeps two depth
+    /// steps per 32-bit slot, see `PanelElem::index`).
     trait Load: Sized {
-        unsafe fn load(w: *const Self, d: usize) -> (__m256, __m256);
+        unsafe fn load<const ODD: bool>(w: *const Self, d: usize) -> (__m256, __m256);
     }
 
     impl Load for f32 {
         #[inline]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn load(w: *const f32, d: usize) -> (__m256, __m256) {
+        unsafe fn load<const ODD: bool>(w: *const f32, d: usize) -> (__m256, __m256) {
             let p = w.add(d * PANEL);
             (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
         }
     }
 
     impl Load for bf16 {
-        /// Columns 0-7 are the even elements (low halves of each 32-bit lane: shift them
-        /// up), 8-15 the odd ones (already in the high halves: mask the low ones off); see
-        /// `PanelElem::slot`.
+        /// Columns 0-7 of the pair row are its first 32 bytes, 8-15 the next; in each
+        /// 32-bit slot the low half (shifted up) is the even depth step and the high half
+        /// (low bits masked off) the odd one.
         #[inline]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn load(w: *const bf16, d: usize) -> (__m256, __m256) {
-            let v = _mm256_loadu_si256(w.add(d * PANEL) as *const __m256i);
-            let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
-            (
-                _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),
-                _mm256_castsi256_ps(_mm256_and_si256(v, high)),
-            )
+        unsafe fn load<const ODD: bool>(w: *const bf16, d: usize) -> (__m256, __m256) {
+            // Both steps of a pair load the pair row, volatile so that the compiler does
+            // not keep the loaded row live from the even step to the odd one: that took
+            // the two registers the 6-row tile's 12 accumulators need, and the spills made
+            // the 64-row in-place GEMM 0.75x as fast (the second load hits L1).
+            // Pair rows are 64-byte aligned: panels start on 64 bytes (`huge_pages`), are
+            // a multiple of 64 bytes long, and depth slices start at even steps.
+            let p = w.add((d & !1) * PANEL) as *const __m256i;
+            let (lo, hi) = (
+                std::ptr::read_volatile(p),
+                std::ptr::read_volatile(p.add(1)),
+            );
+            if ODD {
+                let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+                (
+                    _mm256_castsi256_ps(_mm256_and_si256(lo, high)),
+                    _mm256_castsi256_ps(_mm256_and_si256(hi, high)),
+                )
+            } else {
+                (
+                    _mm256_castsi256_ps(_mm256_slli_epi32(lo, 16)),
+                    _mm256_castsi256_ps(_mm256_slli_epi32(hi, 16)),
+                )
+            }
         }
     }
 
     macro_rules! tile_fn {
-        ($name:ident, $elem:ty, $rows:ident) => {
+        ($name:ident, $elem:ty, $rows:ident, $step:ident) => {
             /// # Safety
             /// AVX2 and FMA present; the tile's pointers cover the extents it names.
             #[target_feature(enable = "avx2,fma")]
             pub(super) unsafe fn $name(t: &Tile<$elem>) {
-                let packed = t.x_layout == XLayout::Packed;
+                let packed = matches!(t.x_layout, XLayout::Packed(_));
                 match (t.rows, packed) {
                     (6, true) => $rows::<6, true>(t),
                     (5, true) => $rows::<5, true>(t),
@@ -212,7 +298,6 @@ mod avx2 {
             /// `R` rows; `PACKED` says whether x is `[depth][MR]` or row-major rows (the
             /// depth step is then a compile-time constant either way).
             #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::needless_range_loop)] // rows index x and the accumulators in lockstep
             unsafe fn $rows<const R: usize, const PACKED: bool>(t: &Tile<$elem>) {
                 // Compile-time steps for packed tiles, so their six broadcasts are fixed
                 // offsets from one pointer.
@@ -231,23 +316,43 @@ mod avx2 {
                     }
                 }
                 let mut acc = [[_mm256_setzero_ps(); 2]; R];
-                for d in 0..t.depth {
-                    let (w0, w1) = <$elem as Load>::load(t.w, d);
-                    for r in 0..R {
-                        let xv = _mm256_broadcast_ss(&*xr[r].add(d * depth_step));
-                        acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
-                        acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
-                    }
+                let mut d = 0;
+                while d + 1 < t.depth {
+                    $step::<R, false>(t.w, d, &xr, d * depth_step, &mut acc);
+                    $step::<R, true>(t.w, d + 1, &xr, (d + 1) * depth_step, &mut acc);
+                    d += 2;
                 }
-                for r in 0..R {
-                    finish(t, r, acc[r][0], acc[r][1]);
+                if d < t.depth {
+                    $step::<R, false>(t.w, d, &xr, d * depth_step, &mut acc);
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    finish(t, r, a[0], a[1]);
+                }
+            }
+
+            /// One depth step `d` (of parity `ODD`) for `R` rows: one panel row, `R`
+            /// broadcasts (`x_off` past each row's start), `2 R` FMAs.
+            #[inline]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn $step<const R: usize, const ODD: bool>(
+                w: *const $elem,
+                d: usize,
+                xr: &[*const f32; R],
+                x_off: usize,
+                acc: &mut [[__m256; 2]; R],
+            ) {
+                let (w0, w1) = <$elem as Load>::load::<ODD>(w, d);
+                for (x, a) in xr.iter().zip(acc.iter_mut()) {
+                    let xv = _mm256_broadcast_ss(&*x.add(x_off));
+                    a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
+                    a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
                 }
             }
         };
     }
 
-    tile_fn!(f32_tile, f32, f32_rows);
-    tile_fn!(bf16_tile, bf16, bf16_rows);
+    tile_fn!(f32_tile, f32, f32_rows, f32_step);
+    tile_fn!(bf16_tile, bf16, bf16_rows, bf16_step);
 
     /// One activation row: two independent accumulator pairs over even and odd steps.
     /// `STEP` is the distance between its consecutive depth elements (`MR` packed, 1 not).
@@ -257,8 +362,8 @@ mod avx2 {
         let (mut b0, mut b1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut d = 0;
         while d + 1 < t.depth {
-            let (w0, w1) = E::load(t.w, d);
-            let (v0, v1) = E::load(t.w, d + 1);
+            let (w0, w1) = E::load::<false>(t.w, d);
+            let (v0, v1) = E::load::<true>(t.w, d + 1);
             let xa = _mm256_broadcast_ss(&*t.x.add(d * STEP));
             let xb = _mm256_broadcast_ss(&*t.x.add((d + 1) * STEP));
             a0 = _mm256_fmadd_ps(xa, w0, a0);
@@ -268,7 +373,7 @@ mod avx2 {
             d += 2;
         }
         if d < t.depth {
-            let (w0, w1) = E::load(t.w, d);
+            let (w0, w1) = E::load::<false>(t.w, d);
             let xa = _mm256_broadcast_ss(&*t.x.add(d * STEP));
             a0 = _mm256_fmadd_ps(xa, w0, a0);
             a1 = _mm256_fmadd_ps(xa, w1, a1);
@@ -294,7 +399,10 @@ mod avx2 {
             let mut lanes = [0f32; PANEL];
             _mm256_storeu_ps(lanes.as_mut_ptr(), a0);
             _mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1);
-            store(t, r, &lanes);
+            for (c, &a) in lanes.iter().enumerate().take(t.cols) {
+                let oc = o.add(c);
+                *oc = if t.accumulate { *oc + a } else { a };
+            }
         }
     }
 }

@@ -120,6 +120,44 @@ pub(crate) unsafe fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::
     _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
 }
 
+/// The mask of the first `min(n, 16)` lanes of a 16-lane vector (a ragged end's masked
+/// loads and stores).
+#[inline(always)]
+pub(crate) fn lanes16(n: usize) -> u16 {
+    if n >= 16 {
+        0xFFFF
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// `exp256` on sixteen lanes: the same operations in the same order, so both paths give
+/// the same bits.
+///
+/// # Safety
+/// The CPU has the `Avx512` path's features.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")]
+pub(crate) unsafe fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let x = _mm512_min_ps(x, _mm512_set1_ps(88.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let pow2 = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvtps_epi32(n),
+        _mm512_set1_epi32(127),
+    ));
+    _mm512_mul_ps(p, _mm512_castsi512_ps(pow2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +195,15 @@ mod tests {
             };
             let want = (x as f64).exp();
             worst = worst.max(((out[0] as f64 - want) / want).abs());
+            if crate::cpu::isa::Isa::Avx512.supported() {
+                let mut wide = [0f32; 16];
+                // SAFETY: the AVX-512 path's features checked just above.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm512_storeu_ps(wide.as_mut_ptr(), exp512(_mm512_set1_ps(x)))
+                };
+                assert_eq!(wide[0].to_bits(), out[0].to_bits(), "exp({x})");
+            }
         }
         assert!(worst < 5e-7, "relative error {worst}");
     }

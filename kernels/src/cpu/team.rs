@@ -14,11 +14,12 @@
 //! concurrent callers (several engines in one process, as in the tests) take turns, and a
 //! job posted from inside a task runs on the posting thread alone.
 
+use super::isa::{self, Isa};
 use parking_lot::{Condvar, Mutex};
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,9 @@ struct Shared {
     /// The current job's closure (a pointer to a fat pointer on the caller's stack).
     job: AtomicPtr<&'static TaskFn<'static>>,
     done: AtomicUsize,
+    /// The poster's `isa::with_isa` override (`isa_code`), which the workers run the
+    /// job's tasks under, so a test that runs an engine on a lower path runs all of it there.
+    isa: AtomicU8,
     panic: Mutex<Option<Box<dyn Any + Send>>>,
     sleepers: AtomicUsize,
     sleep_lock: Mutex<()>,
@@ -121,6 +125,7 @@ impl Team {
             state: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
             done: AtomicUsize::new(0),
+            isa: AtomicU8::new(0),
             panic: Mutex::new(None),
             sleepers: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
@@ -161,6 +166,8 @@ impl Team {
         let mut slot = f_static;
         s.job.store(&mut slot, Ordering::Relaxed);
         s.done.store(0, Ordering::Relaxed);
+        s.isa
+            .store(isa_code(isa::thread_override()), Ordering::Relaxed);
         let id = (s.state.load(Ordering::Relaxed) >> (2 * TASK_BITS)) + 1;
         let posted = (id << (2 * TASK_BITS)) | ((tasks as u64) << TASK_BITS);
         s.state.store(posted, Ordering::SeqCst);
@@ -196,7 +203,9 @@ fn claim_and_run(s: &Shared) -> bool {
                 // SAFETY: the job this task belongs to is still running (it needs this
                 // task), so its closure, published before the state word, is alive.
                 let f = unsafe { *s.job.load(Ordering::Acquire) };
-                if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(next as usize))) {
+                let isa = isa_from_code(s.isa.load(Ordering::Relaxed));
+                let run = || isa::set_override(isa, || f(next as usize));
+                if let Err(p) = catch_unwind(AssertUnwindSafe(run)) {
                     s.panic.lock().get_or_insert(p);
                 }
                 s.done.fetch_add(1, Ordering::Release);
@@ -205,6 +214,15 @@ fn claim_and_run(s: &Shared) -> bool {
             Err(now) => cur = now,
         }
     }
+}
+
+/// An ISA override as one byte: 0 for none.
+fn isa_code(o: Option<Isa>) -> u8 {
+    o.map_or(0, |i| i as u8 + 1)
+}
+
+fn isa_from_code(c: u8) -> Option<Isa> {
+    Isa::ALL.get((c as usize).checked_sub(1)?).copied()
 }
 
 fn worker(s: &Shared) {
@@ -300,6 +318,28 @@ mod tests {
             n.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(n.load(Ordering::Relaxed), 16);
+    }
+
+    #[test]
+    fn workers_run_a_job_under_the_posters_isa_override() {
+        for o in [None, Some(Isa::Portable)] {
+            let want = o.unwrap_or_else(isa::selected);
+            let seen: Vec<AtomicU32> = (0..64).map(|_| AtomicU32::new(u32::MAX)).collect();
+            isa::set_override(o, || {
+                for_each_task(64, |i| {
+                    std::thread::sleep(Duration::from_micros(50));
+                    seen[i].store(isa::selected() as u32, Ordering::Relaxed);
+                })
+            });
+            assert!(seen
+                .iter()
+                .all(|s| s.load(Ordering::Relaxed) == want as u32));
+        }
+        assert_eq!(
+            isa_from_code(isa_code(Some(Isa::Avx512))),
+            Some(Isa::Avx512)
+        );
+        assert_eq!(isa_from_code(isa_code(None)), None);
     }
 
     #[test]

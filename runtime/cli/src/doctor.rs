@@ -43,6 +43,9 @@ pub struct DoctorArgs {
 pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let mut report = json!({});
     let mut ok = true;
+    let cpu = kernels::cpu::isa::describe();
+    println!("CPU kernels: {cpu}");
+    report["cpu_kernels"] = json!(cpu);
     println!("CUDA libraries:");
     let mut libs = serde_json::Map::new();
     for lib in CudaLib::ALL {

@@ -54,13 +54,16 @@ pub struct EngineArgs {
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Storage of the weight matrices: f32, or bf16 (half the memory; on the CPU, decode
-    /// reads half the bytes). Activations stay f32.
+    /// reads half the bytes, and with AVX512-BF16 batched steps round their activations to
+    /// bf16 for twice the f32 rate; single rows keep f32 activations).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
     /// Storage of the KV cache: f32, or f16 (half the bytes per token: twice the tokens in
     /// the same --kv-cache-memory, and decode attention reads half as much; CPU only).
-    #[arg(long, default_value_t = KvDtype::F32)]
-    pub kv_cache_dtype: KvDtype,
+    /// Default: f16 on the CPU (logits within a few hundredths of f32's, benches/RESULTS.md),
+    /// f32 on CUDA.
+    #[arg(long)]
+    pub kv_cache_dtype: Option<KvDtype>,
     /// Refuse new requests (429, Retry-After) while this many are waiting.
     #[arg(long)]
     pub max_queue: Option<usize>,
@@ -102,9 +105,11 @@ impl EngineArgs {
             Device::Cuda if self.dtype.weights() != WeightDtype::F32 => {
                 anyhow::bail!("--device cuda takes --dtype f32 for now (bf16 weights are CPU-only)")
             }
-            Device::Cuda if self.kv_cache_dtype != KvDtype::F32 => anyhow::bail!(
-                "--device cuda takes --kv-cache-dtype f32 for now (an f16 cache is CPU-only)"
-            ),
+            Device::Cuda if self.kv_cache_dtype.is_some_and(|d| d != KvDtype::F32) => {
+                anyhow::bail!(
+                    "--device cuda takes --kv-cache-dtype f32 for now (an f16 cache is CPU-only)"
+                )
+            }
             Device::Cuda => {
                 Some(CudaBackend::new(0).map_err(|e| {
                     anyhow::anyhow!("--device cuda: {e} (pagedrt doctor says more)")
@@ -112,7 +117,7 @@ impl EngineArgs {
             }
             Device::Auto
                 if self.dtype.weights() != WeightDtype::F32
-                    || self.kv_cache_dtype != KvDtype::F32 =>
+                    || self.kv_cache_dtype.is_some_and(|d| d != KvDtype::F32) =>
             {
                 None
             }
@@ -124,6 +129,10 @@ impl EngineArgs {
                 }
             },
         };
+        let kv_dtype = self.kv_cache_dtype.unwrap_or(match cuda {
+            None => KvDtype::F16,
+            Some(_) => KvDtype::F32,
+        });
         let source = resolve_source(self.model.as_deref(), &mut |l| eprintln!("{l}"))?;
         let mc = match &source {
             ModelSource::Dir(dir) => models::config::from_file(&models::config::config_path(dir)),
@@ -133,7 +142,7 @@ impl EngineArgs {
             Some(n) => n,
             None => {
                 let bytes = parse_bytes(&self.kv_cache_memory).map_err(anyhow::Error::msg)?;
-                bytes / KvSpec::of(&mc, self.kv_cache_dtype).bytes_per_block(self.block_size)
+                bytes / KvSpec::of(&mc, kv_dtype).bytes_per_block(self.block_size)
             }
         };
         if num_blocks == 0 {
@@ -145,7 +154,7 @@ impl EngineArgs {
             block_size: self.block_size,
             num_blocks,
             num_host_blocks: self.swap_blocks,
-            kv_dtype: self.kv_cache_dtype,
+            kv_dtype,
             watermark: 0.01,
             enable_prefix_caching: !self.no_prefix_caching,
             scheduler: SchedulerConfig {
@@ -161,6 +170,7 @@ impl EngineArgs {
         };
         match cuda {
             None => {
+                eprintln!("CPU kernels: {}", kernels::cpu::isa::describe());
                 let (model, tok) =
                     models::load_model(&CpuBackend, &source, 0, self.dtype.weights())?;
                 let e = engine_over(CpuBackend, model, &tok, cfg)?;

@@ -62,3 +62,26 @@ fn compile_kernels_reports_every_kernel_and_exits_zero() {
         .iter()
         .any(|r| r["kernel"] == "paged_attention_decode_bf16_hd128"));
 }
+
+/// The CPU kernels' path is reported, and `PAGEDRT_CPU_ISA` forces the portable one.
+#[test]
+fn doctor_reports_the_cpu_kernel_path_and_honours_a_forced_one() {
+    let json = tmp("doctor-isa").join("doctor.json");
+    let out = pagedrt()
+        .env("PAGEDRT_CPU_ISA", "portable")
+        .args(["doctor", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("CPU kernels: portable"), "{stdout}");
+    let report = read_json(&json);
+    let line = report["cpu_kernels"].as_str().unwrap();
+    assert!(line.starts_with("portable"), "{line}");
+    if kernels::cpu::isa::Isa::best() > kernels::cpu::isa::Isa::Portable {
+        assert!(
+            line.contains("forced by PAGEDRT_CPU_ISA=portable"),
+            "{line}"
+        );
+    }
+}

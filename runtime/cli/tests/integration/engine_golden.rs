@@ -4,8 +4,10 @@
 use crate::common;
 
 use common::{default_model, golden, Golden};
+use engine::backend::cpu::CpuBackend;
+use engine::backend::WeightDtype;
 use engine::sampler::SamplingParams;
-use engine::{run_to_completion, EngineConfig, GenerateRequest};
+use engine::{run_to_completion, EngineConfig, EngineCore, GenerateRequest};
 use kernels::KvDtype;
 use scheduler::{PreemptionMode, SchedulerConfig};
 use tools::engines::cpu_engine;
@@ -40,6 +42,13 @@ fn config(blocks: usize, budget: usize, host: usize, mode: PreemptionMode) -> En
         // Every golden run also checks that pre-faulting the cache changes no token.
         kv_prefault: true,
     }
+}
+
+/// A CPU engine over the default model with bf16 weights.
+fn bf16_engine(cfg: EngineConfig) -> EngineCore<CpuBackend> {
+    let source = models::resolve::ModelSource::Dir(default_model());
+    let (model, tok) = models::load_model(&CpuBackend, &source, 0, WeightDtype::Bf16).unwrap();
+    tools::engines::engine_over(CpuBackend, model, &tok, cfg).unwrap()
 }
 
 fn check(got: &[u32], g: &Golden, what: &str) {
@@ -77,27 +86,52 @@ fn greedy_generation_matches_the_float64_reference() {
     );
 }
 
+/// Every CPU kernel path this machine has (`kernels::cpu::isa`; the default one is the
+/// best, which the other tests here run): greedy parity with the float64 reference in f32,
+/// and bf16 weights away from near ties, as on the default path.
+#[test]
+fn greedy_parity_holds_on_every_cpu_kernel_path() {
+    use kernels::cpu::isa::{self, Isa};
+    let gold = golden();
+    let near = common::golden_with_margin(0.35);
+    let paths = Isa::available();
+    eprintln!("CPU kernel paths checked: {paths:?}");
+    for isa in paths {
+        isa::with_isa(isa, || {
+            let mut e = cpu_engine(
+                &default_model(),
+                config(256, 2048, 0, PreemptionMode::Recompute),
+            )
+            .unwrap()
+            .0;
+            for (i, g) in gold.iter().enumerate() {
+                e.add_request(greedy_req(i as u64, g.prompt.clone(), 16))
+                    .unwrap();
+            }
+            let out = run_to_completion(&mut e).unwrap();
+            for (i, g) in gold.iter().enumerate() {
+                check(&out[&(i as u64, 0)].tokens, g, &format!("{isa}, f32"));
+            }
+            let mut e = bf16_engine(config(256, 64, 0, PreemptionMode::Recompute));
+            for (i, g) in near.iter().enumerate() {
+                e.add_request(greedy_req(i as u64, g.prompt.clone(), 16))
+                    .unwrap();
+            }
+            let out = run_to_completion(&mut e).unwrap();
+            for (i, g) in near.iter().enumerate() {
+                check(&out[&(i as u64, 0)].tokens, g, &format!("{isa}, bf16"));
+            }
+        });
+    }
+}
+
 /// bf16 weights move the first-step logits by up to about 0.16 here
 /// (`tests/integration/golden_logits.rs`), so a top-2 margin by up to about 0.32: every step
 /// before the first whose reference margin is below 0.35 must give the reference's token. (On this machine all 128 tokens match.)
 #[test]
 fn bf16_weights_reproduce_the_reference_away_from_near_ties() {
     let gold = common::golden_with_margin(0.35);
-    let source = models::resolve::ModelSource::Dir(default_model());
-    let (model, tok) = models::load_model(
-        &engine::backend::cpu::CpuBackend,
-        &source,
-        0,
-        engine::backend::WeightDtype::Bf16,
-    )
-    .unwrap();
-    let mut e = tools::engines::engine_over(
-        engine::backend::cpu::CpuBackend,
-        model,
-        &tok,
-        config(256, 64, 0, PreemptionMode::Recompute),
-    )
-    .unwrap();
+    let mut e = bf16_engine(config(256, 64, 0, PreemptionMode::Recompute));
     for (i, g) in gold.iter().enumerate() {
         e.add_request(greedy_req(i as u64, g.prompt.clone(), 32))
             .unwrap();

@@ -169,23 +169,14 @@ impl Backend for CpuBackend {
         v_cache: &mut KvStore,
     ) -> Result<(), BackendError> {
         let t = batch.num_tokens();
-        let hd = layout.head_dim;
-        let (qd, kvd) = (num_heads * hd, layout.num_kv_heads * hd);
-        let row = qd + 2 * kvd;
-        let mut kb = vec![0f32; t * kvd];
-        let mut vb = vec![0f32; t * kvd];
-        for i in 0..t {
-            let r = &qkv[i * row..(i + 1) * row];
-            q[i * qd..(i + 1) * qd].copy_from_slice(&r[..qd]);
-            kb[i * kvd..(i + 1) * kvd].copy_from_slice(&r[qd..qd + kvd]);
-            vb[i * kvd..(i + 1) * kvd].copy_from_slice(&r[qd + kvd..]);
-        }
-        rope.apply(&mut q[..t * qd], &batch.positions, num_heads);
-        rope.apply(&mut kb, &batch.positions, layout.num_kv_heads);
-        let slots = &batch.slot_mapping;
+        let (pos, slots) = (&batch.positions[..t], &batch.slot_mapping);
         match (k_cache, v_cache) {
-            (KvStore::F32(kc), KvStore::F32(vc)) => k::write_kv(kc, vc, layout, &kb, &vb, slots),
-            (KvStore::F16(kc), KvStore::F16(vc)) => k::write_kv(kc, vc, layout, &kb, &vb, slots),
+            (KvStore::F32(kc), KvStore::F32(vc)) => {
+                k::qkv_rope_write_kv(q, qkv, rope, pos, num_heads, layout, kc, vc, slots)
+            }
+            (KvStore::F16(kc), KvStore::F16(vc)) => {
+                k::qkv_rope_write_kv(q, qkv, rope, pos, num_heads, layout, kc, vc, slots)
+            }
             _ => return Err(mixed_dtypes()),
         }
         Ok(())
