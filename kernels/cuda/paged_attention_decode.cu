@@ -26,8 +26,9 @@ __device__ void paged_attention_decode(
     constexpr int EPL = HD / LPT;                           // elements per lane
     constexpr int TPW = 32 / LPT;                           // tokens per warp
     constexpr int TPB = DECODE_WARPS * TPW;                 // tokens per block
-    extern __shared__ float smem[];
-    __shared__ float head_max[MAX_GROUP], head_sum[MAX_GROUP];
+    SMEM_DYNAMIC(float, smem);
+    SMEM_ARRAY(float, head_max, MAX_GROUP);
+    SMEM_ARRAY(float, head_sum, MAX_GROUP);
 
     const int kvh = blockIdx.x, seq = blockIdx.y, part = blockIdx.z, P = gridDim.z;
     const int G = num_heads / num_kv_heads;
@@ -44,8 +45,8 @@ __device__ void paged_attention_decode(
         }
         return;
     }
-    float* logits = smem;                        // [G][partition_size]
-    float* red = smem + G * partition_size;      // [DECODE_WARPS][G][HD]
+    smem_ptr<float> logits = smem;                      // [G][partition_size]
+    smem_ptr<float> red = smem + G * partition_size;    // [DECODE_WARPS][G][HD]
     const int sub = lane % LPT, slot = lane / LPT;
     const int* table = block_tables + (i64)seq * max_blocks;
 
@@ -81,16 +82,16 @@ __device__ void paged_attention_decode(
 #pragma unroll
                 for (int e = 0; e < EPL; ++e) d += qr[g][e] * kf[e];
 #pragma unroll
-                for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                for (int o = LPT / 2; o > 0; o >>= 1) d += shfl_xor(d, o);
                 if (valid && sub == 0) logits[g * partition_size + j] = d;
             }
         }
     }
-    __syncthreads();
+    sync_threads();
 
     // Softmax numerators in place; one warp per head.
     for (int g = warp; g < G; g += DECODE_WARPS) {
-        float* lg = logits + g * partition_size;
+        const smem_ptr<float> lg = logits + g * partition_size;
         float m = NEG_INF;
         for (int j = lane; j < n; j += 32) m = fmaxf(m, lg[j]);
         m = warp_max(m);
@@ -106,7 +107,7 @@ __device__ void paged_attention_decode(
             head_sum[g] = s;
         }
     }
-    __syncthreads();
+    sync_threads();
 
     // Weighted V, every head of the group from one read of each row.
     float acc[MAX_GROUP][EPL];
@@ -140,12 +141,12 @@ __device__ void paged_attention_decode(
             for (int e = 0; e < EPL; ++e) {
 #pragma unroll
                 for (int o = LPT; o < 32; o <<= 1)
-                    acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+                    acc[g][e] += shfl_xor(acc[g][e], o);
                 if (lane < LPT) red[(warp * G + g) * HD + sub * EPL + e] = acc[g][e];
             }
         }
     }
-    __syncthreads();
+    sync_threads();
     for (int i = tid; i < G * HD; i += blockDim.x) {
         const int g = i / HD, d = i % HD;
         float s = 0.f;

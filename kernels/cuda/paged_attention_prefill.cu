@@ -25,9 +25,9 @@ __device__ void paged_attention_prefill(
     constexpr int KEYS = HD * sizeof(T) >= 512 ? 16 : 32;
     constexpr int PAD = 4 / sizeof(T);
     constexpr int DPL = HD / 32;  // output dims per lane
-    __shared__ T q_s[PREFILL_ROWS][HD];
-    __shared__ T k_s[KEYS][HD + PAD];
-    __shared__ T v_s[KEYS][HD];
+    SMEM_ARRAY(T, q_s, PREFILL_ROWS * HD);
+    SMEM_ARRAY(T, k_s, KEYS * (HD + PAD));
+    SMEM_ARRAY(T, v_s, KEYS * HD);
 
     const int tile = blockIdx.x, kvh = blockIdx.y;
     const int seq = tile_seq[tile];
@@ -46,7 +46,7 @@ __device__ void paged_attention_prefill(
         T v = zero;
         if (r < rows)
             v = q[(i64)(q0 + first + r / G) * q_stride + (kvh * G + r % G) * HD + d];
-        q_s[r][d] = v;
+        q_s[i] = v;
     }
 
     float m[ROWS_PER_WARP], l[ROWS_PER_WARP], acc[ROWS_PER_WARP][DPL];
@@ -60,7 +60,7 @@ __device__ void paged_attention_prefill(
 
     const int last_pos = past + first + ntok - 1;  // the tile's last query position
     for (int kt = 0; kt <= last_pos; kt += KEYS) {
-        __syncthreads();  // the previous tile's readers are done (and q_s is written)
+        sync_threads();  // the previous tile's readers are done (and q_s is written)
         for (int i = tid; i < KEYS * HD; i += blockDim.x) {
             const int j = i / HD, d = i % HD, pos = kt + j;
             T kv = zero, vv = zero;
@@ -70,10 +70,10 @@ __device__ void paged_attention_prefill(
                 kv = k_cache[off];
                 vv = v_cache[off];
             }
-            k_s[j][d] = kv;
-            v_s[j][d] = vv;
+            k_s[j * (HD + PAD) + d] = kv;
+            v_s[j * HD + d] = vv;
         }
-        __syncthreads();
+        sync_threads();
 #pragma unroll
         for (int k = 0; k < ROWS_PER_WARP; ++k) {
             const int r = warp * ROWS_PER_WARP + k;
@@ -82,9 +82,10 @@ __device__ void paged_attention_prefill(
             if (r < rows && kt <= qpos) {
                 float s = NEG_INF;
                 if (lane < KEYS && kt + lane <= qpos) {
+                    const smem_ptr<T> qr = q_s + r * HD, kr = k_s + lane * (HD + PAD);
                     float d = 0.f;
 #pragma unroll 8
-                    for (int dd = 0; dd < HD; ++dd) d += to_f32(q_s[r][dd]) * to_f32(k_s[lane][dd]);
+                    for (int dd = 0; dd < HD; ++dd) d += to_f32(qr[dd]) * to_f32(kr[dd]);
                     s = d * scale;
                 }
                 const float mn = fmaxf(m[k], warp_max(s));  // finite: key kt is visible
@@ -94,9 +95,10 @@ __device__ void paged_attention_prefill(
 #pragma unroll
                 for (int e = 0; e < DPL; ++e) acc[k][e] *= alpha;
                 for (int j = 0; j < KEYS; ++j) {
-                    const float pj = __shfl_sync(0xffffffffu, p, j);
+                    const float pj = shfl_idx(p, j);
+                    const smem_ptr<T> vr = v_s + j * HD + lane;
 #pragma unroll
-                    for (int e = 0; e < DPL; ++e) acc[k][e] += pj * to_f32(v_s[j][lane + 32 * e]);
+                    for (int e = 0; e < DPL; ++e) acc[k][e] += pj * to_f32(vr[32 * e]);
                 }
                 m[k] = mn;
             }
@@ -114,7 +116,7 @@ __device__ void paged_attention_prefill(
 }
 
 #define PREFILL(T, S, HD)                                                                     \
-    extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32)                          \
+    extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 1)                          \
         paged_attention_prefill_##S##_hd##HD(                                                 \
             T* out, const T* q, const T* kc, const T* vc, const int* bt, int mb,              \
             const int* cu, const int* cl, const int* ts, const int* tf, int tpt, int nh,      \

@@ -1,11 +1,8 @@
 //! Launching paged attention: the decode kernel (one query per sequence, split-K when that
 //! fills the GPU better) and the mixed-batch kernel (chunks of queries per sequence).
 
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut, LaunchConfig, PushKernelArg};
-
-use super::device::{driver_err, Gpu};
 use super::elem::GpuElem;
-use super::ops::{addr, addr_mut, check};
+use super::launch::{arg, arg_mut, check, Device, DeviceBuf, DeviceBufMut, KernelArg, LaunchCfg};
 use super::source::{self, PAGED_ATTENTION_DECODE, PAGED_ATTENTION_PREFILL};
 use super::CudaError;
 use crate::layout::KvLayout;
@@ -20,31 +17,31 @@ const SMEM_LIMIT: usize = 48 * 1024;
 const DECODE_STATIC_SMEM: usize = 2 * DECODE_MAX_GROUP * 4;
 
 /// What both attention kernels read: the queries, the caches, and per-sequence metadata.
-pub struct AttentionInputs<'a, E: GpuElem> {
+pub struct AttentionInputs<'a, D: ?Sized, E> {
     /// `[tokens, num_heads, head_dim]` rows, `q_stride` elements apart.
-    pub q: CudaView<'a, E>,
+    pub q: &'a dyn DeviceBuf<D, E>,
     pub q_stride: usize,
-    pub k_cache: CudaView<'a, E>,
-    pub v_cache: CudaView<'a, E>,
+    pub k_cache: &'a dyn DeviceBuf<D, E>,
+    pub v_cache: &'a dyn DeviceBuf<D, E>,
     pub layout: KvLayout,
     pub num_heads: usize,
     pub scale: f32,
     /// `[num_seqs, max_blocks]` block numbers.
-    pub block_tables: CudaView<'a, i32>,
+    pub block_tables: &'a dyn DeviceBuf<D, i32>,
     pub max_blocks: usize,
     /// Tokens in the cache per sequence, this step's included.
-    pub context_lens: CudaView<'a, i32>,
+    pub context_lens: &'a dyn DeviceBuf<D, i32>,
 }
 
-impl<E: GpuElem> AttentionInputs<'_, E> {
-    /// Device addresses of q, the K and V caches, the block tables and the context lengths.
-    fn addrs(&self, s: &CudaStream) -> [u64; 5] {
+impl<D: Device, E: GpuElem> AttentionInputs<'_, D, E> {
+    /// q, the K and V caches, the block tables and the context lengths as kernel arguments.
+    fn args(&self, dev: &D) -> [KernelArg; 5] {
         [
-            addr(&self.q, s),
-            addr(&self.k_cache, s),
-            addr(&self.v_cache, s),
-            addr(&self.block_tables, s),
-            addr(&self.context_lens, s),
+            arg(dev, &Dyn(self.q)),
+            arg(dev, &Dyn(self.k_cache)),
+            arg(dev, &Dyn(self.v_cache)),
+            arg(dev, &Dyn(self.block_tables)),
+            arg(dev, &Dyn(self.context_lens)),
         ]
     }
 
@@ -83,20 +80,40 @@ impl<E: GpuElem> AttentionInputs<'_, E> {
     }
 }
 
-/// Scratch for split-K decode, grown to the largest step seen.
-#[derive(Default)]
-pub struct DecodeWorkspace {
-    part_out: Option<CudaSlice<f32>>,
-    part_max: Option<CudaSlice<f32>>,
-    part_sum: Option<CudaSlice<f32>>,
+/// A `dyn DeviceBuf` as a sized one, for [`arg`].
+struct Dyn<'a, D: ?Sized, T>(&'a dyn DeviceBuf<D, T>);
+
+impl<D: ?Sized, T> DeviceBuf<D, T> for Dyn<'_, D, T> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn device_addr(&self, dev: &D) -> u64 {
+        self.0.device_addr(dev)
+    }
 }
 
-impl DecodeWorkspace {
-    fn ensure(&mut self, gpu: &Gpu, rows: usize, head_dim: usize) -> Result<(), CudaError> {
-        let stream = gpu.stream();
-        let grow = |s: &mut Option<CudaSlice<f32>>, n: usize| -> Result<(), CudaError> {
+/// Scratch for split-K decode, grown to the largest step seen.
+pub struct DecodeWorkspace<D: Device> {
+    part_out: Option<D::Buf<f32>>,
+    part_max: Option<D::Buf<f32>>,
+    part_sum: Option<D::Buf<f32>>,
+}
+
+impl<D: Device> Default for DecodeWorkspace<D> {
+    fn default() -> Self {
+        DecodeWorkspace {
+            part_out: None,
+            part_max: None,
+            part_sum: None,
+        }
+    }
+}
+
+impl<D: Device> DecodeWorkspace<D> {
+    fn ensure(&mut self, dev: &D, rows: usize, head_dim: usize) -> Result<(), CudaError> {
+        let grow = |s: &mut Option<D::Buf<f32>>, n: usize| -> Result<(), CudaError> {
             if s.as_ref().is_none_or(|s| s.len() < n) {
-                *s = Some(stream.alloc_zeros::<f32>(n.max(1)).map_err(driver_err)?);
+                *s = Some(dev.alloc_zeros::<f32>(n.max(1))?);
             }
             Ok(())
         };
@@ -142,12 +159,12 @@ fn prev_pow2(n: usize) -> usize {
 
 /// Decode attention: `out[s]` (`[num_seqs, num_heads, head_dim]`) for the query of each
 /// sequence `s` (row `s` of q). `max_context` bounds every context length.
-pub fn paged_attention_decode<E: GpuElem>(
-    gpu: &Gpu,
-    out: &mut impl DevicePtrMut<E>,
-    inp: &AttentionInputs<E>,
+pub fn paged_attention_decode<D: Device, E: GpuElem>(
+    dev: &D,
+    out: &mut impl DeviceBufMut<D, E>,
+    inp: &AttentionInputs<D, E>,
     max_context: usize,
-    ws: &mut DecodeWorkspace,
+    ws: &mut DecodeWorkspace<D>,
 ) -> Result<(), CudaError> {
     let name = "paged_attention_decode";
     let num_seqs = inp.context_lens.len();
@@ -165,79 +182,84 @@ pub fn paged_attention_decode<E: GpuElem>(
     if num_seqs == 0 {
         return Ok(());
     }
-    let (ps, parts) = decode_partitions(
-        num_seqs,
-        kvh,
-        g,
-        hd,
-        max_context,
-        gpu.info().multiprocessors,
-    );
-    ws.ensure(gpu, num_seqs * inp.num_heads * parts, hd)?;
+    let (ps, parts) = decode_partitions(num_seqs, kvh, g, hd, max_context, dev.multiprocessors());
+    ws.ensure(dev, num_seqs * inp.num_heads * parts, hd)?;
     let (Some(po), Some(pm), Some(psum)) = (&mut ws.part_out, &mut ws.part_max, &mut ws.part_sum)
     else {
         unreachable!("ensure allocated the workspace");
     };
     let suffix = format!("{}_hd{hd}", E::SUFFIX);
-    let f = gpu.function(
-        &PAGED_ATTENTION_DECODE,
-        &format!("paged_attention_decode_{suffix}"),
-    )?;
-    let (mb, nh, nkv, bs) = (
-        inp.max_blocks as i32,
-        inp.num_heads as i32,
-        kvh as i32,
-        inp.layout.block_size as i32,
-    );
-    let (psz, qs) = (ps as i32, inp.q_stride as i32);
-    let stream = gpu.stream();
-    let o = addr_mut(out, stream);
-    let [q, kc, vc, bt, cl] = inp.addrs(stream);
-    let mut b = stream.launch_builder(&f);
-    b.arg(&o).arg(&mut *po).arg(&mut *pm).arg(&mut *psum);
-    b.arg(&q).arg(&kc).arg(&vc).arg(&bt).arg(&mb);
-    b.arg(&cl)
-        .arg(&nh)
-        .arg(&nkv)
-        .arg(&bs)
-        .arg(&psz)
-        .arg(&inp.scale)
-        .arg(&qs);
-    let cfg = LaunchConfig {
-        grid_dim: (kvh as u32, num_seqs as u32, parts as u32),
-        block_dim: ((DECODE_WARPS * 32) as u32, 1, 1),
-        shared_mem_bytes: ((g * ps + DECODE_WARPS * g * hd) * 4) as u32,
+    let o = arg_mut(dev, out);
+    let [q, kc, vc, bt, cl] = inp.args(dev);
+    let args = [
+        o,
+        arg_mut(dev, po),
+        arg_mut(dev, pm),
+        arg_mut(dev, psum),
+        q,
+        kc,
+        vc,
+        bt,
+        KernelArg::I32(inp.max_blocks as i32),
+        cl,
+        KernelArg::I32(inp.num_heads as i32),
+        KernelArg::I32(kvh as i32),
+        KernelArg::I32(inp.layout.block_size as i32),
+        KernelArg::I32(ps as i32),
+        KernelArg::F32(inp.scale),
+        KernelArg::I32(inp.q_stride as i32),
+    ];
+    let cfg = LaunchCfg {
+        grid: (kvh as u32, num_seqs as u32, parts as u32),
+        block: ((DECODE_WARPS * 32) as u32, 1, 1),
+        shared_bytes: ((g * ps + DECODE_WARPS * g * hd) * 4) as u32,
     };
     // SAFETY: shapes checked above; the workspace holds parts partials per (seq, head); the
     // shared memory fits 48 KiB by construction of `decode_partitions`; every context length
     // is at most max_context, so no block reads past its partition count.
-    unsafe { b.launch(cfg) }.map_err(driver_err)?;
-    if parts > 1 {
-        let f = gpu.function(
+    unsafe {
+        dev.launch(
             &PAGED_ATTENTION_DECODE,
-            &format!("paged_attention_reduce_{suffix}"),
-        )?;
-        let p = parts as i32;
-        let mut b = stream.launch_builder(&f);
-        b.arg(&o).arg(&*po).arg(&*pm).arg(&*psum).arg(&cl);
-        b.arg(&nh).arg(&psz).arg(&p);
-        let cfg = LaunchConfig {
-            grid_dim: (inp.num_heads as u32, num_seqs as u32, 1),
-            block_dim: (hd.min(256) as u32, 1, 1),
-            shared_mem_bytes: 0,
+            &format!("paged_attention_decode_{suffix}"),
+            cfg,
+            &args,
+        )
+    }?;
+    if parts > 1 {
+        let args = [
+            o,
+            arg(dev, po),
+            arg(dev, pm),
+            arg(dev, psum),
+            cl,
+            KernelArg::I32(inp.num_heads as i32),
+            KernelArg::I32(ps as i32),
+            KernelArg::I32(parts as i32),
+        ];
+        let cfg = LaunchCfg {
+            grid: (inp.num_heads as u32, num_seqs as u32, 1),
+            block: (hd.min(256) as u32, 1, 1),
+            shared_bytes: 0,
         };
         // SAFETY: reads the partials written above, writes out rows checked above.
-        unsafe { b.launch(cfg) }.map_err(driver_err)?;
+        unsafe {
+            dev.launch(
+                &PAGED_ATTENTION_DECODE,
+                &format!("paged_attention_reduce_{suffix}"),
+                cfg,
+                &args,
+            )
+        }?;
     }
     Ok(())
 }
 
 /// Mixed-batch attention: sequence `s` has `query_lens[s]` consecutive query rows (in
 /// order), the last at position `context_len - 1`. `out` is `[tokens, num_heads, head_dim]`.
-pub fn paged_attention_prefill<E: GpuElem>(
-    gpu: &Gpu,
-    out: &mut impl DevicePtrMut<E>,
-    inp: &AttentionInputs<E>,
+pub fn paged_attention_prefill<D: Device, E: GpuElem>(
+    dev: &D,
+    out: &mut impl DeviceBufMut<D, E>,
+    inp: &AttentionInputs<D, E>,
     query_lens: &[usize],
 ) -> Result<(), CudaError> {
     let name = "paged_attention_prefill";
@@ -275,40 +297,45 @@ pub fn paged_attention_prefill<E: GpuElem>(
             tile_first.push(first as i32);
         }
     }
-    let stream = gpu.stream();
-    let up = |v: &[i32]| stream.memcpy_stod(v).map_err(driver_err);
-    let (cu, ts, tf) = (up(&cu)?, up(&tile_seq)?, up(&tile_first)?);
-    let f = gpu.function(
-        &PAGED_ATTENTION_PREFILL,
-        &format!("paged_attention_prefill_{}_hd{hd}", E::SUFFIX),
-    )?;
-    let (mb, tpt, nh) = (inp.max_blocks as i32, per_tile as i32, inp.num_heads as i32);
-    let (nkv, bs, qs) = (
-        inp.layout.num_kv_heads as i32,
-        inp.layout.block_size as i32,
-        inp.q_stride as i32,
+    let (cu, ts, tf) = (
+        dev.upload(&cu)?,
+        dev.upload(&tile_seq)?,
+        dev.upload(&tile_first)?,
     );
-    let o = addr_mut(out, stream);
-    let [q, kc, vc, bt, cl] = inp.addrs(stream);
-    let mut b = stream.launch_builder(&f);
-    b.arg(&o).arg(&q).arg(&kc).arg(&vc).arg(&bt).arg(&mb);
-    b.arg(&cu)
-        .arg(&cl)
-        .arg(&ts)
-        .arg(&tf)
-        .arg(&tpt)
-        .arg(&nh)
-        .arg(&nkv);
-    b.arg(&bs).arg(&inp.scale).arg(&qs);
-    let cfg = LaunchConfig {
-        grid_dim: (tile_seq.len() as u32, inp.layout.num_kv_heads as u32, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
+    let [q, kc, vc, bt, cl] = inp.args(dev);
+    let args = [
+        arg_mut(dev, out),
+        q,
+        kc,
+        vc,
+        bt,
+        KernelArg::I32(inp.max_blocks as i32),
+        arg(dev, &cu),
+        cl,
+        arg(dev, &ts),
+        arg(dev, &tf),
+        KernelArg::I32(per_tile as i32),
+        KernelArg::I32(inp.num_heads as i32),
+        KernelArg::I32(inp.layout.num_kv_heads as i32),
+        KernelArg::I32(inp.layout.block_size as i32),
+        KernelArg::F32(inp.scale),
+        KernelArg::I32(inp.q_stride as i32),
+    ];
+    let cfg = LaunchCfg {
+        grid: (tile_seq.len() as u32, inp.layout.num_kv_heads as u32, 1),
+        block: (128, 1, 1),
+        shared_bytes: 0,
     };
     // SAFETY: shapes checked above; each context length is at least its query length (the
     // engine's contract: the chunk's own K/V are in the cache).
-    unsafe { b.launch(cfg) }.map_err(driver_err)?;
-    Ok(())
+    unsafe {
+        dev.launch(
+            &PAGED_ATTENTION_PREFILL,
+            &format!("paged_attention_prefill_{}_hd{hd}", E::SUFFIX),
+            cfg,
+            &args,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -75,18 +75,18 @@ fn inputs<'a>(
     block_tables: &'a CudaSlice<i32>,
     max_blocks: usize,
     context_lens: &'a CudaSlice<i32>,
-) -> AttentionInputs<'a, half::bf16> {
+) -> AttentionInputs<'a, Gpu, half::bf16> {
     AttentionInputs {
-        q: q.as_view(),
+        q,
         q_stride: num_heads * layout.head_dim,
-        k_cache: k_cache.as_view(),
-        v_cache: v_cache.as_view(),
+        k_cache,
+        v_cache,
         layout,
         num_heads,
         scale: 1.0 / (layout.head_dim as f32).sqrt(),
-        block_tables: block_tables.as_view(),
+        block_tables,
         max_blocks,
-        context_lens: context_lens.as_view(),
+        context_lens,
     }
 }
 
@@ -139,7 +139,7 @@ pub fn decode(
     let cl = up(gpu, &vec![ctx as i32; batch])?;
     let mut out: CudaSlice<E> = stream.alloc_zeros(batch * nh * hd).map_err(driver_err)?;
     let inp = inputs(&q, &kc, &vc, layout, nh, &bt, per_seq, &cl);
-    let mut ws = DecodeWorkspace::default();
+    let mut ws = DecodeWorkspace::<Gpu>::default();
     let median_us = time(gpu, 7, 20, || {
         paged_attention_decode(gpu, &mut out, &inp, ctx, &mut ws)
     })?;

@@ -21,6 +21,8 @@ pub enum CudaError {
     BadArch(String),
     #[error("CUDA driver: {0}")]
     Driver(String),
+    #[error("emulator: kernel {kernel}: {message}")]
+    Emulator { kernel: String, message: String },
     #[error("kernel {kernel}: {problem}")]
     Unsupported { kernel: String, problem: String },
 }
