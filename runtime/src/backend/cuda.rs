@@ -32,7 +32,7 @@ pub struct CudaBackend {
     error: Mutex<Option<String>>,
     /// Each RoPE's cos/sin table on the device, by the table's identity.
     rope_tables: Mutex<HashMap<RopeKey, CudaSlice<f32>>>,
-    decode_ws: Mutex<DecodeWorkspace>,
+    decode_ws: Mutex<DecodeWorkspace<Gpu>>,
     /// The current step's batch metadata on the device (see [`DeviceBatch`]).
     batch: Mutex<Option<DeviceBatch>>,
 }
@@ -373,16 +373,16 @@ impl Backend for CudaBackend {
             let hd = layout.head_dim;
             let n = batch.num_tokens() * num_heads * hd;
             let inp = AttentionInputs {
-                q: prefix(q, n),
+                q: &prefix(q, n),
                 q_stride: num_heads * hd,
-                k_cache: k_cache.as_view(),
-                v_cache: v_cache.as_view(),
+                k_cache,
+                v_cache,
                 layout: *layout,
                 num_heads,
                 scale: 1.0 / (hd as f32).sqrt(),
-                block_tables: db.tables.as_view(),
+                block_tables: &db.tables,
                 max_blocks: meta.max_blocks,
-                context_lens: db.context_lens.as_view(),
+                context_lens: &db.context_lens,
             };
             let mut o = prefix_mut(out, n);
             let group = num_heads / layout.num_kv_heads.max(1);
