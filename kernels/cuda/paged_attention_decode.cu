@@ -1,6 +1,8 @@
 // Paged attention for decode: one query token per sequence, over the sequence's pages.
 //
-// Grid (num_kv_heads, num_seqs, num_partitions), DECODE_WARPS warps per block. A block
+// Grid (num_kv_heads, decode rows, num_partitions), DECODE_WARPS warps per block. Decode row
+// d is sequence seq_ids[d] of the batch, whose query (and output) row is cu_query[seq]: the
+// decode rows of a mixed batch run here, its prefill chunks in the prefill kernel. A block
 // serves one KV head of one sequence for one partition of its context, and all G query
 // heads of that KV group at once: each K and V row is read from memory once per group, not
 // once per query head. Lanes cooperate on a row with 16-byte loads (LPT lanes per token, TPW
@@ -19,7 +21,8 @@ __device__ void paged_attention_decode(
     T* __restrict__ out, float* __restrict__ part_out, float* __restrict__ part_max,
     float* __restrict__ part_sum, const T* __restrict__ q, const T* __restrict__ k_cache,
     const T* __restrict__ v_cache, const int* __restrict__ block_tables, int max_blocks,
-    const int* __restrict__ context_lens, int num_heads, int num_kv_heads, int block_size,
+    const int* __restrict__ context_lens, const int* __restrict__ seq_ids,
+    const int* __restrict__ cu_query, int num_heads, int num_kv_heads, int block_size,
     int partition_size, float scale, int q_stride) {
     constexpr int VEC = 16 / sizeof(T);
     constexpr int LPT = (HD / VEC) < 32 ? (HD / VEC) : 32;  // lanes per token
@@ -30,18 +33,25 @@ __device__ void paged_attention_decode(
     SMEM_ARRAY(float, head_max, MAX_GROUP);
     SMEM_ARRAY(float, head_sum, MAX_GROUP);
 
-    const int kvh = blockIdx.x, seq = blockIdx.y, part = blockIdx.z, P = gridDim.z;
+    const int kvh = blockIdx.x, drow = blockIdx.y, part = blockIdx.z, P = gridDim.z;
+    const int seq = seq_ids[drow], row = cu_query[seq];
     const int G = num_heads / num_kv_heads;
     const int ctx = context_lens[seq];
     const int start = part * partition_size;
     const int n = min(ctx, start + partition_size) - start;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     if (n <= 0) {
-        // A partition past this sequence's end: contributes nothing to the reduction.
-        if (P > 1 && tid < G) {
-            const i64 idx = ((i64)seq * num_heads + kvh * G + tid) * P + part;
-            part_max[idx] = NEG_INF;
-            part_sum[idx] = 0.f;
+        if (P > 1) {
+            // A partition past this sequence's end: contributes nothing to the reduction.
+            if (tid < G) {
+                const i64 idx = ((i64)drow * num_heads + kvh * G + tid) * P + part;
+                part_max[idx] = NEG_INF;
+                part_sum[idx] = 0.f;
+            }
+        } else {
+            // An empty context: the output is zeros, not whatever the buffer held.
+            for (int i = tid; i < G * HD; i += blockDim.x)
+                out[((i64)row * num_heads + kvh * G) * HD + i] = from_f32<T>(0.f);
         }
         return;
     }
@@ -55,7 +65,7 @@ __device__ void paged_attention_decode(
 #pragma unroll
     for (int g = 0; g < MAX_GROUP; ++g) {
         if (g < G) {
-            load_vec<T, EPL>(qr[g], q + (i64)seq * q_stride + (kvh * G + g) * HD + sub * EPL);
+            load_vec<T, EPL>(qr[g], q + (i64)row * q_stride + (kvh * G + g) * HD + sub * EPL);
 #pragma unroll
             for (int e = 0; e < EPL; ++e) qr[g][e] *= scale;
         }
@@ -153,30 +163,31 @@ __device__ void paged_attention_decode(
 #pragma unroll
         for (int w = 0; w < DECODE_WARPS; ++w) s += red[(w * G + g) * HD + d];
         const float o = s / head_sum[g];
-        const i64 head = (i64)seq * num_heads + kvh * G + g;
         if (P == 1) {
-            out[head * HD + d] = from_f32<T>(o);
+            out[((i64)row * num_heads + kvh * G + g) * HD + d] = from_f32<T>(o);
         } else {
-            part_out[(head * P + part) * HD + d] = o;
+            part_out[(((i64)drow * num_heads + kvh * G + g) * P + part) * HD + d] = o;
         }
     }
     if (P > 1 && tid < G) {
-        const i64 idx = ((i64)seq * num_heads + kvh * G + tid) * P + part;
+        const i64 idx = ((i64)drow * num_heads + kvh * G + tid) * P + part;
         part_max[idx] = head_max[tid];
         part_sum[idx] = head_sum[tid];
     }
 }
 
-/// Combines the partitions of split-K decode. Grid (num_heads, num_seqs).
+/// Combines the partitions of split-K decode. Grid (num_heads, decode rows).
 template <typename T, int HD>
 __device__ void paged_attention_reduce(T* __restrict__ out, const float* __restrict__ part_out,
                                        const float* __restrict__ part_max,
                                        const float* __restrict__ part_sum,
-                                       const int* __restrict__ context_lens, int num_heads,
+                                       const int* __restrict__ context_lens,
+                                       const int* __restrict__ seq_ids,
+                                       const int* __restrict__ cu_query, int num_heads,
                                        int partition_size, int P) {
-    const int head = blockIdx.x, seq = blockIdx.y;
+    const int head = blockIdx.x, drow = blockIdx.y, seq = seq_ids[drow];
     const int parts = min(P, (context_lens[seq] + partition_size - 1) / partition_size);
-    const i64 base = ((i64)seq * num_heads + head) * P;
+    const i64 base = ((i64)drow * num_heads + head) * P;
     float m = NEG_INF;
     for (int p = 0; p < parts; ++p) m = fmaxf(m, part_max[base + p]);
     float w = 0.f;
@@ -185,23 +196,23 @@ __device__ void paged_attention_reduce(T* __restrict__ out, const float* __restr
         float o = 0.f;
         for (int p = 0; p < parts; ++p)
             o += part_sum[base + p] * __expf(part_max[base + p] - m) * part_out[(base + p) * HD + d];
-        out[((i64)seq * num_heads + head) * HD + d] = from_f32<T>(parts > 0 ? o / w : 0.f);
+        out[((i64)cu_query[seq] * num_heads + head) * HD + d] = from_f32<T>(parts > 0 ? o / w : 0.f);
     }
 }
 
 #define DECODE(T, S, HD)                                                                      \
-    extern "C" __global__ void __launch_bounds__(DECODE_WARPS * 32)                           \
+    extern "C" __global__ void __launch_bounds__(DECODE_WARPS * 32, 1)                         \
         paged_attention_decode_##S##_hd##HD(                                                  \
             T* out, float* po, float* pm, float* ps, const T* q, const T* kc, const T* vc,    \
-            const int* bt, int mb, const int* cl, int nh, int nkv, int bs, int psz, float sc, \
-            int qs) {                                                                         \
-        paged_attention_decode<T, HD>(out, po, pm, ps, q, kc, vc, bt, mb, cl, nh, nkv, bs,    \
-                                      psz, sc, qs);                                           \
+            const int* bt, int mb, const int* cl, const int* sid, const int* cu, int nh,      \
+            int nkv, int bs, int psz, float sc, int qs) {                                     \
+        paged_attention_decode<T, HD>(out, po, pm, ps, q, kc, vc, bt, mb, cl, sid, cu, nh,    \
+                                      nkv, bs, psz, sc, qs);                                  \
     }                                                                                         \
     extern "C" __global__ void paged_attention_reduce_##S##_hd##HD(                           \
-        T* out, const float* po, const float* pm, const float* ps, const int* cl, int nh,     \
-        int psz, int P) {                                                                     \
-        paged_attention_reduce<T, HD>(out, po, pm, ps, cl, nh, psz, P);                       \
+        T* out, const float* po, const float* pm, const float* ps, const int* cl,             \
+        const int* sid, const int* cu, int nh, int psz, int P) {                              \
+        paged_attention_reduce<T, HD>(out, po, pm, ps, cl, sid, cu, nh, psz, P);              \
     }
 
 #define DECODE_ALL_HD(T, S) DECODE(T, S, 64) DECODE(T, S, 128) DECODE(T, S, 256)

@@ -1,0 +1,59 @@
+//! The prefill kernel's launcher: chunks of queries per sequence, each attending to its
+//! cached context and the causal part of its own chunk, in tiles listed once per step.
+
+use super::batch::{AttentionBatch, PrefillTiles};
+use crate::cuda::elem::GpuElem;
+use crate::cuda::launch::{arg, Device, KernelArg, LaunchCfg};
+use crate::cuda::source::{PAGED_ATTENTION_PREFILL, PREFILL_SHAPES};
+use crate::cuda::CudaError;
+
+/// Query rows ((token, head) pairs of one KV group) per block.
+const ROWS: usize = 32;
+
+/// Whether the prefill kernel has an instance for this shape.
+pub fn supports(dtype: &str, group: usize, head_dim: usize) -> bool {
+    (1..=ROWS).contains(&group) && PREFILL_SHAPES.contains(&(dtype, head_dim))
+}
+
+/// Query tokens per tile: as many as the rows hold with every head of the group.
+pub fn tokens_per_tile(_dtype: &str, group: usize, _head_dim: usize) -> usize {
+    (ROWS / group.max(1)).max(1)
+}
+
+/// Launches prefill for the `tiles` of `batch`.
+pub(super) fn launch<D: Device, E: GpuElem>(
+    dev: &D,
+    [out, q, kc, vc]: [KernelArg; 4],
+    batch: &AttentionBatch<D>,
+    tiles: &PrefillTiles<D>,
+) -> Result<(), CudaError> {
+    let s = &batch.shape;
+    let hd = s.layout.head_dim;
+    let args = [
+        out,
+        q,
+        kc,
+        vc,
+        arg(dev, &batch.tables),
+        KernelArg::I32(batch.max_blocks as i32),
+        arg(dev, &batch.cu_query),
+        arg(dev, &batch.context_lens),
+        arg(dev, &tiles.tile_seq),
+        arg(dev, &tiles.tile_first),
+        KernelArg::I32(tiles.tokens_per_tile as i32),
+        KernelArg::I32(s.num_heads as i32),
+        KernelArg::I32(s.layout.num_kv_heads as i32),
+        KernelArg::I32(s.layout.block_size as i32),
+        KernelArg::F32(s.scale),
+        KernelArg::I32(s.q_stride as i32),
+    ];
+    let cfg = LaunchCfg {
+        grid: (tiles.tiles as u32, s.layout.num_kv_heads as u32, 1),
+        block: (128, 1, 1),
+        shared_bytes: 0,
+    };
+    let entry = format!("paged_attention_prefill_{}_hd{hd}", E::SUFFIX);
+    // SAFETY: the batch was checked against the shape (contexts cover their queries and fit
+    // their tables, pages exist); the caller checked q, the caches and out.
+    unsafe { dev.launch(&PAGED_ATTENTION_PREFILL, &entry, cfg, &args) }
+}
