@@ -293,3 +293,142 @@ __device__ __forceinline__ float atomic_add(float* p, float v) {
     return atomicAdd(p, v);
 #endif
 }
+
+// ---- attention: the work of one block ---------------------------------------------------------
+
+/// A prefill block's tile: `ntok` query tokens of sequence `seq` from its `first` query, for
+/// KV head `kvh`, as `rows` = ntok x G (token, head) rows; `p0` is the first token's position.
+struct PrefillTile {
+    int kvh, seq, G, q0, first, ntok, rows, p0;
+    const int* table;
+};
+
+__device__ __forceinline__ PrefillTile prefill_tile(const int* cu_query, const int* context_lens,
+                                                    const int* tile_seq, const int* tile_first,
+                                                    const int* block_tables, int max_blocks,
+                                                    int tokens_per_tile, int num_heads,
+                                                    int num_kv_heads) {
+    PrefillTile t;
+    t.kvh = blockIdx.y;
+    t.seq = tile_seq[blockIdx.x];
+    t.G = num_heads / num_kv_heads;
+    t.q0 = cu_query[t.seq];
+    const int qlen = cu_query[t.seq + 1] - t.q0;
+    t.first = tile_first[blockIdx.x];
+    t.ntok = min(tokens_per_tile, qlen - t.first);
+    t.rows = t.ntok * t.G;
+    t.p0 = context_lens[t.seq] - qlen + t.first;  // the positions before the chunk, then first
+    t.table = block_tables + (i64)t.seq * max_blocks;
+    return t;
+}
+
+/// A decode block: KV head `kvh` of decode row `drow` (sequence `seq`, query and output row
+/// `row`) over positions [start, end) of partition `part` of P.
+struct DecodeBlock {
+    int kvh, drow, part, P, seq, row, G, start, end;
+    const int* table;
+};
+
+__device__ __forceinline__ DecodeBlock decode_block(const int* seq_ids, const int* cu_query,
+                                                    const int* context_lens,
+                                                    const int* block_tables, int max_blocks,
+                                                    int num_heads, int num_kv_heads,
+                                                    int partition_size) {
+    DecodeBlock b;
+    b.kvh = blockIdx.x;
+    b.drow = blockIdx.y;
+    b.part = blockIdx.z;
+    b.P = gridDim.z;
+    b.seq = seq_ids[b.drow];
+    b.row = cu_query[b.seq];
+    b.G = num_heads / num_kv_heads;
+    b.start = b.part * partition_size;
+    b.end = min(context_lens[b.seq], b.start + partition_size);
+    b.table = block_tables + (i64)b.seq * max_blocks;
+    return b;
+}
+
+/// Stores element `d` of head `g` of the group: the output with one partition, else the
+/// partition's normalised partial output and (with d == 0) its max and sum (log2 domain).
+template <typename T, int HD>
+__device__ __forceinline__ void decode_store(const DecodeBlock& b, T* out, float* part_out,
+                                             float* part_max, float* part_sum, int num_heads,
+                                             int g, int d, float o, float m, float l) {
+    const i64 head = (i64)b.kvh * b.G + g;
+    if (b.P == 1) {
+        out[((i64)b.row * num_heads + head) * HD + d] = from_f32<T>(o / l);
+    } else {
+        const i64 idx = ((i64)b.drow * num_heads + head) * b.P + b.part;
+        part_out[idx * HD + d] = o / l;
+        if (d == 0) {
+            part_max[idx] = m;
+            part_sum[idx] = l;
+        }
+    }
+}
+
+/// For a partition with no position (past the context's end, or an empty context): an empty
+/// partial for the reduction, or with one partition zeros, not whatever the buffer held.
+/// True when the partition is empty.
+template <typename T, int HD>
+__device__ __forceinline__ bool decode_empty(const DecodeBlock& b, T* out, float* part_max,
+                                             float* part_sum, int num_heads) {
+    if (b.end > b.start) return false;
+    const int tid = threadIdx.x;
+    if (b.P > 1) {
+        if (tid < b.G) {
+            const i64 idx = ((i64)b.drow * num_heads + b.kvh * b.G + tid) * b.P + b.part;
+            part_max[idx] = NEG_INF;
+            part_sum[idx] = 0.f;
+        }
+    } else {
+        for (int i = tid; i < b.G * HD; i += blockDim.x)
+            out[((i64)b.row * num_heads + b.kvh * b.G) * HD + i] = from_f32<T>(0.f);
+    }
+    return true;
+}
+
+/// Merges (m2, l2, acc2) into (m, l, acc): two online-softmax states in the log2 domain (an
+/// empty state has m == NEG_INF).
+template <int N>
+__device__ __forceinline__ void merge_state(float& m, float& l, float* acc, float m2, float l2,
+                                            const float* acc2) {
+    const float mn = fmaxf(m, m2);
+    const float a = m == NEG_INF ? 0.f : exp2f(m - mn);
+    const float b = m2 == NEG_INF ? 0.f : exp2f(m2 - mn);
+    l = l * a + l2 * b;
+#pragma unroll
+    for (int e = 0; e < N; ++e) acc[e] = acc[e] * a + acc2[e] * b;
+    m = mn;
+}
+
+/// The end of a decode block whose WARPS warps each left, for every head g of the group, its
+/// output, max and sum at `states + (w * warp_rows + g) * (HD + 2)` (output, then max, then
+/// sum): merges the warps and stores the result. Call after a barrier.
+template <typename T, int HD, int WARPS>
+__device__ __forceinline__ void decode_merge_store(const DecodeBlock& b, smem_ptr<float> states,
+                                                   int warp_rows, T* out, float* part_out,
+                                                   float* part_max, float* part_sum,
+                                                   int num_heads) {
+    for (int i = threadIdx.x; i < b.G * HD; i += blockDim.x) {
+        const int g = i / HD, d = i % HD;
+        float m = NEG_INF, l = 0.f, o = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) {
+            const smem_ptr<float> r = states + (w * warp_rows + g) * (HD + 2);
+            const float a = r[d];
+            merge_state<1>(m, l, &o, r[HD], r[HD + 1], &a);
+        }
+        // Every partition holds at least one token, so l > 0.
+        decode_store<T, HD>(b, out, part_out, part_max, part_sum, num_heads, g, d, o, m, l);
+    }
+}
+
+/// Zeros an accumulator.
+template <int A, int B>
+__device__ __forceinline__ void zero(float (&x)[A][B]) {
+#pragma unroll
+    for (int i = 0; i < A; ++i)
+#pragma unroll
+        for (int j = 0; j < B; ++j) x[i][j] = 0.f;
+}

@@ -135,8 +135,10 @@ static inline void check_read(Runtime* rt, Fiber* f, const Region* r, int64_t by
     if (s.pending) {
         char who[96];
         describe_tid(s.w_tid, who, sizeof who);
-        fail_thread(f, "reads `%s` byte %lld while a cp.async of %s into it is in flight (no cp_async_wait)",
-                    r->name, (long long)byte, who);
+        fail_thread(f, "reads `%s` byte %lld while a cp.async of %s into it is in flight (%s)", r->name,
+                    (long long)byte, who,
+                    s.w_tid == f->tid ? "no cp_async_wait covers it"
+                                      : "another thread's copy: a barrier is missing between them");
     }
     if (s.w_epoch < rt->block_epoch)
         fail_thread(f,

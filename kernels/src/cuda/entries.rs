@@ -5,11 +5,26 @@
 /// Element types every kernel family is instantiated for, as suffixes of entry names.
 pub const DTYPES: [&str; 3] = ["f32", "bf16", "f16"];
 
-/// Head dims of the decode kernel.
-pub const DECODE_HEAD_DIMS: [usize; 3] = [64, 128, 256];
+/// Head dims of the attention kernels.
+pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
+/// Head dims of the decode kernels.
+pub const DECODE_HEAD_DIMS: [usize; 3] = HEAD_DIMS;
 
-/// (dtype, head dim) pairs of the prefill kernel: f32 at head_dim 256 would not fit its
-/// tiles in 48 KiB of shared memory.
+/// The decode kernel on CUDA cores is instantiated per largest group it serves: f32 for every
+/// group up to 8, bf16 and f16 up to 4 (larger groups take the tensor cores).
+pub fn decode_groups(dtype: &str) -> &'static [usize] {
+    if dtype == "f32" {
+        &[1, 2, 4, 8]
+    } else {
+        &[1, 2, 4]
+    }
+}
+
+/// The element types of the tensor-core kernels.
+pub const TC_DTYPES: [&str; 2] = ["bf16", "f16"];
+
+/// (dtype, head dim) pairs of the prefill kernels: f32 on CUDA cores (not at head_dim 256,
+/// whose tiles would not fit 48 KiB of shared memory), bf16 and f16 on the tensor cores.
 pub const PREFILL_SHAPES: [(&str, usize); 8] = [
     ("f32", 64),
     ("f32", 128),
@@ -23,12 +38,13 @@ pub const PREFILL_SHAPES: [(&str, usize); 8] = [
 
 /// Module names: the `.cu` files without the extension, in the order `pagedrt doctor`
 /// reports them.
-pub const MODULES: [&str; 5] = [
+pub const MODULES: [&str; 6] = [
     "cache_ops",
     "layer_ops",
     "sampling",
     "paged_attention_decode",
     "paged_attention_prefill",
+    "paged_attention_tc",
 ];
 
 /// The `extern "C"` kernels module `name` defines.
@@ -55,16 +71,28 @@ pub fn entry_points(name: &str) -> Vec<String> {
             .iter()
             .flat_map(|d| {
                 DECODE_HEAD_DIMS.iter().flat_map(move |hd| {
-                    [
-                        format!("paged_attention_decode_{d}_hd{hd}"),
-                        format!("paged_attention_reduce_{d}_hd{hd}"),
-                    ]
+                    decode_groups(d)
+                        .iter()
+                        .map(move |g| format!("paged_attention_decode_{d}_hd{hd}_g{g}"))
+                        .chain([format!("paged_attention_reduce_{d}_hd{hd}")])
                 })
             })
             .collect(),
         "paged_attention_prefill" => PREFILL_SHAPES
             .iter()
+            .filter(|(d, _)| *d == "f32")
             .map(|(d, hd)| format!("paged_attention_prefill_{d}_hd{hd}"))
+            .collect(),
+        "paged_attention_tc" => TC_DTYPES
+            .iter()
+            .flat_map(|d| {
+                HEAD_DIMS.iter().flat_map(move |hd| {
+                    [
+                        format!("paged_attention_prefill_tc_{d}_hd{hd}"),
+                        format!("paged_attention_decode_tc_{d}_hd{hd}"),
+                    ]
+                })
+            })
             .collect(),
         _ => Vec::new(),
     }

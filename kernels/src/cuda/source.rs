@@ -4,7 +4,7 @@
 //! include path, see `common.cuh` for why). A `#line` directive keeps compiler messages
 //! pointing at the right file and line.
 
-pub use super::entries::{DECODE_HEAD_DIMS, DTYPES, PREFILL_SHAPES};
+pub use super::entries::{DECODE_HEAD_DIMS, DTYPES, HEAD_DIMS, PREFILL_SHAPES, TC_DTYPES};
 
 const COMMON: &str = include_str!("../../cuda/common.cuh");
 
@@ -36,14 +36,19 @@ pub const PAGED_ATTENTION_PREFILL: KernelSource = KernelSource {
     name: "paged_attention_prefill",
     text: include_str!("../../cuda/paged_attention_prefill.cu"),
 };
+pub const PAGED_ATTENTION_TC: KernelSource = KernelSource {
+    name: "paged_attention_tc",
+    text: include_str!("../../cuda/paged_attention_tc.cu"),
+};
 
 /// Every source file, in the order `pagedrt doctor` reports them.
-pub const ALL: [KernelSource; 5] = [
+pub const ALL: [KernelSource; 6] = [
     CACHE_OPS,
     LAYER_OPS,
     SAMPLING,
     PAGED_ATTENTION_DECODE,
     PAGED_ATTENTION_PREFILL,
+    PAGED_ATTENTION_TC,
 ];
 
 impl KernelSource {

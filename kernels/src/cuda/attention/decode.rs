@@ -5,34 +5,58 @@ use std::collections::HashMap;
 
 use super::batch::{AttentionBatch, DecodeRows};
 use crate::cuda::elem::GpuElem;
-use crate::cuda::launch::{arg, arg_mut, Device, KernelArg, LaunchCfg, DEFAULT_SHARED_LIMIT};
-use crate::cuda::source::{DECODE_HEAD_DIMS, PAGED_ATTENTION_DECODE};
+use crate::cuda::entries::{decode_groups, HEAD_DIMS, TC_DTYPES};
+use crate::cuda::launch::{arg, arg_mut, Device, KernelArg, LaunchCfg};
+use crate::cuda::source::{KernelSource, PAGED_ATTENTION_DECODE, PAGED_ATTENTION_TC};
 use crate::cuda::CudaError;
 
-/// Query heads per KV head the decode kernel serves.
-pub const MAX_GROUP: usize = 8;
+/// The largest group the decode kernels serve (the tensor-core one; CUDA cores up to 8).
+pub const MAX_GROUP: usize = 16;
+/// Groups from this size up run on the tensor cores (bf16, f16).
+const TC_MIN_GROUP: usize = 4;
+/// Keys per tile of the tensor-core decode kernel.
+const TC_KEYS: usize = 64;
 const WARPS: usize = 4;
-/// The kernel's static shared memory (head_max and head_sum).
-const STATIC_SMEM: usize = 2 * MAX_GROUP * 4;
+/// One partition may be as long as this: the kernels keep no per-token state.
+const MAX_PARTITION: usize = 1 << 20;
 
-/// Whether the decode kernel has an instance for this shape.
-pub fn supports(_dtype: &str, group: usize, head_dim: usize) -> bool {
-    (1..=MAX_GROUP).contains(&group) && DECODE_HEAD_DIMS.contains(&head_dim)
+/// Which decode kernel serves a shape.
+enum Kernel {
+    /// CUDA cores, instantiated for groups up to the given size.
+    Cores(usize),
+    TensorCores,
 }
 
-/// The longest partition whose scores fit the kernel's shared memory.
-fn max_partition(group: usize, head_dim: usize) -> usize {
-    let red = WARPS * group * head_dim * 4;
-    let fit = (DEFAULT_SHARED_LIMIT - STATIC_SMEM - red) / (group * 4);
-    prev_pow2(fit.min(1024))
+fn kernel(dtype: &str, group: usize) -> Option<Kernel> {
+    if TC_DTYPES.contains(&dtype) && (TC_MIN_GROUP..=MAX_GROUP).contains(&group) {
+        return Some(Kernel::TensorCores);
+    }
+    let gmax = decode_groups(dtype).iter().find(|&&g| g >= group)?;
+    Some(Kernel::Cores(*gmax))
 }
 
-fn shared_bytes(group: usize, head_dim: usize, partition: usize) -> usize {
-    (group * partition + WARPS * group * head_dim) * 4
+/// Whether a decode kernel has an instance for this shape.
+pub fn supports(dtype: &str, group: usize, head_dim: usize) -> bool {
+    group >= 1 && HEAD_DIMS.contains(&head_dim) && kernel(dtype, group).is_some()
 }
 
-fn prev_pow2(n: usize) -> usize {
-    1 << (usize::BITS - 1 - n.max(1).leading_zeros())
+/// (source, entry, dynamic shared memory) of the decode kernel for this shape.
+fn entry(dtype: &str, group: usize, head_dim: usize) -> (&'static KernelSource, String, usize) {
+    match kernel(dtype, group) {
+        Some(Kernel::TensorCores) => (
+            &PAGED_ATTENTION_TC,
+            format!("paged_attention_decode_tc_{dtype}_hd{head_dim}"),
+            // Q (16 rows), then K and V in two stages of TC_KEYS rows, 16-bit elements.
+            (16 + 4 * TC_KEYS) * head_dim * 2,
+        ),
+        Some(Kernel::Cores(gmax)) => (
+            &PAGED_ATTENTION_DECODE,
+            format!("paged_attention_decode_{dtype}_hd{head_dim}_g{gmax}"),
+            // Each warp's output, max and sum per head, f32.
+            WARPS * group * (head_dim + 2) * 4,
+        ),
+        None => unreachable!("the batch routes only supported shapes here"),
+    }
 }
 
 /// How decode splits each context: (partition size, partitions).
@@ -99,6 +123,7 @@ impl<D: Device> AttentionWorkspace<D> {
     fn capacity(
         &mut self,
         dev: &D,
+        src: &KernelSource,
         entry: &str,
         threads: u32,
         shared: u32,
@@ -107,8 +132,7 @@ impl<D: Device> AttentionWorkspace<D> {
         if let Some(&c) = self.capacity.get(&key) {
             return Ok(c);
         }
-        let per_sm =
-            dev.max_active_blocks_per_sm(&PAGED_ATTENTION_DECODE, entry, threads, shared)?;
+        let per_sm = dev.max_active_blocks_per_sm(src, entry, threads, shared)?;
         let c = per_sm.max(1) * dev.multiprocessors().max(1);
         self.capacity.insert(key, c);
         Ok(c)
@@ -125,12 +149,10 @@ pub(super) fn launch<D: Device, E: GpuElem>(
 ) -> Result<(), CudaError> {
     let s = &batch.shape;
     let (g, hd, kvh) = (s.group(), s.layout.head_dim, s.layout.num_kv_heads);
-    let suffix = format!("{}_hd{hd}", E::SUFFIX);
-    let entry = format!("paged_attention_decode_{suffix}");
+    let (src, entry, shared) = entry(E::SUFFIX, g, hd);
     let threads = (WARPS * 32) as u32;
-    let max_ps = max_partition(g, hd);
-    let capacity = ws.capacity(dev, &entry, threads, shared_bytes(g, hd, max_ps) as u32)?;
-    let (ps, parts) = decode_partitions(rows.rows * kvh, rows.max_context, max_ps, capacity);
+    let capacity = ws.capacity(dev, src, &entry, threads, shared as u32)?;
+    let (ps, parts) = decode_partitions(rows.rows * kvh, rows.max_context, MAX_PARTITION, capacity);
     ws.ensure(dev, rows.rows * s.num_heads * parts, hd)?;
     let (Some(po), Some(pm), Some(psum)) = (&mut ws.part_out, &mut ws.part_max, &mut ws.part_sum)
     else {
@@ -157,7 +179,7 @@ pub(super) fn launch<D: Device, E: GpuElem>(
         cu,
         KernelArg::I32(s.num_heads as i32),
         KernelArg::I32(kvh as i32),
-        KernelArg::I32(s.layout.block_size as i32),
+        KernelArg::I32(s.layout.block_size.trailing_zeros() as i32),
         KernelArg::I32(ps as i32),
         KernelArg::F32(s.scale),
         KernelArg::I32(s.q_stride as i32),
@@ -165,14 +187,13 @@ pub(super) fn launch<D: Device, E: GpuElem>(
     let cfg = LaunchCfg {
         grid: (kvh as u32, rows.rows as u32, parts as u32),
         block: (threads, 1, 1),
-        shared_bytes: shared_bytes(g, hd, ps) as u32,
+        shared_bytes: shared as u32,
     };
     // SAFETY: the batch was checked against the shape (every context fits its table, every
-    // page exists), the caller checked q, the caches and out; the workspace holds `parts`
-    // partials per (row, head); every decode row's context is at most rows.max_context, so
-    // no block reads past its partition count; the shared memory fits 48 KiB by
-    // construction of `max_partition`.
-    unsafe { dev.launch(&PAGED_ATTENTION_DECODE, &entry, cfg, &args) }?;
+    // page exists, the block size is a power of two), the caller checked q, the caches and
+    // out; the workspace holds `parts` partials per (row, head); every decode row's context
+    // is at most rows.max_context, so no block reads past its partition count.
+    unsafe { dev.launch(src, &entry, cfg, &args) }?;
     if parts > 1 {
         let args = [
             out,
@@ -191,7 +212,7 @@ pub(super) fn launch<D: Device, E: GpuElem>(
             block: (hd.min(256) as u32, 1, 1),
             shared_bytes: 0,
         };
-        let entry = format!("paged_attention_reduce_{suffix}");
+        let entry = format!("paged_attention_reduce_{}_hd{hd}", E::SUFFIX);
         // SAFETY: reads the partials written above, writes the rows checked by the caller.
         unsafe { dev.launch(&PAGED_ATTENTION_DECODE, &entry, cfg, &args) }?;
     }
@@ -203,27 +224,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partitions_fit_shared_memory_and_fill_the_device() {
-        for g in 1..=MAX_GROUP {
-            for hd in [64, 128, 256] {
-                let max_ps = max_partition(g, hd);
-                for (blocks, ctx) in [(8, 1), (8, 32768), (128, 2048), (512, 256), (2048, 4096)] {
-                    let (ps, parts) = decode_partitions(blocks, ctx, max_ps, 540);
-                    let smem = shared_bytes(g, hd, ps) + STATIC_SMEM;
-                    assert!(smem <= DEFAULT_SHARED_LIMIT, "g {g} hd {hd}: {smem} bytes");
-                    assert!(ps * parts >= ctx, "partitions cover the context");
-                    assert!(ps.is_power_of_two() && ps >= 64 && ps <= max_ps);
-                }
-            }
+    fn partitions_cover_the_context_and_fill_the_device() {
+        for (blocks, ctx) in [(8, 1), (8, 32768), (128, 2048), (512, 256), (2048, 4096)] {
+            let (ps, parts) = decode_partitions(blocks, ctx, MAX_PARTITION, 540);
+            assert!(ps * parts >= ctx, "partitions cover the context");
+            assert!(ps.is_power_of_two() && ps >= 64);
+            assert!(
+                parts == 1 || blocks * parts >= 540 || ps == 64,
+                "{blocks} x {ctx}"
+            );
         }
-        // Enough blocks and short contexts: one partition, no reduction.
-        assert_eq!(decode_partitions(2048, 256, 512, 540).1, 1);
+        // Enough blocks: one partition, no reduction, whatever the context.
+        assert_eq!(
+            decode_partitions(2048, 30000, MAX_PARTITION, 540),
+            (MAX_PARTITION, 1)
+        );
         // One sequence with a long context: split until the blocks fill the device.
-        let (ps, parts) = decode_partitions(8, 32768, 512, 540);
+        let (ps, parts) = decode_partitions(8, 32768, MAX_PARTITION, 540);
         assert!(8 * parts >= 540, "{ps} x {parts}");
-        // The capacity decides: a device holding twice the blocks gets more partitions.
-        let few = decode_partitions(64, 4096, 512, 300).1;
-        let many = decode_partitions(64, 4096, 512, 1200).1;
+        // The capacity decides: a device holding more blocks gets more partitions.
+        let few = decode_partitions(64, 4096, MAX_PARTITION, 300).1;
+        let many = decode_partitions(64, 4096, MAX_PARTITION, 1200).1;
         assert!(many > few, "{few} vs {many}");
+    }
+
+    #[test]
+    fn groups_pick_their_kernel() {
+        assert!(matches!(kernel("f32", 3), Some(Kernel::Cores(4))));
+        assert!(matches!(kernel("f32", 8), Some(Kernel::Cores(8))));
+        assert!(kernel("f32", 9).is_none());
+        assert!(matches!(kernel("bf16", 3), Some(Kernel::Cores(4))));
+        assert!(matches!(kernel("bf16", 4), Some(Kernel::TensorCores)));
+        assert!(matches!(kernel("f16", 16), Some(Kernel::TensorCores)));
+        assert!(kernel("f16", 17).is_none());
+        assert!(!supports("bf16", 4, 96));
     }
 }

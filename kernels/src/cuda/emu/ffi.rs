@@ -53,6 +53,7 @@ extern "C" {
     fn pagedrt_emu_module_sampling() -> *const ModuleInfo;
     fn pagedrt_emu_module_paged_attention_decode() -> *const ModuleInfo;
     fn pagedrt_emu_module_paged_attention_prefill() -> *const ModuleInfo;
+    fn pagedrt_emu_module_paged_attention_tc() -> *const ModuleInfo;
 }
 
 /// The table of module `name` as built into this binary.
@@ -65,6 +66,7 @@ pub fn builtin(name: &str) -> Option<*const ModuleInfo> {
             "sampling" => pagedrt_emu_module_sampling(),
             "paged_attention_decode" => pagedrt_emu_module_paged_attention_decode(),
             "paged_attention_prefill" => pagedrt_emu_module_paged_attention_prefill(),
+            "paged_attention_tc" => pagedrt_emu_module_paged_attention_tc(),
             _ => return None,
         })
     }

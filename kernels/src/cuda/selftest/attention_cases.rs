@@ -243,7 +243,7 @@ type Shape<S> = (usize, usize, usize, usize, Vec<S>);
 pub fn run<D: Device, E: GpuElem>(
     dev: &D,
     quick: bool,
-    want: &dyn Fn(&str, &str) -> bool,
+    want: &dyn Fn(&str, &str, &str) -> bool,
     push: &mut impl FnMut(Check),
 ) {
     let (decode_k, prefill_k, mixed_k) = (
@@ -252,7 +252,9 @@ pub fn run<D: Device, E: GpuElem>(
         "paged_attention",
     );
     let d = E::SUFFIX;
-    if ![decode_k, prefill_k, mixed_k].iter().any(|k| want(k, d)) {
+    // Whether any case of kernel `k` in this dtype is wanted (before building problems).
+    let any = |k: &str| want(k, d, "");
+    if ![decode_k, prefill_k, mixed_k].iter().any(|k| any(k)) {
         return;
     }
     let mut rng = Rng::new(11);
@@ -288,13 +290,15 @@ pub fn run<D: Device, E: GpuElem>(
         let empty = ctxs.contains(&0);
         let seqs = ctxs.iter().map(|&c| (1, c)).collect();
         let p = Problem::<E>::new(&mut rng, hd, kvh, g, bs, seqs, false);
+        let case = p.describe();
+        let as_decode = want(decode_k, d, &case);
         // The prefill kernel must agree on decode rows too (it needs a context to attend to).
-        let prefill_too = hds.contains(&hd) && !empty && want(prefill_k, d);
-        if !want(decode_k, d) && !prefill_too {
+        let prefill_too = hds.contains(&hd) && !empty && want(prefill_k, d, &case);
+        if !as_decode && !prefill_too {
             continue;
         }
         let reference = p.reference();
-        if want(decode_k, d) {
+        if as_decode {
             push(p.check(dev, decode_k, Route::Split, &reference));
         }
         if prefill_too {
@@ -325,12 +329,14 @@ pub fn run<D: Device, E: GpuElem>(
     for (hd, kvh, g, bs, seqs) in mixed {
         let has_decode = seqs.iter().any(|s| s.0 == 1);
         let p = Problem::<E>::new(&mut rng, hd, kvh, g, bs, seqs, false);
-        let as_mixed = has_decode && want(mixed_k, d);
-        if !want(prefill_k, d) && !as_mixed {
+        let case = p.describe();
+        let as_prefill = want(prefill_k, d, &case);
+        let as_mixed = has_decode && want(mixed_k, d, &case);
+        if !as_prefill && !as_mixed {
             continue;
         }
         let reference = p.reference();
-        if want(prefill_k, d) {
+        if as_prefill {
             push(p.check(dev, prefill_k, Route::PrefillOnly, &reference));
         }
         if as_mixed {

@@ -54,15 +54,15 @@ impl Group {
 
 /// Runs every case; `quick` keeps to a few shapes per kernel.
 pub fn run_all<D: Device>(dev: &D, quick: bool, on_check: impl FnMut(&Check)) -> Vec<Check> {
-    run_selected(dev, quick, &|_, _| true, on_check)
+    run_selected(dev, quick, &|_, _, _| true, on_check)
 }
 
 /// Runs the cases whose kernel (an entry family such as "rms_norm" or
-/// "paged_attention_decode") and dtype ("bf16") `want` accepts.
+/// "paged_attention_decode"), dtype ("bf16") and case description `want` accepts.
 pub fn run_selected<D: Device>(
     dev: &D,
     quick: bool,
-    want: &dyn Fn(&str, &str) -> bool,
+    want: &dyn Fn(&str, &str, &str) -> bool,
     mut on_check: impl FnMut(&Check),
 ) -> Vec<Check> {
     Group::ALL
@@ -78,20 +78,20 @@ pub fn run_group<D: Device>(
     quick: bool,
     on_check: impl FnMut(&Check),
 ) -> Vec<Check> {
-    run_group_selected(dev, group, quick, &|_, _| true, on_check)
+    run_group_selected(dev, group, quick, &|_, _, _| true, on_check)
 }
 
 fn run_group_selected<D: Device>(
     dev: &D,
     group: Group,
     quick: bool,
-    want: &dyn Fn(&str, &str) -> bool,
+    want: &dyn Fn(&str, &str, &str) -> bool,
     mut on_check: impl FnMut(&Check),
 ) -> Vec<Check> {
     let mut out = Vec::new();
     let mut push = |c: Check| {
         // The cache and layer cases are cheap: they all run, and only the wanted are kept.
-        if want(&c.kernel, c.dtype) {
+        if want(&c.kernel, c.dtype, &c.case) {
             on_check(&c);
             out.push(c);
         }
