@@ -75,7 +75,10 @@ pub fn compile_module(
         // SAFETY: the table lives in `lib`, which the module keeps.
         unsafe { Module::from_table(table, Some(lib)) }
     });
-    let _ = std::fs::remove_dir_all(&dir);
+    // The sanitizer build keeps the library, so its reports can name the kernel's lines.
+    if !wrapper::sanitize_requested() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
