@@ -7,7 +7,8 @@
 //! for swapping sequences out. It moves no bytes itself: operations return the copy orders
 //! (`BlockCopy`) that the executor performs on the real caches.
 //!
-//! It is pure and single-threaded: no locks, no clocks, no tensors. The scheduler owns one and
+//! It is pure and single-threaded: no locks, no clocks, no tensors, no requests (it knows
+//! sequences only as ids and token counts). The scheduler owns one and
 //! calls it once per step, so the simulator and the real engine share it.
 //!
 //! ```
@@ -33,6 +34,7 @@ mod prefix_cache;
 mod stats;
 mod swap;
 
+pub use audit::InvariantViolation;
 pub use error::BlockError;
 pub use manager::{Allocation, BlockManager, BlockManagerConfig, PrefixHit};
 pub use pool::{BlockPool, PoolStats};

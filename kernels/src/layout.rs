@@ -8,7 +8,8 @@
 //! written).
 //!
 //! Offsets here count elements, whatever the cache stores: f32, or f16 with
-//! `--kv-cache-dtype f16` (`cpu::KvDtype`; the CUDA kernels take f32 only for now).
+//! `--kv-cache-dtype f16` ([`KvDtype`]). The dtype is part of the contract: CPU and CUDA
+//! backends size and address caches by it.
 
 /// Shape of one layer's K (or V) cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,53 @@ impl KvLayout {
     #[inline]
     pub fn slot(&self, block_table: &[u32], pos: usize) -> usize {
         block_table[pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    }
+}
+
+/// How K and V are stored in the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes per stored element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        }
+    }
+}
+
+/// A KV-cache dtype name that is none of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("KV cache dtype '{0}': one of f32, f16")]
+pub struct UnknownKvDtype(pub String);
+
+impl std::str::FromStr for KvDtype {
+    type Err = UnknownKvDtype;
+    fn from_str(s: &str) -> Result<Self, UnknownKvDtype> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(KvDtype::F32),
+            "f16" | "float16" | "fp16" | "half" => Ok(KvDtype::F16),
+            other => Err(UnknownKvDtype(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

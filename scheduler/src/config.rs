@@ -15,15 +15,15 @@ pub enum PreemptionMode {
 }
 
 impl std::str::FromStr for PreemptionMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = SchedulerError;
+    fn from_str(s: &str) -> Result<Self, SchedulerError> {
         match s {
             "recompute" => Ok(Self::Recompute),
             "swap" => Ok(Self::Swap),
             "auto" => Ok(Self::Auto),
-            _ => Err(format!(
+            _ => Err(SchedulerError::InvalidConfig(format!(
                 "unknown preemption mode '{s}' (recompute, swap, auto)"
-            )),
+            ))),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! distributions, and its determinism.
 
 use scheduler::sim::{
-    load_trace, simulate, Arrivals, CostModel, LenDist, SimConfig, SimRequest, Slo, WorkloadSpec,
+    parse_trace, simulate, Arrivals, CostModel, LenDist, SimConfig, SimRequest, Slo, WorkloadSpec,
 };
 use scheduler::SchedulerConfig;
 
@@ -211,33 +211,22 @@ fn same_seed_same_results_byte_for_byte() {
 }
 
 #[test]
-fn traces_load_from_csv_and_jsonl_and_bad_lines_are_named() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pagedrt-trace-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let csv = dir.join("t.csv");
-    std::fs::write(
-        &csv,
-        "arrival_s,prompt_len,output_len,prefix_group\n0.5,10,5,\n0.1,20,3,1\n",
-    )
-    .unwrap();
-    let t = load_trace(&csv).unwrap();
+fn traces_parse_from_csv_and_jsonl_and_bad_lines_are_named() {
+    let csv = "arrival_s,prompt_len,output_len,prefix_group\n0.5,10,5,\n0.1,20,3,1\n";
+    let t = parse_trace(csv, true, "t.csv").unwrap();
     assert_eq!(t.len(), 2);
     assert_eq!(
         (t[0].arrival_s, t[0].prompt_len, t[0].prefix_group),
         (0.1, 20, Some(1))
     );
-    let jsonl = dir.join("t.jsonl");
-    std::fs::write(
-        &jsonl,
-        "{\"arrival_s\":0,\"prompt_len\":4,\"output_len\":2}\n{\"arrival_s\":1,\"prompt_len\":x}\n",
-    )
-    .unwrap();
-    let e = load_trace(&jsonl).unwrap_err();
-    assert!(e.contains("line 2"), "{e}");
-    std::fs::write(&csv, "arrival_s,prompt_len\n0,1\n").unwrap();
-    assert!(load_trace(&csv).unwrap_err().contains("output_len"));
-    std::fs::remove_dir_all(&dir).unwrap();
+    let jsonl =
+        "{\"arrival_s\":0,\"prompt_len\":4,\"output_len\":2}\n{\"arrival_s\":1,\"prompt_len\":x}\n";
+    let e = parse_trace(jsonl, false, "t.jsonl")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 2") && e.contains("t.jsonl"), "{e}");
+    let e = parse_trace("arrival_s,prompt_len\n0,1\n", true, "t.csv").unwrap_err();
+    assert!(e.to_string().contains("output_len"));
 }
 
 #[test]

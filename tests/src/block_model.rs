@@ -350,7 +350,7 @@ impl Harness {
 
     /// Every sequence reads its own tokens through its table; every invariant holds.
     pub fn check(&self) -> Result<(), String> {
-        self.bm.check_invariants()?;
+        self.bm.check_invariants().map_err(|e| e.to_string())?;
         for (&seq, m) in &self.seqs {
             let table = self.bm.block_table(seq).map_err(|e| e.to_string())?;
             let store = match self.bm.location(seq).map_err(|e| e.to_string())? {

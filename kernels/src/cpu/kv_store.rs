@@ -9,49 +9,8 @@
 
 use half::f16;
 
+pub use crate::layout::KvDtype;
 use crate::layout::KvLayout;
-
-/// How K and V are stored in the cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum KvDtype {
-    #[default]
-    F32,
-    F16,
-}
-
-impl KvDtype {
-    /// Bytes per stored element.
-    pub fn bytes(self) -> usize {
-        match self {
-            KvDtype::F32 => 4,
-            KvDtype::F16 => 2,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            KvDtype::F32 => "f32",
-            KvDtype::F16 => "f16",
-        }
-    }
-}
-
-impl std::str::FromStr for KvDtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" | "fp32" => Ok(KvDtype::F32),
-            "f16" | "float16" | "fp16" | "half" => Ok(KvDtype::F16),
-            other => Err(format!("KV cache dtype '{other}': one of f32, f16")),
-        }
-    }
-}
-
-impl std::fmt::Display for KvDtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// An element the CPU kernels can keep in the KV cache.
 pub trait KvElem: Copy + Default + Send + Sync + 'static {

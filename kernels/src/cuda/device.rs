@@ -71,7 +71,7 @@ pub struct Gpu {
 }
 
 pub(crate) fn driver_err(e: cudarc::driver::DriverError) -> CudaError {
-    CudaError::Driver(e.to_string())
+    CudaError::Driver(e)
 }
 
 /// The number of CUDA devices, or why there are none usable.
@@ -216,11 +216,7 @@ impl Gpu {
                 .map(|src| scope.spawn(move || self.module(src).map(|_| ())))
                 .collect();
             jobs.into_iter()
-                .map(|j| {
-                    j.join().unwrap_or_else(|_| {
-                        Err(CudaError::Driver("compile thread panicked".into()))
-                    })
-                })
+                .map(|j| j.join().unwrap_or(Err(CudaError::CompileThreadPanicked)))
                 .collect::<Result<Vec<()>, CudaError>>()
         })?;
         Ok(())
@@ -347,6 +343,9 @@ impl Device for Gpu {
                 &mut params,
             )
         }
-        .map_err(|e| CudaError::Driver(format!("launch of {entry}: {e}")))
+        .map_err(|source| CudaError::Launch {
+            entry: entry.to_string(),
+            source,
+        })
     }
 }

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runtime::model::gguf::GgufFile;
+use models::gguf::GgufFile;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(g) = GgufFile::parse(std::path::Path::new("fuzz.gguf"), data) {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runtime::model::weights::WeightFiles;
+use models::weights::WeightFiles;
 
 fuzz_target!(|data: &[u8]| {
     let dir = std::env::temp_dir().join(format!("pagedrt-fuzz-{}", std::process::id()));

@@ -15,7 +15,7 @@
 use super::arena::{Arena, Fit};
 use super::breakdown::Breakdown;
 use super::{FragConfig, Moment, Outcome};
-use crate::sim::{RequestRecord, SimRequest};
+use crate::sim::{RequestRecord, SimError, SimRequest};
 use crate::{ScheduledSeq, StepPlan};
 use std::collections::VecDeque;
 
@@ -80,7 +80,7 @@ pub fn run(
     requests: &[SimRequest],
     progress: &mut dyn FnMut(usize),
     observe: &mut dyn FnMut(&Moment),
-) -> Result<Outcome, String> {
+) -> Result<Outcome, SimError> {
     let mut arena = Arena::new(cfg.budget_tokens, fit);
     let mut records: Vec<RequestRecord> = requests
         .iter()
@@ -172,10 +172,13 @@ pub fn run(
             });
         }
         if plan.seqs.is_empty() {
-            return Err(format!(
-                "stalled at t={now:.3}s: nothing fits a step of {} tokens",
-                cfg.max_num_batched_tokens
-            ));
+            return Err(SimError::Stalled {
+                at_s: now,
+                why: format!(
+                    "nothing fits a step of {} tokens",
+                    cfg.max_num_batched_tokens
+                ),
+            });
         }
         let dt = cfg.cost_model.step_time(&plan, 1);
         now += dt;

@@ -12,10 +12,8 @@ pub use breakdown::{Averager, Breakdown, Fractions};
 pub use contiguous::{final_len, Reservation};
 pub use paged::breakdown as paged_breakdown;
 
-use crate::sim::{CostModel, RequestRecord, SimRequest, Summary};
+use crate::sim::{CostModel, RequestRecord, SimError, SimRequest, Summary};
 use serde::Serialize;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 /// The settings every allocator of a study shares.
 #[derive(Debug, Clone)]
@@ -76,12 +74,12 @@ impl AllocatorSpec {
     }
 
     /// Parses a [`name`](Self::name).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SimError> {
         let bad = || {
-            format!(
+            SimError::BadSpec(format!(
                 "unknown allocator '{s}' (paged-BS, paged-BS-noshare, contiguous-max-len, \
                  contiguous-max-tokens, contiguous-oracle, each contiguous one with -best-fit)"
-            )
+            ))
         };
         if let Some(rest) = s.strip_prefix("paged-") {
             let (bs, sharing) = match rest.strip_suffix("-noshare") {
@@ -90,7 +88,9 @@ impl AllocatorSpec {
             };
             let block_size: usize = bs.parse().map_err(|_| bad())?;
             if block_size == 0 {
-                return Err(format!("{s}: the block size must be positive"));
+                return Err(SimError::BadSpec(format!(
+                    "{s}: the block size must be positive"
+                )));
             }
             return Ok(AllocatorSpec::Paged {
                 block_size,
@@ -206,9 +206,11 @@ pub fn run_allocator(
     requests: &[SimRequest],
     progress: &mut dyn FnMut(usize),
     observe: &mut dyn FnMut(&Moment),
-) -> Result<AllocatorReport, String> {
+) -> Result<AllocatorReport, SimError> {
     if cfg.max_tokens == 0 || cfg.budget_tokens == 0 {
-        return Err("the memory budget and max_tokens must be positive".into());
+        return Err(SimError::Config(
+            "the memory budget and max_tokens must be positive".into(),
+        ));
     }
     let mut avg = Averager::default();
     let mut series = Vec::new();
@@ -266,48 +268,4 @@ pub fn run_allocator(
         e2e_s: Summary::of(&mut collect(&|r| r.e2e())),
         series,
     })
-}
-
-/// Runs every allocator in `specs` over `requests` (prepared), on all cores, in `specs`
-/// order. `progress` receives the number of requests finished since its last call.
-pub fn run_study(
-    cfg: &FragConfig,
-    specs: &[AllocatorSpec],
-    requests: &[SimRequest],
-    progress: &(dyn Fn(usize) + Sync),
-) -> Result<Vec<AllocatorReport>, String> {
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<AllocatorReport, String>>>> =
-        Mutex::new(vec![None; specs.len()]);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(specs.len());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&spec) = specs.get(i) else { break };
-                let mut seen = 0;
-                let r = run_allocator(
-                    spec,
-                    cfg,
-                    requests,
-                    &mut |done| {
-                        progress(done.saturating_sub(seen));
-                        seen = seen.max(done);
-                    },
-                    &mut |_| {},
-                );
-                if let Ok(mut v) = results.lock() {
-                    v[i] = Some(r);
-                }
-            });
-        }
-    });
-    let results = results.into_inner().map_err(|e| e.to_string())?;
-    results
-        .into_iter()
-        .zip(specs)
-        .map(|(r, spec)| r.unwrap_or_else(|| Err(format!("{}: did not run", spec.name()))))
-        .collect()
 }

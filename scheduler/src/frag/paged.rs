@@ -2,7 +2,7 @@
 
 use super::breakdown::Breakdown;
 use super::{FragConfig, Moment, Outcome};
-use crate::sim::{simulate_observed, SimConfig, SimRequest, Slo};
+use crate::sim::{simulate_observed, SimConfig, SimError, SimRequest, Slo};
 use crate::{PreemptionMode, SchedulerConfig};
 use block_manager::KvStats;
 
@@ -14,7 +14,7 @@ pub fn run(
     requests: &[SimRequest],
     progress: &mut dyn FnMut(usize),
     observe: &mut dyn FnMut(&Moment),
-) -> Result<Outcome, String> {
+) -> Result<Outcome, SimError> {
     let num_blocks = cfg.budget_tokens / block_size;
     let sim = SimConfig {
         scheduler: SchedulerConfig {

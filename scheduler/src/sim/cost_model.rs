@@ -19,6 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::error::SimError;
 use crate::plan::StepPlan;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,20 +173,24 @@ impl CostModel {
         }
     }
 
-    /// A preset name, or a path to a JSON file with these fields.
-    pub fn load(name_or_path: &str) -> Result<Self, String> {
-        match name_or_path {
-            "h100-llama3-8b" => Ok(Self::h100_llama3_8b()),
-            "cpu-smollm2-135m" => Ok(Self::cpu_smollm2_135m()),
-            path => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    format!(
-                        "cost model '{path}': not a preset (h100-llama3-8b, cpu-smollm2-135m) \
-                         and not a readable file: {e}"
-                    )
-                })?;
-                serde_json::from_str(&text).map_err(|e| format!("cost model {path}: {e}"))
-            }
+    /// The names [`Self::preset`] knows.
+    pub const PRESETS: [&'static str; 2] = ["h100-llama3-8b", "cpu-smollm2-135m"];
+
+    /// A built-in cost model by name (see [`Self::PRESETS`]).
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "h100-llama3-8b" => Some(Self::h100_llama3_8b()),
+            "cpu-smollm2-135m" => Some(Self::cpu_smollm2_135m()),
+            _ => None,
         }
+    }
+
+    /// A cost model from its JSON document (as `pagedrt bench calibrate` writes it); `name`
+    /// (where the text came from) goes into the error.
+    pub fn from_json(name: &str, text: &str) -> Result<Self, SimError> {
+        serde_json::from_str(text).map_err(|e| SimError::BadCostModel {
+            name: name.to_string(),
+            problem: e.to_string(),
+        })
     }
 }

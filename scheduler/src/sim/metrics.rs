@@ -58,17 +58,18 @@ pub struct Slo {
 
 impl Slo {
     /// Parses `ttft:MS tpot:MS e2el:MS` items (milliseconds), as vLLM's `--goodput`.
-    pub fn parse(items: &[String]) -> Result<Slo, String> {
+    pub fn parse(items: &[String]) -> Result<Slo, super::SimError> {
+        let bad = |m: String| super::SimError::BadSpec(m);
         let mut slo = Slo::default();
         for item in items {
             let (k, v) = item
                 .split_once(':')
-                .ok_or_else(|| format!("goodput '{item}': expected NAME:MILLISECONDS"))?;
+                .ok_or_else(|| bad(format!("goodput '{item}': expected NAME:MILLISECONDS")))?;
             let ms: f64 = v
                 .parse()
-                .map_err(|_| format!("goodput '{item}': '{v}' is not a number"))?;
+                .map_err(|_| bad(format!("goodput '{item}': '{v}' is not a number")))?;
             if ms.is_nan() || ms <= 0.0 {
-                return Err(format!("goodput '{item}': must be positive"));
+                return Err(bad(format!("goodput '{item}': must be positive")));
             }
             let s = Some(ms / 1000.0);
             match k {
@@ -76,9 +77,9 @@ impl Slo {
                 "tpot" => slo.tpot_s = s,
                 "e2el" | "e2e" => slo.e2e_s = s,
                 _ => {
-                    return Err(format!(
+                    return Err(bad(format!(
                         "goodput '{item}': unknown metric (ttft, tpot, e2el)"
-                    ))
+                    )))
                 }
             }
         }

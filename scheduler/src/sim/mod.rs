@@ -3,11 +3,13 @@
 //! hardware.
 
 mod cost_model;
+mod error;
 mod metrics;
 mod run;
 mod workload;
 
 pub use cost_model::CostModel;
+pub use error::SimError;
 pub use metrics::{percentile_sorted, RequestRecord, Slo, Summary};
 pub use run::{simulate, simulate_observed, SimConfig, SimResult, StepView, TimePoint};
-pub use workload::{load_trace, prompt_tokens, Arrivals, LenDist, SimRequest, WorkloadSpec};
+pub use workload::{parse_trace, prompt_tokens, Arrivals, LenDist, SimRequest, WorkloadSpec};

@@ -4,6 +4,7 @@ use block_manager::{BlockManager, BlockManagerConfig, KvStats};
 use serde::Serialize;
 
 use super::cost_model::CostModel;
+use super::error::SimError;
 use super::metrics::{RequestRecord, Slo, Summary};
 use super::workload::{prompt_tokens, SimRequest};
 use crate::{policy, FinishReason, Request, Scheduler, SchedulerConfig, StepResult};
@@ -92,7 +93,7 @@ pub fn simulate(
     cfg: &SimConfig,
     requests: &[SimRequest],
     progress: &mut dyn FnMut(usize),
-) -> Result<SimResult, String> {
+) -> Result<SimResult, SimError> {
     simulate_observed(cfg, requests, progress, &mut |_| {})
 }
 
@@ -103,18 +104,18 @@ pub fn simulate_observed(
     requests: &[SimRequest],
     progress: &mut dyn FnMut(usize),
     observe: &mut dyn FnMut(&StepView),
-) -> Result<SimResult, String> {
+) -> Result<SimResult, SimError> {
     let bm_cfg = BlockManagerConfig::new(cfg.block_size, cfg.num_blocks)
         .with_host_blocks(cfg.num_host_blocks)
         .with_watermark(cfg.watermark)
         .with_prefix_caching(cfg.enable_prefix_caching);
-    let bm = BlockManager::new(bm_cfg).map_err(|e| e.to_string())?;
+    let bm = BlockManager::new(bm_cfg)?;
     let pol = policy::by_name(&cfg.policy).ok_or_else(|| {
-        format!(
+        SimError::Config(format!(
             "unknown policy '{}' (one of {})",
             cfg.policy,
             policy::POLICY_NAMES.join(", ")
-        )
+        ))
     })?;
     // `auto` preemption weighs recompute against swap with the same cost model as the steps.
     let mut sched_cfg = cfg.scheduler.clone();
@@ -125,7 +126,7 @@ pub fn simulate_observed(
             * cfg.cost_model.kv_bytes_per_token
             * cfg.cost_model.per_swap_byte_s,
     };
-    let mut sched = Scheduler::new(sched_cfg, bm, pol).map_err(|e| e.to_string())?;
+    let mut sched = Scheduler::new(sched_cfg, bm, pol)?;
     let mut records: Vec<RequestRecord> = requests
         .iter()
         .enumerate()
@@ -173,13 +174,16 @@ pub fn simulate_observed(
             now = now.max(requests[next].arrival_s);
             continue;
         }
-        let plan = sched.schedule(now).map_err(|e| e.to_string())?;
+        let plan = sched.schedule(now)?;
         if plan.is_empty() {
             if next == requests.len() {
-                return Err(format!(
-                    "stalled at t={now:.3}s: {} waiting requests cannot be admitted",
-                    sched.num_waiting()
-                ));
+                return Err(SimError::Stalled {
+                    at_s: now,
+                    why: format!(
+                        "{} waiting requests cannot be admitted",
+                        sched.num_waiting()
+                    ),
+                });
             }
             now = requests[next].arrival_s;
             continue;
@@ -234,13 +238,11 @@ pub fn simulate_observed(
         for &id in &plan.preempted {
             records[owner(id as usize, &child_owner)].preemptions += 1;
         }
-        sched.update(&result).map_err(|e| e.to_string())?;
+        sched.update(&result)?;
         for parent in forks {
             for _ in 1..records[parent].n {
                 let child = nreq + child_owner.len();
-                sched
-                    .fork(parent as u64, child as u64, 1 + (child % 1000) as u32)
-                    .map_err(|e| e.to_string())?;
+                sched.fork(parent as u64, child as u64, 1 + (child % 1000) as u32)?;
                 child_owner.push(parent);
                 seq_out.push(1);
                 last_token.push(now);

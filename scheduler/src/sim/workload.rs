@@ -5,6 +5,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, Gamma, LogNormal};
 use serde::{Deserialize, Serialize};
 
+use super::error::SimError;
+
 /// One request of a workload: when it arrives and how much work it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimRequest {
@@ -66,35 +68,37 @@ impl LenDist {
     };
 
     /// One length drawn from `rng`.
-    pub fn sample(&self, rng: &mut StdRng) -> Result<usize, String> {
+    pub fn sample(&self, rng: &mut StdRng) -> Result<usize, SimError> {
         Ok(match *self {
             LenDist::Fixed(n) => n,
             LenDist::Uniform(lo, hi) => rng.random_range(lo..=hi),
             LenDist::LogNormal { mean, sigma, max } => {
                 // E[X] = exp(mu + sigma^2 / 2).
                 let mu = mean.ln() - sigma * sigma / 2.0;
-                let d = LogNormal::new(mu, sigma).map_err(|e| e.to_string())?;
+                let d = LogNormal::new(mu, sigma)
+                    .map_err(|e| SimError::BadSpec(format!("lognormal:{mean}:{sigma}: {e}")))?;
                 (d.sample(rng).round() as usize).clamp(1, max)
             }
         })
     }
 
     /// Parses `N`, `fixed:N`, `uniform:LO:HI` or `lognormal:MEAN:SIGMA[:MAX]`.
-    pub fn parse(s: &str) -> Result<LenDist, String> {
+    pub fn parse(s: &str) -> Result<LenDist, SimError> {
         let parts: Vec<&str> = s.split(':').collect();
-        let num = |i: usize| -> Result<f64, String> {
+        let bad = |m: String| SimError::BadSpec(m);
+        let num = |i: usize| -> Result<f64, SimError> {
             parts
                 .get(i)
-                .ok_or_else(|| format!("'{s}': missing field {i}"))?
+                .ok_or_else(|| bad(format!("'{s}': missing field {i}")))?
                 .parse::<f64>()
-                .map_err(|e| format!("'{s}': {e}"))
+                .map_err(|e| bad(format!("'{s}': {e}")))
         };
         match parts[0] {
             "fixed" => Ok(LenDist::Fixed(num(1)? as usize)),
             "uniform" => {
                 let (lo, hi) = (num(1)? as usize, num(2)? as usize);
                 if lo > hi || lo == 0 {
-                    return Err(format!("'{s}': need 1 <= lo <= hi"));
+                    return Err(bad(format!("'{s}': need 1 <= lo <= hi")));
                 }
                 Ok(LenDist::Uniform(lo, hi))
             }
@@ -108,7 +112,9 @@ impl LenDist {
                 },
             }),
             _ => s.parse::<usize>().map(LenDist::Fixed).map_err(|_| {
-                format!("'{s}': expected N, fixed:N, uniform:LO:HI or lognormal:MEAN:SIGMA")
+                bad(format!(
+                    "'{s}': expected N, fixed:N, uniform:LO:HI or lognormal:MEAN:SIGMA"
+                ))
             }),
         }
     }
@@ -150,18 +156,20 @@ impl WorkloadSpec {
         }
     }
 
-    pub fn generate(&self) -> Result<Vec<SimRequest>, String> {
+    pub fn generate(&self) -> Result<Vec<SimRequest>, SimError> {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut t = 0.0;
         let gap: Box<dyn Fn(&mut StdRng) -> f64> = match self.arrivals {
             Arrivals::AllAtOnce => Box::new(|_| 0.0),
             Arrivals::Poisson { rate } => {
-                let d = Exp::new(rate).map_err(|e| format!("request rate {rate}: {e}"))?;
+                let d = Exp::new(rate)
+                    .map_err(|e| SimError::BadSpec(format!("request rate {rate}: {e}")))?;
                 Box::new(move |r| d.sample(r))
             }
             Arrivals::Gamma { rate, burstiness } => {
-                let d = Gamma::new(burstiness, 1.0 / (rate * burstiness))
-                    .map_err(|e| format!("rate {rate}, burstiness {burstiness}: {e}"))?;
+                let d = Gamma::new(burstiness, 1.0 / (rate * burstiness)).map_err(|e| {
+                    SimError::BadSpec(format!("rate {rate}, burstiness {burstiness}: {e}"))
+                })?;
                 Box::new(move |r| d.sample(r))
             }
         };
@@ -192,25 +200,31 @@ impl WorkloadSpec {
     }
 }
 
-/// Loads a trace: JSONL with [`SimRequest`] fields, or CSV with a header naming
-/// `arrival_s,prompt_len,output_len` and optionally `prefix_group,priority,n`.
-pub fn load_trace(path: &std::path::Path) -> Result<Vec<SimRequest>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let is_csv = path.extension().is_some_and(|e| e == "csv");
+/// Parses a trace: JSONL with [`SimRequest`] fields, or (`is_csv`) CSV with a header naming
+/// `arrival_s,prompt_len,output_len` and optionally `prefix_group,priority,n`. Errors name
+/// `source_name` (the file the text came from) and the line.
+pub fn parse_trace(
+    text: &str,
+    is_csv: bool,
+    source_name: &str,
+) -> Result<Vec<SimRequest>, SimError> {
+    let bad_trace = |problem: String| SimError::BadTrace {
+        source_name: source_name.to_string(),
+        problem,
+    };
     let mut out = Vec::new();
     if is_csv {
         let mut lines = text.lines().enumerate();
         let (_, header) = lines
             .next()
-            .ok_or_else(|| format!("{}: empty trace", path.display()))?;
+            .ok_or_else(|| bad_trace("empty trace".into()))?;
         let cols: Vec<&str> = header.split(',').map(str::trim).collect();
         let col = |name: &str| cols.iter().position(|c| *c == name);
         let (a, p, o) = match (col("arrival_s"), col("prompt_len"), col("output_len")) {
             (Some(a), Some(p), Some(o)) => (a, p, o),
             _ => {
-                return Err(format!(
-                    "{}: the header must name arrival_s, prompt_len, output_len",
-                    path.display()
+                return Err(bad_trace(
+                    "the header must name arrival_s, prompt_len, output_len".into(),
                 ))
             }
         };
@@ -220,7 +234,7 @@ pub fn load_trace(path: &std::path::Path) -> Result<Vec<SimRequest>, String> {
                 continue;
             }
             let f: Vec<&str> = line.split(',').map(str::trim).collect();
-            let bad = |what: &str| format!("{} line {}: bad {what}", path.display(), i + 1);
+            let bad = |what: &str| bad_trace(format!("line {}: bad {what}", i + 1));
             let get = |c: usize| f.get(c).copied().unwrap_or("");
             out.push(SimRequest {
                 arrival_s: get(a).parse().map_err(|_| bad("arrival_s"))?,
@@ -246,7 +260,7 @@ pub fn load_trace(path: &std::path::Path) -> Result<Vec<SimRequest>, String> {
                 continue;
             }
             let r: SimRequest = serde_json::from_str(line)
-                .map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))?;
+                .map_err(|e| bad_trace(format!("line {}: {e}", i + 1)))?;
             out.push(r);
         }
     }
@@ -257,11 +271,10 @@ pub fn load_trace(path: &std::path::Path) -> Result<Vec<SimRequest>, String> {
             || r.arrival_s.is_nan()
             || r.arrival_s < 0.0
         {
-            return Err(format!(
-                "{} request {}: prompt_len, output_len and n must be positive, arrival_s >= 0",
-                path.display(),
+            return Err(bad_trace(format!(
+                "request {}: prompt_len, output_len and n must be positive, arrival_s >= 0",
                 i + 1
-            ));
+            )));
         }
     }
     out.sort_by(|x, y| x.arrival_s.total_cmp(&y.arrival_s));

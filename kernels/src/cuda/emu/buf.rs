@@ -28,7 +28,7 @@ impl<T: DevElem> EmuBuf<T> {
     fn layout(len: usize) -> Result<Layout, CudaError> {
         let bytes = len.max(1) * std::mem::size_of::<T>().max(1);
         Layout::from_size_align(bytes, ALIGN)
-            .map_err(|_| CudaError::Driver(format!("emulator: cannot allocate {len} elements")))
+            .map_err(|_| CudaError::EmulatorHost(format!("cannot allocate {len} elements")))
     }
 
     pub(super) fn zeroed(len: usize) -> Result<Self, CudaError> {
@@ -36,7 +36,7 @@ impl<T: DevElem> EmuBuf<T> {
         // SAFETY: a non-zero-sized layout; zero bits are a valid T (DevElem: ValidAsZeroBits).
         let ptr = unsafe { alloc_zeroed(layout) } as *mut T;
         let ptr =
-            NonNull::new(ptr).ok_or_else(|| CudaError::Driver("emulator: out of memory".into()))?;
+            NonNull::new(ptr).ok_or_else(|| CudaError::EmulatorHost("out of memory".into()))?;
         Ok(EmuBuf { ptr, len, layout })
     }
 
@@ -45,7 +45,7 @@ impl<T: DevElem> EmuBuf<T> {
         // SAFETY: a non-zero-sized layout; every element is written before the buffer is used.
         let ptr = unsafe { alloc(layout) } as *mut T;
         let ptr =
-            NonNull::new(ptr).ok_or_else(|| CudaError::Driver("emulator: out of memory".into()))?;
+            NonNull::new(ptr).ok_or_else(|| CudaError::EmulatorHost("out of memory".into()))?;
         // SAFETY: `ptr` has room for host.len() elements and does not overlap `host`.
         unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), ptr.as_ptr(), host.len()) };
         Ok(EmuBuf {

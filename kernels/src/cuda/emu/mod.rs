@@ -66,8 +66,8 @@ impl Module {
         // SAFETY: per the contract above.
         let m = unsafe { &*info };
         if m.abi != ffi::ABI_VERSION {
-            return Err(CudaError::Driver(format!(
-                "emulator module ABI {} (this binary speaks {})",
+            return Err(CudaError::EmulatorHost(format!(
+                "module ABI {} (this binary speaks {})",
                 m.abi,
                 ffi::ABI_VERSION
             )));

@@ -1,0 +1,596 @@
+//! The engine core: one step = schedule → copies → forward → sample → update. It owns the
+//! scheduler (and so the block manager), the model, the paged KV cache and every request's
+//! sampling state. Single-threaded; `handle` runs it on its own OS thread.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use block_manager::{BlockManager, BlockManagerConfig, SeqId};
+use kernels::KvDtype;
+use rand::rngs::StdRng;
+use scheduler::{policy, FinishReason, Request, Scheduler, SchedulerConfig, StepResult};
+
+use super::executor::{build_batch, run_copies, HostCache};
+use super::stop::StopText;
+use super::EngineError;
+use crate::backend::Backend;
+use crate::constraint::TokenMask;
+use crate::constraint::{Constraint, ConstraintError};
+use crate::detok::{IncrementalDecoder, TokenDecoder};
+use crate::masks::{with_masks, StepMasks};
+use crate::model::{KvCache, Model};
+use crate::report::StepReport;
+use crate::request::{RequestLimits, ValidatedRequest};
+use crate::sampler::{sample, sample_rng, Sampled, SamplingParams};
+
+/// Sizing and policy of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub num_host_blocks: usize,
+    /// How K and V are stored (`--kv-cache-dtype`).
+    pub kv_dtype: KvDtype,
+    pub watermark: f64,
+    pub enable_prefix_caching: bool,
+    pub scheduler: SchedulerConfig,
+    pub policy: String,
+    /// Refuse new requests while this many are already waiting (backpressure).
+    pub max_queue: Option<usize>,
+    /// Back every KV page with memory at start-up (`--kv-prefault`), as llama.cpp clears its
+    /// KV buffer when it creates a context: the steps then never wait for the first write
+    /// to a page (1-4 % of a 64 x (128 + 128) run on the VMs here), and a machine without
+    /// the memory fails at start-up rather than mid-run. Costs start-up time.
+    pub kv_prefault: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            block_size: 16,
+            num_blocks: 1024,
+            num_host_blocks: 0,
+            kv_dtype: KvDtype::F32,
+            watermark: 0.01,
+            enable_prefix_caching: true,
+            scheduler: SchedulerConfig::default(),
+            policy: "fcfs".into(),
+            max_queue: None,
+            kv_prefault: false,
+        }
+    }
+}
+
+/// A generation request: a validated prompt and parameters, under the caller's id.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// Chosen by the caller; must be below 2^62 (forked samples use the ids above).
+    pub id: u64,
+    pub request: ValidatedRequest,
+}
+
+/// One new token of one sample of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenOutput {
+    pub request: u64,
+    /// Which of the request's `n` samples.
+    pub index: usize,
+    pub token: u32,
+    /// Text this token releases (may be empty: held back for UTF-8 or a stop string).
+    pub text: String,
+    pub logprob: f32,
+    pub top_logprobs: Vec<(u32, f32)>,
+    pub finish: Option<FinishReason>,
+    /// Prompt tokens served from the prefix cache (known from the first token on).
+    pub cached_prompt_tokens: usize,
+}
+
+struct SampleState {
+    request: u64,
+    index: usize,
+    params: Arc<SamplingParams>,
+    prompt: Arc<Vec<u32>>,
+    output: Vec<u32>,
+    rng: StdRng,
+    detok: IncrementalDecoder,
+    text: StopText,
+    /// What restricts this sample's tokens (a structured output).
+    constraint: Option<Constraint>,
+    /// The constraint as it was before any token, for the siblings of an `n > 1` request's
+    /// first sample (they start from its first logits).
+    sibling_constraint: Option<Constraint>,
+}
+
+impl SampleState {
+    /// Sample `index` of `request`, with its own generator ([`sample_rng`]).
+    fn new(
+        request: u64,
+        index: usize,
+        params: Arc<SamplingParams>,
+        prompt: Arc<Vec<u32>>,
+        constraint: Option<Constraint>,
+    ) -> Self {
+        let rng = sample_rng(&params, request, index);
+        let sibling_constraint = if index == 0 && params.n > 1 {
+            constraint.clone()
+        } else {
+            None
+        };
+        SampleState {
+            request,
+            index,
+            params,
+            prompt,
+            output: vec![],
+            rng,
+            detok: IncrementalDecoder::new(),
+            text: StopText::default(),
+            constraint,
+            sibling_constraint,
+        }
+    }
+}
+
+const CHILD_BASE: u64 = 1 << 62;
+
+pub struct EngineCore<B: Backend> {
+    backend: B,
+    model: Box<dyn Model<B>>,
+    cache: KvCache<B>,
+    host: Option<HostCache>,
+    tokenizer: Option<Arc<dyn TokenDecoder>>,
+    scheduler: Scheduler,
+    samples: HashMap<SeqId, SampleState>,
+    /// Sequence ids of each request's samples.
+    requests: HashMap<u64, Vec<SeqId>>,
+    next_child: u64,
+    started: Instant,
+    eos_ids: Vec<u32>,
+    max_queue: Option<usize>,
+    /// Arrival time of requests not yet scheduled once.
+    unscheduled: HashMap<u64, f64>,
+    /// Where each step's report goes (`pagedrt serve --step-log`), as JSON lines.
+    step_log: Option<Box<dyn std::io::Write + Send>>,
+}
+
+impl<B: Backend> EngineCore<B> {
+    /// An engine over `model` on `backend`; `tokenizer` turns tokens into text and says
+    /// which end generation (without one, outputs carry token ids only).
+    pub fn new(
+        backend: B,
+        model: Box<dyn Model<B>>,
+        tokenizer: Option<Arc<dyn TokenDecoder>>,
+        cfg: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let bm = BlockManager::new(
+            BlockManagerConfig::new(cfg.block_size, cfg.num_blocks)
+                .with_host_blocks(cfg.num_host_blocks)
+                .with_watermark(cfg.watermark)
+                .with_prefix_caching(cfg.enable_prefix_caching),
+        )?;
+        let pol = policy::by_name(&cfg.policy)
+            .ok_or_else(|| EngineError::Config(format!("unknown policy '{}'", cfg.policy)))?;
+        let mut sched_cfg = cfg.scheduler.clone();
+        let model_max = model.max_len();
+        sched_cfg.max_model_len = Some(
+            sched_cfg
+                .max_model_len
+                .map_or(model_max, |m| m.min(model_max)),
+        );
+        let scheduler = Scheduler::new(sched_cfg, bm, pol)?;
+        let mut cache = KvCache::new(
+            &backend,
+            &model.kv_spec(cfg.kv_dtype),
+            cfg.num_blocks,
+            cfg.block_size,
+        )?;
+        if cfg.kv_prefault {
+            for layer in &mut cache.layers {
+                backend.kv_prefault(&mut layer.k)?;
+                backend.kv_prefault(&mut layer.v)?;
+            }
+        }
+        let host = (cfg.num_host_blocks > 0).then(|| {
+            let mut l = cache.layout;
+            l.num_blocks = cfg.num_host_blocks;
+            HostCache::new(model.config().num_layers, l.elems(), cfg.kv_dtype)
+        });
+        let eos_ids = tokenizer
+            .as_ref()
+            .map(|t| t.eos_ids().to_vec())
+            .unwrap_or_default();
+        Ok(EngineCore {
+            backend,
+            model,
+            cache,
+            host,
+            tokenizer,
+            scheduler,
+            samples: HashMap::new(),
+            requests: HashMap::new(),
+            next_child: CHILD_BASE,
+            started: Instant::now(),
+            eos_ids,
+            max_queue: cfg.max_queue,
+            unscheduled: HashMap::new(),
+            step_log: None,
+        })
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn model(&self) -> &dyn Model<B> {
+        self.model.as_ref()
+    }
+
+    pub fn tokenizer(&self) -> Option<&Arc<dyn TokenDecoder>> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Whether any sample of `request` is still running or queued.
+    pub fn is_active(&self, request: u64) -> bool {
+        self.requests.contains_key(&request)
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        self.scheduler.has_unfinished()
+    }
+
+    /// What a request must satisfy to be added ([`RequestLimits::validate`]).
+    pub fn request_limits(&self) -> RequestLimits {
+        RequestLimits {
+            vocab_size: self.model.config().vocab_size,
+            max_model_len: self
+                .scheduler
+                .config()
+                .max_model_len
+                .unwrap_or_else(|| self.model.max_len()),
+        }
+    }
+
+    /// Queues a request; refused now (with the reason) if it could never run here or the
+    /// queue is full. The request's content was checked when it was validated.
+    pub fn add_request(&mut self, r: GenerateRequest) -> Result<(), EngineError> {
+        if r.id >= CHILD_BASE || self.requests.contains_key(&r.id) {
+            return Err(EngineError::BadRequest(format!(
+                "request id {} is taken or too large",
+                r.id
+            )));
+        }
+        if let Some(max) = self.max_queue {
+            let waiting = self.scheduler.num_waiting();
+            if waiting >= max {
+                return Err(EngineError::QueueFull { waiting, max });
+            }
+        }
+        let (priority, cache_salt) = (r.request.priority(), r.request.cache_salt());
+        let (prompt, params, constraint) = r.request.into_parts();
+        let mut req = Request::new(r.id, prompt.clone(), params.max_tokens);
+        let req_arrival = self.started.elapsed().as_secs_f64();
+        req.arrival_s = req_arrival;
+        req.priority = priority;
+        req.cache_salt = cache_salt;
+        self.scheduler.add_request(req)?;
+        self.samples.insert(
+            r.id,
+            SampleState::new(r.id, 0, Arc::new(params), Arc::new(prompt), constraint),
+        );
+        self.requests.insert(r.id, vec![r.id]);
+        self.unscheduled.insert(r.id, req_arrival);
+        Ok(())
+    }
+
+    /// Aborts every sample of a request; its pages are freed at once.
+    pub fn abort(&mut self, request: u64) {
+        self.unscheduled.remove(&request);
+        if let Some(seqs) = self.requests.remove(&request) {
+            for s in seqs {
+                self.samples.remove(&s);
+                let _ = self.scheduler.abort(s);
+            }
+        }
+    }
+
+    /// Logs every later step's report as one JSON line ([`StepReport::log_line`]), for
+    /// `pagedrt bench calibrate --from-steps`.
+    pub fn set_step_log(&mut self, w: Box<dyn std::io::Write + Send>) {
+        self.step_log = Some(w);
+    }
+
+    /// Runs one step; reports the tokens it produced and what it did.
+    pub fn step(&mut self) -> Result<StepReport, EngineError> {
+        let t0 = Instant::now();
+        let mut report = StepReport::default();
+        report.outputs = self.step_inner(&mut report)?;
+        report.seconds = t0.elapsed().as_secs_f64();
+        if let (Some(w), Some(line)) = (self.step_log.as_mut(), report.log_line()) {
+            // A full disk must not stop serving: the log is best effort.
+            let _ = writeln!(w, "{line}").and_then(|_| w.flush());
+        }
+        Ok(report)
+    }
+
+    fn step_inner(&mut self, report: &mut StepReport) -> Result<Vec<TokenOutput>, EngineError> {
+        let now = self.started.elapsed().as_secs_f64();
+        let plan = self.scheduler.schedule(now)?;
+        run_copies(&self.backend, &plan, &mut self.cache, self.host.as_mut())?;
+        report.num_tokens = plan.num_tokens();
+        for sc in &plan.seqs {
+            if let Some(arrival) = self.unscheduled.remove(&sc.seq) {
+                report.queue_times_s.push(now - arrival);
+            }
+        }
+        if plan.seqs.is_empty() {
+            return Ok(vec![]);
+        }
+        report.counts = Some(scheduler::StepCounts::of(&plan));
+        let batch = build_batch(&plan, self.cache.layout.block_size);
+        let (model, backend, cache) = (&self.model, &self.backend, &mut self.cache);
+        let (logits, mut masks) = with_masks(mask_jobs(&plan, &mut self.samples), || {
+            backend.run_forward(|| model.forward(backend, &batch, cache))
+        });
+        report.masks = masks.masks.len();
+        report.mask_seconds = masks.compute_seconds;
+        report.mask_wait_seconds = masks.wait_seconds;
+        // A device error (this step's copies or forward) fails the step with its message.
+        let mut logits = logits?;
+        let vocab = self.model.config().vocab_size;
+        let mut result = StepResult::default();
+        let mut outputs = Vec::new();
+        let mut forks: Vec<(SeqId, Vec<f32>)> = Vec::new();
+        let mut drawn = draw_samples(
+            &self.backend,
+            &plan,
+            &mut self.samples,
+            &mut logits,
+            vocab,
+            &mut masks,
+        );
+        for (row, sc) in plan.seqs.iter().filter(|s| s.samples).enumerate() {
+            let (Some(st), Some((s, raw, failed))) =
+                (self.samples.get_mut(&sc.seq), drawn[row].take())
+            else {
+                continue;
+            };
+            let cached = self
+                .scheduler
+                .sequence(sc.seq)
+                .and_then(|q| q.num_cached_prompt_tokens)
+                .unwrap_or(0);
+            let out = emit(
+                st,
+                &s,
+                self.tokenizer.as_deref(),
+                &self.eos_ids,
+                cached,
+                failed,
+            )?;
+            result.sampled.push((sc.seq, s.token));
+            if let Some(reason) = out.finish {
+                result.finished.push((sc.seq, reason));
+            }
+            if let (Some(raw), None) = (raw, out.finish) {
+                forks.push((sc.seq, raw));
+            }
+            outputs.push(out);
+        }
+        self.scheduler.update(&result)?;
+        for &(seq, _) in &result.finished {
+            self.samples.remove(&seq);
+        }
+        for (parent, raw) in forks {
+            self.fork_samples(parent, raw, &mut outputs)?;
+        }
+        self.requests.retain(|_, seqs| {
+            seqs.retain(|s| self.samples.contains_key(s));
+            !seqs.is_empty()
+        });
+        Ok(outputs)
+    }
+
+    /// Starts samples 1..n of a request from the logits its first token came from.
+    fn fork_samples(
+        &mut self,
+        parent: SeqId,
+        raw: Vec<f32>,
+        outputs: &mut Vec<TokenOutput>,
+    ) -> Result<(), EngineError> {
+        let (request, params, prompt, constraint) = {
+            let p = &self.samples[&parent];
+            let c = p.sibling_constraint.clone();
+            (p.request, p.params.clone(), p.prompt.clone(), c)
+        };
+        for index in 1..params.n {
+            let mut st = SampleState::new(
+                request,
+                index,
+                params.clone(),
+                prompt.clone(),
+                constraint.clone(),
+            );
+            // `raw` is already masked by the first sample's (identical) first mask.
+            let s = sample(&mut raw.clone(), &params, &prompt, &[], None, &mut st.rng);
+            let out = emit(
+                &mut st,
+                &s,
+                self.tokenizer.as_deref(),
+                &self.eos_ids,
+                0,
+                None,
+            )?;
+            if out.finish.is_none() {
+                let child = self.next_child;
+                self.next_child += 1;
+                self.scheduler.fork(parent, child, s.token)?;
+                self.samples.insert(child, st);
+                self.requests.entry(request).or_default().push(child);
+            }
+            outputs.push(out);
+        }
+        Ok(())
+    }
+}
+
+/// The constraints of the step's sampling rows, whose masks the helper computes while the
+/// forward runs.
+fn mask_jobs<'a>(
+    plan: &scheduler::StepPlan,
+    samples: &'a mut HashMap<SeqId, SampleState>,
+) -> Vec<(SeqId, &'a mut Constraint)> {
+    let sampling: std::collections::HashSet<SeqId> = plan
+        .seqs
+        .iter()
+        .filter(|s| s.samples)
+        .map(|s| s.seq)
+        .collect();
+    samples
+        .iter_mut()
+        .filter(|(seq, _)| sampling.contains(seq))
+        .filter_map(|(seq, st)| st.constraint.as_mut().map(|c| (*seq, c)))
+        .collect()
+}
+
+/// One row's draw: the token, the raw logits for the siblings of an `n > 1` request's first
+/// token, and why the row's constraint could not give a mask (the sample then ends).
+type Drawn = (Sampled, Option<Vec<f32>>, Option<ConstraintError>);
+
+/// Samples every sampling row of a step, in parallel over sequences (each sample has its
+/// own seeded generator, so the draws do not depend on the order or the thread). Returns,
+/// per row, the token and, for the first token of an `n > 1` request, the (masked) logits
+/// its siblings will sample from. A constrained row samples under its mask from `masks`.
+fn draw_samples<B: Backend>(
+    backend: &B,
+    plan: &scheduler::StepPlan,
+    samples: &mut HashMap<SeqId, SampleState>,
+    logits: &mut [f32],
+    vocab: usize,
+    masks: &mut StepMasks,
+) -> Vec<Option<Drawn>> {
+    let rows_of: HashMap<SeqId, usize> = plan
+        .seqs
+        .iter()
+        .filter(|s| s.samples)
+        .enumerate()
+        .map(|(row, sc)| (sc.seq, row))
+        .collect();
+    let mut rows: Vec<&mut [f32]> = logits.chunks_mut(vocab).collect();
+    type Job<'a> = (usize, &'a mut SampleState, &'a mut [f32], Option<TokenMask>);
+    let mut failed: HashMap<usize, ConstraintError> = HashMap::new();
+    let mut jobs: Vec<Job> = samples
+        .iter_mut()
+        .filter_map(|(seq, st)| {
+            let row = *rows_of.get(seq)?;
+            let mask = match (st.constraint.is_some(), masks.masks.remove(seq)) {
+                (false, _) => None,
+                (true, Some(Ok(m))) if m.count() > 0 => Some(m),
+                (true, Some(Ok(_))) => {
+                    failed.insert(row, ConstraintError("no token is allowed".into()));
+                    None
+                }
+                (true, Some(Err(e))) => {
+                    failed.insert(row, e);
+                    None
+                }
+                (true, None) => {
+                    failed.insert(row, ConstraintError("no mask was computed".into()));
+                    None
+                }
+            };
+            Some((row, st, std::mem::take(rows.get_mut(row)?), mask))
+        })
+        .collect();
+    // Each job fills its own result slot, on the backend's host threads.
+    let mut work: Vec<_> = jobs.iter_mut().map(|j| (j, None)).collect();
+    backend.host_parallel(&mut work, |w| {
+        let ((row, st, l, mask), result) = w;
+        if let Some(m) = mask {
+            m.apply(l);
+        }
+        let wants_fork = st.index == 0 && st.output.is_empty() && st.params.n > 1;
+        let raw = wants_fork.then(|| l.to_vec());
+        let s = sample(l, &st.params, &st.prompt, &st.output, None, &mut st.rng);
+        *result = Some((*row, s, raw));
+    });
+    let mut drawn: Vec<Option<Drawn>> = Vec::new();
+    drawn.resize_with(rows_of.len(), || None);
+    for (row, s, raw) in work.into_iter().filter_map(|(_, r)| r) {
+        drawn[row] = Some((s, raw, failed.remove(&row)));
+    }
+    drawn
+}
+
+/// Appends a sampled token to a sample's state: stop checks, the constraint, text, the
+/// output record. A sample whose constraint failed (`failed`) ends here with `abort`.
+fn emit(
+    st: &mut SampleState,
+    s: &Sampled,
+    tok: Option<&dyn TokenDecoder>,
+    eos_ids: &[u32],
+    cached: usize,
+    failed: Option<ConstraintError>,
+) -> Result<TokenOutput, EngineError> {
+    st.output.push(s.token);
+    let p = &st.params;
+    let mut finish = None;
+    let stop_token =
+        (!p.ignore_eos && eos_ids.contains(&s.token)) || p.stop_token_ids.contains(&s.token);
+    let mut text = String::new();
+    let mut complete = false;
+    if let Some(e) = failed {
+        tracing::warn!("request {}: {e}; ending the sample", st.request);
+        finish = Some(FinishReason::Abort);
+    } else if let (Some(c), false) = (st.constraint.as_mut(), stop_token) {
+        match c.0.commit(s.token) {
+            Ok(()) => complete = c.0.is_finished(),
+            Err(e) => {
+                tracing::warn!("request {}: {e}; ending the sample", st.request);
+                finish = Some(FinishReason::Abort);
+            }
+        }
+    }
+    if finish.is_some() {
+    } else if stop_token {
+        finish = Some(FinishReason::Stop);
+    } else if let Some(t) = tok {
+        let delta = st.detok.push(t, s.token)?;
+        let (released, hit) = st.text.push(&delta, &p.stop);
+        text = released;
+        if hit {
+            finish = Some(FinishReason::Stop);
+            // The stop string ended it, not the grammar: what it held back stays back.
+            complete = false;
+        }
+    }
+    if finish.is_none() && complete {
+        finish = Some(FinishReason::Stop);
+    }
+    if finish.is_none() && st.output.len() >= p.max_tokens {
+        finish = Some(FinishReason::Length);
+    }
+    if finish == Some(FinishReason::Length) || (finish.is_some() && (stop_token || complete)) {
+        if let Some(t) = tok {
+            let rest = st.detok.finish(t)?;
+            let (released, _) = st.text.push(&rest, &p.stop);
+            text.push_str(&released);
+            text.push_str(&st.text.flush());
+        }
+    }
+    Ok(TokenOutput {
+        request: st.request,
+        index: st.index,
+        token: s.token,
+        text,
+        logprob: s.logprob,
+        top_logprobs: s.top.clone(),
+        finish,
+        cached_prompt_tokens: cached,
+    })
+}

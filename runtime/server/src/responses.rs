@@ -1,0 +1,467 @@
+//! `POST /v1/responses`: OpenAI's Responses API, the stateless subset.
+//!
+//! `input` (a string, or message items, `function_call` and `function_call_output` items),
+//! `instructions`, `max_output_tokens`, `temperature`, `top_p`, `tools` (function tools, in
+//! the API's flat shape), `tool_choice`, `parallel_tool_calls`, `text.format` (a structured
+//! output) and `stream`, run through the same template, constraint and tool-call parser as
+//! chat. Nothing is stored: `previous_response_id`, `store: true`, `background` and
+//! `conversation` are refused with a 400 that says so.
+//!
+//! One [`ResponseBuilder`] turns the parser's pieces into output items and, streaming, into
+//! the API's events (`response.created`, `response.output_item.added`,
+//! `response.output_text.delta`, `response.function_call_arguments.delta`, ...,
+//! `response.completed`), so a stream always adds up to the non-streamed response.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use axum::Json as AxumJson;
+use serde_json::{json, Value as Json};
+
+use crate::api_types::Sampling;
+use crate::chat::{call_id_prefix, prepare, Prepared, ToolFields};
+use crate::error::ApiError;
+use crate::generation::{collect, last_error, sse_stream, submit_all, Usage};
+use crate::handlers::{authorize, check_model, now, parse, Body, S};
+use crate::structured;
+use crate::tool_calls::{Piece, ToolCallStream};
+use crate::validate::{content_text, sampling_params};
+use models::tokenizer::ChatMessage;
+
+fn bad(message: impl Into<String>, param: &str) -> ApiError {
+    ApiError::bad_request(message, Some(param))
+}
+
+/// The request fields this endpoint reads; the others are refused or ignored.
+#[derive(Debug, serde::Deserialize)]
+struct ResponsesRequest {
+    model: String,
+    input: Json,
+    instructions: Option<String>,
+    max_output_tokens: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    tools: Option<Json>,
+    tool_choice: Option<Json>,
+    parallel_tool_calls: Option<bool>,
+    text: Option<Json>,
+    #[serde(default)]
+    stream: bool,
+    previous_response_id: Option<String>,
+    store: Option<bool>,
+    background: Option<bool>,
+    conversation: Option<Json>,
+    metadata: Option<Json>,
+}
+
+/// What a stateless server cannot do.
+fn refuse_state(r: &ResponsesRequest) -> Result<(), ApiError> {
+    let stateless = "pagedrt's Responses API is stateless";
+    if r.previous_response_id.is_some() {
+        return Err(bad(
+            format!("{stateless}: previous_response_id is not supported; send the whole conversation as input items"),
+            "previous_response_id",
+        ));
+    }
+    if r.store == Some(true) {
+        return Err(bad(
+            format!("{stateless}: responses are not stored (send store: false or leave it out)"),
+            "store",
+        ));
+    }
+    if r.background == Some(true) {
+        return Err(bad(
+            format!("{stateless}: background responses are not supported"),
+            "background",
+        ));
+    }
+    if r.conversation.is_some() {
+        return Err(bad(
+            format!("{stateless}: conversations are not supported"),
+            "conversation",
+        ));
+    }
+    Ok(())
+}
+
+/// `instructions` and `input` as chat messages.
+fn input_messages(instructions: Option<&str>, input: &Json) -> Result<Vec<ChatMessage>, ApiError> {
+    let mut msgs = vec![];
+    if let Some(i) = instructions {
+        msgs.push(ChatMessage::new("system", i));
+    }
+    let items = match input {
+        Json::String(s) => {
+            msgs.push(ChatMessage::new("user", s.clone()));
+            return Ok(msgs);
+        }
+        Json::Array(items) if !items.is_empty() => items,
+        _ => {
+            return Err(bad(
+                "input must be a string or a non-empty list of items",
+                "input",
+            ))
+        }
+    };
+    for (i, item) in items.iter().enumerate() {
+        let kind = item.get("type").and_then(Json::as_str).unwrap_or("message");
+        let field = |k: &str| item.get(k).and_then(Json::as_str).map(str::to_string);
+        match kind {
+            "message" => {
+                let role = match field("role").as_deref() {
+                    Some("developer") | Some("system") => "system",
+                    Some("user") => "user",
+                    Some("assistant") => "assistant",
+                    other => {
+                        return Err(bad(format!("input[{i}]: unknown role {other:?}"), "input"))
+                    }
+                };
+                let content = content_text(item.get("content").unwrap_or(&Json::Null), "input")?;
+                msgs.push(ChatMessage::new(role, content));
+            }
+            "function_call" => {
+                let (Some(call_id), Some(name)) = (field("call_id"), field("name")) else {
+                    return Err(bad(format!("input[{i}]: a function_call needs call_id and name"), "input"));
+                };
+                let args = field("arguments").unwrap_or_else(|| "{}".into());
+                let args: Json = serde_json::from_str(&args).unwrap_or(Json::String(args));
+                let call = json!({"id": call_id, "type": "function",
+                                  "function": {"name": name, "arguments": args}});
+                // Parallel calls are one assistant turn.
+                match msgs.last_mut() {
+                    Some(m) if m.role == "assistant" && m.tool_calls.is_some() => {
+                        m.tool_calls.get_or_insert_with(Vec::new).push(call);
+                    }
+                    _ => {
+                        let mut m = ChatMessage::new("assistant", "");
+                        m.tool_calls = Some(vec![call]);
+                        msgs.push(m);
+                    }
+                }
+            }
+            "function_call_output" => {
+                let Some(call_id) = field("call_id") else {
+                    return Err(bad(format!("input[{i}]: a function_call_output needs call_id"), "input"));
+                };
+                let output = match item.get("output") {
+                    Some(Json::String(s)) => s.clone(),
+                    Some(v) => content_text(v, "input")?,
+                    None => String::new(),
+                };
+                let mut m = ChatMessage::new("tool", output);
+                m.tool_call_id = Some(call_id);
+                msgs.push(m);
+            }
+            other => {
+                return Err(bad(
+                    format!("input[{i}]: items of type `{other}` are not supported (message, function_call, function_call_output are)"),
+                    "input",
+                ))
+            }
+        }
+    }
+    Ok(msgs)
+}
+
+/// The output items of a response as its text is parsed, and the events that build them.
+struct ResponseBuilder {
+    id: String,
+    items: Vec<Json>,
+    /// The item still growing (a message or a function call), by index into `items`.
+    open: Option<usize>,
+    seq: u64,
+    events: Vec<(String, Json)>,
+}
+
+impl ResponseBuilder {
+    fn new(id: String) -> Self {
+        ResponseBuilder {
+            id,
+            items: vec![],
+            open: None,
+            seq: 0,
+            events: vec![],
+        }
+    }
+
+    fn emit(&mut self, kind: &str, mut body: Json) {
+        body["type"] = json!(kind);
+        body["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        self.events.push((kind.to_string(), body));
+    }
+
+    /// Ends the growing item (its `done` events).
+    fn close(&mut self) {
+        let Some(i) = self.open.take() else { return };
+        let item_id = self.items[i]["id"].clone();
+        self.items[i]["status"] = json!("completed");
+        if self.items[i]["type"] == "message" {
+            let part = self.items[i]["content"][0].clone();
+            let text = part["text"].clone();
+            self.emit(
+                "response.output_text.done",
+                json!({"item_id": item_id,
+                "output_index": i, "content_index": 0, "text": text, "logprobs": []}),
+            );
+            self.emit(
+                "response.content_part.done",
+                json!({"item_id": item_id,
+                "output_index": i, "content_index": 0, "part": part}),
+            );
+        } else {
+            let args = self.items[i]["arguments"].clone();
+            self.emit(
+                "response.function_call_arguments.done",
+                json!({"item_id": item_id,
+                "output_index": i, "arguments": args}),
+            );
+        }
+        let item = self.items[i].clone();
+        self.emit(
+            "response.output_item.done",
+            json!({"output_index": i, "item": item}),
+        );
+    }
+
+    fn open_item(&mut self, item: Json) -> usize {
+        self.close();
+        let i = self.items.len();
+        self.items.push(item.clone());
+        self.open = Some(i);
+        self.emit(
+            "response.output_item.added",
+            json!({"output_index": i, "item": item}),
+        );
+        i
+    }
+
+    fn add(&mut self, pieces: &[Piece]) {
+        for p in pieces {
+            match p {
+                Piece::Content(s) if s.is_empty() => {}
+                Piece::Content(s) => {
+                    let i = match self.open {
+                        Some(i) if self.items[i]["type"] == "message" => i,
+                        _ => {
+                            let item_id = format!("msg_{}_{}", self.id, self.items.len());
+                            let i = self.open_item(json!({"type": "message", "id": item_id,
+                                "status": "in_progress", "role": "assistant", "content": []}));
+                            let part =
+                                json!({"type": "output_text", "text": "", "annotations": []});
+                            self.items[i]["content"] = json!([part]);
+                            self.emit(
+                                "response.content_part.added",
+                                json!({"item_id": item_id,
+                                "output_index": i, "content_index": 0, "part": part}),
+                            );
+                            i
+                        }
+                    };
+                    if let Some(Json::String(t)) = self.items[i].pointer_mut("/content/0/text") {
+                        t.push_str(s);
+                    }
+                    let item_id = self.items[i]["id"].clone();
+                    self.emit(
+                        "response.output_text.delta",
+                        json!({"item_id": item_id,
+                        "output_index": i, "content_index": 0, "delta": s, "logprobs": []}),
+                    );
+                }
+                Piece::Call { id, name, .. } => {
+                    self.open_item(json!({"type": "function_call",
+                        "id": format!("fc_{}_{}", self.id, self.items.len()),
+                        "call_id": id, "name": name, "arguments": "",
+                        "status": "in_progress"}));
+                }
+                Piece::Args { args, .. } => {
+                    let Some(i) = self
+                        .open
+                        .filter(|&i| self.items[i]["type"] == "function_call")
+                    else {
+                        continue;
+                    };
+                    if let Some(Json::String(a)) = self.items[i].get_mut("arguments") {
+                        a.push_str(args);
+                    }
+                    let item_id = self.items[i]["id"].clone();
+                    self.emit(
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": item_id,
+                        "output_index": i, "delta": args}),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The fixed parts of the response object.
+struct ResponseHead {
+    id: String,
+    created_at: u64,
+    model: String,
+    echo: Json,
+}
+
+impl ResponseHead {
+    fn object(&self, status: &str, output: &[Json], usage: Option<&Usage>) -> Json {
+        let mut r = json!({
+            "id": self.id, "object": "response", "created_at": self.created_at,
+            "status": status, "model": self.model, "output": output, "error": null,
+            "incomplete_details": if status == "incomplete" {
+                json!({"reason": "max_output_tokens"})
+            } else {
+                Json::Null
+            },
+            "usage": usage.map(|u| json!({
+                "input_tokens": u.prompt, "input_tokens_details": {"cached_tokens": u.cached},
+                "output_tokens": u.completion, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": u.prompt + u.completion,
+            })),
+        });
+        if let (Json::Object(r), Json::Object(echo)) = (&mut r, &self.echo) {
+            r.extend(echo.clone());
+        }
+        r
+    }
+}
+
+fn sse(kind: &str, body: &Json) -> Event {
+    Event::default().event(kind).data(body.to_string())
+}
+
+pub async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    authorize(&headers, &st)?;
+    let req: ResponsesRequest = parse(body)?;
+    check_model(&req.model, &st)?;
+    refuse_state(&req)?;
+    let sampling: Sampling = serde_json::from_value(json!({
+        "max_tokens": req.max_output_tokens, "temperature": req.temperature,
+        "top_p": req.top_p, "seed": req.seed, "stream": req.stream,
+    }))
+    .map_err(|e| bad(format!("invalid request: {e}"), "input"))?;
+    let mut params = sampling_params(&sampling, st.limits.max_model_len, st.limits.max_model_len)
+        .map_err(|mut e| {
+        if e.param.as_deref() == Some("max_tokens") {
+            e.param = Some("max_output_tokens".into());
+        }
+        e
+    })?;
+    let msgs = input_messages(req.instructions.as_deref(), &req.input)?;
+    let requested = match req.text.as_ref().and_then(|t| t.get("format")) {
+        Some(f) => structured::response_format(f, "text.format")?,
+        None => None,
+    };
+    let tooling = ToolFields {
+        tools: req.tools.as_ref(),
+        tool_choice: req.tool_choice.as_ref(),
+        parallel: req.parallel_tool_calls,
+        flat: true,
+    };
+    let Prepared {
+        prompt,
+        constraint,
+        shape,
+    } = prepare(&st, &msgs, tooling, requested, "input").await?;
+    if req.max_output_tokens.is_none() {
+        params.max_tokens = st.limits.max_model_len.saturating_sub(prompt.len()).max(1);
+    }
+    let prompt_tokens = prompt.len();
+    let started = Instant::now();
+    let rxs = submit_all(&st, vec![prompt], &params, &sampling, constraint).await?;
+    let id = format!("resp_{:016x}", st.next_id.fetch_add(1, Ordering::Relaxed));
+    let head = ResponseHead {
+        id: id.clone(),
+        created_at: now(),
+        model: st.served_model_name.clone(),
+        echo: json!({
+            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
+            "temperature": params.temperature, "top_p": params.top_p,
+            "parallel_tool_calls": req.parallel_tool_calls.unwrap_or(true),
+            "tool_choice": req.tool_choice.clone().unwrap_or(json!("auto")),
+            "tools": req.tools.clone().unwrap_or(json!([])),
+            "text": req.text.clone().unwrap_or(json!({"format": {"type": "text"}})),
+            "previous_response_id": null, "store": false, "truncation": "disabled",
+            "metadata": req.metadata.clone().unwrap_or(json!({})),
+        }),
+    };
+    let parser = |id: &str| {
+        shape
+            .clone()
+            .map(|s| ToolCallStream::new(s, call_id_prefix(id, 0)))
+    };
+    let mut builder = ResponseBuilder::new(id.clone());
+    let mut calls = parser(&id);
+    let mut feed = move |b: &mut ResponseBuilder, text: &str, last: bool| {
+        let mut pieces = match calls.as_mut() {
+            Some(p) => p.push(text),
+            None => vec![Piece::Content(text.to_string())],
+        };
+        if last {
+            pieces.extend(
+                calls
+                    .as_mut()
+                    .map(ToolCallStream::finish)
+                    .unwrap_or_default(),
+            );
+        }
+        b.add(&pieces);
+    };
+    if req.stream {
+        let created = head.object("in_progress", &[], None);
+        builder.emit("response.created", json!({"response": created.clone()}));
+        builder.emit("response.in_progress", json!({"response": created}));
+        let shared = std::sync::Arc::new(parking_lot::Mutex::new((builder, None::<&'static str>)));
+        let tail_state = shared.clone();
+        return Ok(sse_stream(
+            rxs,
+            1,
+            prompt_tokens,
+            started,
+            move |_, t| {
+                let mut g = shared.lock();
+                let (b, finish) = &mut *g;
+                feed(b, &t.text, t.finish.is_some());
+                if t.finish.is_some() {
+                    *finish = t.finish.map(engine::FinishReason::as_str);
+                    b.close();
+                }
+                b.events.drain(..).map(|(k, v)| sse(&k, &v)).collect()
+            },
+            move |usage| {
+                let mut g = tail_state.lock();
+                let (b, finish) = &mut *g;
+                b.close();
+                let (status, kind) = match finish {
+                    Some("length") => ("incomplete", "response.incomplete"),
+                    Some(_) => ("completed", "response.completed"),
+                    None => ("failed", "response.failed"),
+                };
+                let mut r = head.object(status, &b.items, Some(&usage));
+                if finish.is_none() {
+                    r["error"] = json!({"code": "server_error",
+                        "message": "the engine stopped before the response finished"});
+                }
+                b.emit(kind, json!({"response": r}));
+                b.events.drain(..).map(|(k, v)| sse(&k, &v)).collect()
+            },
+        ));
+    }
+    let err = || last_error(&st);
+    let (choices, usage) = collect(rxs, 1, prompt_tokens, started, &err).await?;
+    let c = &choices[0];
+    feed(&mut builder, &c.text, true);
+    builder.close();
+    let status = if c.finish == Some("length") {
+        "incomplete"
+    } else {
+        "completed"
+    };
+    Ok(AxumJson(head.object(status, &builder.items, Some(&usage))).into_response())
+}

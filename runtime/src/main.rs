@@ -1,5 +1,0 @@
-//! The `pagedrt` command line.
-
-fn main() -> std::process::ExitCode {
-    runtime::cli::main()
-}
