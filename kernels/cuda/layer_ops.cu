@@ -5,7 +5,7 @@
 template <typename T>
 __device__ void rms_norm(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
                          int dim, float eps) {
-    __shared__ float scratch[32];
+    SMEM_ARRAY(float, scratch, 32);
     const i64 row = (i64)blockIdx.x * dim;
     float ss = 0.f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
@@ -22,7 +22,7 @@ __device__ void rms_norm(T* __restrict__ out, const T* __restrict__ x, const T* 
 template <typename T>
 __device__ void fused_add_rms_norm(T* __restrict__ x, T* __restrict__ residual,
                                    const T* __restrict__ w, int dim, float eps) {
-    __shared__ float scratch[32];
+    SMEM_ARRAY(float, scratch, 32);
     const i64 row = (i64)blockIdx.x * dim;
     float ss = 0.f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {

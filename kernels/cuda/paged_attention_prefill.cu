@@ -1,12 +1,12 @@
-// Paged attention for a mixed batch: each sequence's chunk of query tokens attends to its
-// cached context plus the causal part of the chunk (whose K/V write_kv stored first), so
-// prefill, chunked prefill and decode rows are one code path.
+// Paged attention for the prefill chunks of a batch in f32 (bf16 and f16 run on the tensor
+// cores, paged_attention_tc.cu): each sequence's chunk of query tokens attends to its cached
+// context plus the causal part of the chunk (whose K/V write_kv stored first).
 //
-// Flash-attention style: a block owns PREFILL_ROWS (token, query head) rows of one KV group
-// (tokens_per_tile tokens x G heads), streams the context through shared memory KEYS keys at
-// a time, and keeps each row's running max, sum and output in registers (online softmax, f32).
-// The host lists the tiles (sequence, first token) so no block searches for its work.
-// Scores and the V update run on CUDA cores; tensor-core MMA is the next step.
+// Flash-attention style on CUDA cores: a block owns PREFILL_ROWS (token, query head) rows of
+// one KV group (tokens_per_tile tokens x G heads), streams the context through shared memory
+// KEYS keys at a time, and keeps each row's running max, sum and output in registers (online
+// softmax, f32). The host lists the tiles (sequence, first token) once per step, so no block
+// searches for its work.
 
 #define PREFILL_ROWS 32
 #define PREFILL_WARPS 4
@@ -18,27 +18,23 @@ __device__ void paged_attention_prefill(
     const T* __restrict__ v_cache, const int* __restrict__ block_tables, int max_blocks,
     const int* __restrict__ cu_query, const int* __restrict__ context_lens,
     const int* __restrict__ tile_seq, const int* __restrict__ tile_first, int tokens_per_tile,
-    int num_heads, int num_kv_heads, int block_size, float scale, int q_stride) {
+    int num_heads, int num_kv_heads, int log2_block, float scale, int q_stride) {
     // Keys per tile: 32 (one per lane) unless a K row is 512 bytes or more, to stay within
     // 48 KiB of shared memory. Rows of k_s are padded to an odd number of words so lanes
     // reading "their" key hit distinct banks.
     constexpr int KEYS = HD * sizeof(T) >= 512 ? 16 : 32;
     constexpr int PAD = 4 / sizeof(T);
     constexpr int DPL = HD / 32;  // output dims per lane
-    __shared__ T q_s[PREFILL_ROWS][HD];
-    __shared__ T k_s[KEYS][HD + PAD];
-    __shared__ T v_s[KEYS][HD];
+    SMEM_ARRAY(T, q_s, PREFILL_ROWS * HD);
+    SMEM_ARRAY(T, k_s, KEYS * (HD + PAD));
+    SMEM_ARRAY(T, v_s, KEYS * HD);
 
-    const int tile = blockIdx.x, kvh = blockIdx.y;
-    const int seq = tile_seq[tile];
-    const int G = num_heads / num_kv_heads;
-    const int q0 = cu_query[seq], qlen = cu_query[seq + 1] - q0;
-    const int past = context_lens[seq] - qlen;  // positions before the chunk
-    const int first = tile_first[tile];
-    const int ntok = min(tokens_per_tile, qlen - first);
-    const int rows = ntok * G;
+    const PrefillTile pt = prefill_tile(cu_query, context_lens, tile_seq, tile_first, block_tables,
+                                        max_blocks, tokens_per_tile, num_heads, num_kv_heads);
+    const int kvh = pt.kvh, G = pt.G, q0 = pt.q0, first = pt.first, ntok = pt.ntok, rows = pt.rows;
+    const int past = pt.p0 - first;  // positions before the chunk
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int* table = block_tables + (i64)seq * max_blocks;
+    const int* table = pt.table;
     const T zero = from_f32<T>(0.f);
 
     for (int i = tid; i < PREFILL_ROWS * HD; i += blockDim.x) {
@@ -46,7 +42,7 @@ __device__ void paged_attention_prefill(
         T v = zero;
         if (r < rows)
             v = q[(i64)(q0 + first + r / G) * q_stride + (kvh * G + r % G) * HD + d];
-        q_s[r][d] = v;
+        q_s[i] = v;
     }
 
     float m[ROWS_PER_WARP], l[ROWS_PER_WARP], acc[ROWS_PER_WARP][DPL];
@@ -60,20 +56,20 @@ __device__ void paged_attention_prefill(
 
     const int last_pos = past + first + ntok - 1;  // the tile's last query position
     for (int kt = 0; kt <= last_pos; kt += KEYS) {
-        __syncthreads();  // the previous tile's readers are done (and q_s is written)
+        sync_threads();  // the previous tile's readers are done (and q_s is written)
         for (int i = tid; i < KEYS * HD; i += blockDim.x) {
             const int j = i / HD, d = i % HD, pos = kt + j;
             T kv = zero, vv = zero;
             if (pos <= last_pos) {
-                const i64 off = (((i64)table[pos / block_size] * num_kv_heads + kvh) * block_size +
-                                 pos % block_size) * HD + d;
+                const i64 off = ((((i64)table[pos >> log2_block] * num_kv_heads + kvh)
+                                  << log2_block) + (pos & ((1 << log2_block) - 1))) * HD + d;
                 kv = k_cache[off];
                 vv = v_cache[off];
             }
-            k_s[j][d] = kv;
-            v_s[j][d] = vv;
+            k_s[j * (HD + PAD) + d] = kv;
+            v_s[j * HD + d] = vv;
         }
-        __syncthreads();
+        sync_threads();
 #pragma unroll
         for (int k = 0; k < ROWS_PER_WARP; ++k) {
             const int r = warp * ROWS_PER_WARP + k;
@@ -82,9 +78,10 @@ __device__ void paged_attention_prefill(
             if (r < rows && kt <= qpos) {
                 float s = NEG_INF;
                 if (lane < KEYS && kt + lane <= qpos) {
+                    const smem_ptr<T> qr = q_s + r * HD, kr = k_s + lane * (HD + PAD);
                     float d = 0.f;
 #pragma unroll 8
-                    for (int dd = 0; dd < HD; ++dd) d += to_f32(q_s[r][dd]) * to_f32(k_s[lane][dd]);
+                    for (int dd = 0; dd < HD; ++dd) d += to_f32(qr[dd]) * to_f32(kr[dd]);
                     s = d * scale;
                 }
                 const float mn = fmaxf(m[k], warp_max(s));  // finite: key kt is visible
@@ -94,9 +91,10 @@ __device__ void paged_attention_prefill(
 #pragma unroll
                 for (int e = 0; e < DPL; ++e) acc[k][e] *= alpha;
                 for (int j = 0; j < KEYS; ++j) {
-                    const float pj = __shfl_sync(0xffffffffu, p, j);
+                    const float pj = shfl_idx(p, j);
+                    const smem_ptr<T> vr = v_s + j * HD + lane;
 #pragma unroll
-                    for (int e = 0; e < DPL; ++e) acc[k][e] += pj * to_f32(v_s[j][lane + 32 * e]);
+                    for (int e = 0; e < DPL; ++e) acc[k][e] += pj * to_f32(vr[32 * e]);
                 }
                 m[k] = mn;
             }
@@ -114,20 +112,14 @@ __device__ void paged_attention_prefill(
 }
 
 #define PREFILL(T, S, HD)                                                                     \
-    extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32)                          \
+    extern "C" __global__ void __launch_bounds__(PREFILL_WARPS * 32, 1)                          \
         paged_attention_prefill_##S##_hd##HD(                                                 \
             T* out, const T* q, const T* kc, const T* vc, const int* bt, int mb,              \
             const int* cu, const int* cl, const int* ts, const int* tf, int tpt, int nh,      \
-            int nkv, int bs, float sc, int qs) {                                              \
+            int nkv, int lbs, float sc, int qs) {                                             \
         paged_attention_prefill<T, HD>(out, q, kc, vc, bt, mb, cu, cl, ts, tf, tpt, nh, nkv,  \
-                                       bs, sc, qs);                                           \
+                                       lbs, sc, qs);                                          \
     }
 
 PREFILL(float, f32, 64)
 PREFILL(float, f32, 128)
-PREFILL(bf16, bf16, 64)
-PREFILL(bf16, bf16, 128)
-PREFILL(bf16, bf16, 256)
-PREFILL(f16, f16, 64)
-PREFILL(f16, f16, 128)
-PREFILL(f16, f16, 256)

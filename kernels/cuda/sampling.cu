@@ -5,8 +5,8 @@
 /// never wins). Grid: one block per row; blockDim a power of two, at most 1024.
 template <typename T>
 __device__ void argmax(int* __restrict__ out, const T* __restrict__ logits, int vocab) {
-    __shared__ float best_v[1024];
-    __shared__ int best_i[1024];
+    SMEM_ARRAY(float, best_v, 1024);
+    SMEM_ARRAY(int, best_i, 1024);
     const T* row = logits + (i64)blockIdx.x * vocab;
     float bv = NEG_INF;
     int bi = 0x7fffffff;
@@ -16,9 +16,9 @@ __device__ void argmax(int* __restrict__ out, const T* __restrict__ logits, int 
     }
     best_v[threadIdx.x] = bv;
     best_i[threadIdx.x] = bi;
-    __syncthreads();
+    sync_threads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
+        if ((int)threadIdx.x < s) {
             const float ov = best_v[threadIdx.x + s];
             const int oi = best_i[threadIdx.x + s];
             if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
@@ -26,7 +26,7 @@ __device__ void argmax(int* __restrict__ out, const T* __restrict__ logits, int 
                 best_i[threadIdx.x] = oi;
             }
         }
-        __syncthreads();
+        sync_threads();
     }
     if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] == 0x7fffffff ? 0 : best_i[0];
 }

@@ -8,7 +8,8 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
 
 use super::attention::{
-    paged_attention_decode, paged_attention_prefill, AttentionInputs, DecodeWorkspace,
+    paged_attention, AttentionBatch, AttentionMeta, AttentionShape, AttentionWorkspace, Route,
+    SeqChunk,
 };
 use super::device::{driver_err, Gpu};
 use super::selftest::{up, Rng};
@@ -64,30 +65,35 @@ where
     Ok(us[us.len() / 2])
 }
 
-/// Attention inputs with contiguous q rows and the usual 1/sqrt(head_dim) scale.
-#[allow(clippy::too_many_arguments)]
-fn inputs<'a>(
-    q: &'a CudaSlice<half::bf16>,
-    k_cache: &'a CudaSlice<half::bf16>,
-    v_cache: &'a CudaSlice<half::bf16>,
+/// A step of `seqs` (query length, context length) sequences whose pages are `pages` in
+/// order, with contiguous q rows and the usual 1/sqrt(head_dim) scale.
+fn batch(
+    gpu: &Gpu,
     layout: KvLayout,
     num_heads: usize,
-    block_tables: &'a CudaSlice<i32>,
-    max_blocks: usize,
-    context_lens: &'a CudaSlice<i32>,
-) -> AttentionInputs<'a, half::bf16> {
-    AttentionInputs {
-        q: q.as_view(),
-        q_stride: num_heads * layout.head_dim,
-        k_cache: k_cache.as_view(),
-        v_cache: v_cache.as_view(),
+    seqs: &[(usize, usize)],
+    pages: &[u32],
+) -> Result<AttentionBatch<Gpu>, CudaError> {
+    let (mut next_page, mut next_row) = (0, 0);
+    let mut list = Vec::new();
+    for &(q, ctx) in seqs {
+        let n = ctx.div_ceil(layout.block_size);
+        list.push(SeqChunk {
+            query_start: next_row,
+            query_len: q,
+            context_len: ctx,
+            block_table: &pages[next_page..next_page + n],
+        });
+        next_page += n;
+        next_row += q;
+    }
+    let shape = AttentionShape {
         layout,
         num_heads,
+        q_stride: num_heads * layout.head_dim,
         scale: 1.0 / (layout.head_dim as f32).sqrt(),
-        block_tables: block_tables.as_view(),
-        max_blocks,
-        context_lens: context_lens.as_view(),
-    }
+    };
+    AttentionBatch::new::<half::bf16>(gpu, &AttentionMeta::new(&list)?, shape, Route::Split)
 }
 
 /// Device-to-device copy of 1 GiB; bytes counted as read + written.
@@ -126,7 +132,7 @@ pub fn decode(
         head_dim: hd,
     };
     let mut rng = Rng::new(3);
-    let mut pages: Vec<i32> = (0..layout.num_blocks as i32).collect();
+    let mut pages: Vec<u32> = (0..layout.num_blocks as u32).collect();
     if !contiguous {
         rng.shuffle(&mut pages);
     }
@@ -135,13 +141,11 @@ pub fn decode(
     let kc: CudaSlice<E> = stream.alloc_zeros(layout.elems()).map_err(driver_err)?;
     let vc: CudaSlice<E> = stream.alloc_zeros(layout.elems()).map_err(driver_err)?;
     let q = up(gpu, &rng.vec::<E>(batch * nh * hd, 1.0))?;
-    let bt = up(gpu, &pages)?;
-    let cl = up(gpu, &vec![ctx as i32; batch])?;
+    let step = self::batch(gpu, layout, nh, &vec![(1, ctx); batch], &pages)?;
     let mut out: CudaSlice<E> = stream.alloc_zeros(batch * nh * hd).map_err(driver_err)?;
-    let inp = inputs(&q, &kc, &vc, layout, nh, &bt, per_seq, &cl);
-    let mut ws = DecodeWorkspace::default();
+    let mut ws = AttentionWorkspace::default();
     let median_us = time(gpu, 7, 20, || {
-        paged_attention_decode(gpu, &mut out, &inp, ctx, &mut ws)
+        paged_attention(gpu, &mut out, &q, &kc, &vc, &step, &mut ws)
     })?;
     let kv_bytes = (batch * ctx * kvh * hd * 2 * std::mem::size_of::<E>()) as f64;
     Ok(KernelTiming {
@@ -171,12 +175,12 @@ pub fn prefill(gpu: &Gpu, n: usize) -> Result<KernelTiming, CudaError> {
     let kc = up(gpu, &rng.vec::<E>(layout.elems(), 1.0))?;
     let vc = up(gpu, &rng.vec::<E>(layout.elems(), 1.0))?;
     let q = up(gpu, &rng.vec::<E>(n * nh * hd, 1.0))?;
-    let bt = up(gpu, &(0..layout.num_blocks as i32).collect::<Vec<_>>())?;
-    let cl = up(gpu, &[n as i32])?;
+    let pages: Vec<u32> = (0..layout.num_blocks as u32).collect();
+    let step = batch(gpu, layout, nh, &[(n, n)], &pages)?;
     let mut out: CudaSlice<E> = stream.alloc_zeros(n * nh * hd).map_err(driver_err)?;
-    let inp = inputs(&q, &kc, &vc, layout, nh, &bt, layout.num_blocks, &cl);
+    let mut ws = AttentionWorkspace::default();
     let median_us = time(gpu, 5, 3, || {
-        paged_attention_prefill(gpu, &mut out, &inp, &[n])
+        paged_attention(gpu, &mut out, &q, &kc, &vc, &step, &mut ws)
     })?;
     // QKᵀ and PV over the causal half: 2 matmuls x 2 flops x heads x hd x n(n+1)/2.
     let flops = 4.0 * nh as f64 * hd as f64 * (n * (n + 1) / 2) as f64;

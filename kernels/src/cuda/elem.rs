@@ -1,11 +1,9 @@
 //! Element types the kernels are instantiated for.
 
-use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+use super::launch::DevElem;
 
 /// A storage type with a kernel instantiation; the suffix names its entry points.
-pub trait GpuElem:
-    DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + Unpin + 'static
-{
+pub trait GpuElem: DevElem {
     const SUFFIX: &'static str;
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;

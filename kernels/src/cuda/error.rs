@@ -26,6 +26,18 @@ pub enum CudaError {
     /// A thread compiling kernels in parallel panicked (a bug; its message was printed).
     #[error("a kernel compile thread panicked")]
     CompileThreadPanicked,
+    #[error("CUDA driver: launch of {entry}: {source}")]
+    Launch {
+        entry: String,
+        source: cudarc::driver::DriverError,
+    },
+    /// A kernel run by the CUDA-on-CPU emulator broke one of its rules (a race, a barrier
+    /// watchdog, an out-of-range launch): the emulator's own report.
+    #[error("emulator: kernel {kernel}: {message}")]
+    Emulator { kernel: String, message: String },
+    /// The emulator's host side failed (memory, a module built for another ABI).
+    #[error("emulator: {0}")]
+    EmulatorHost(String),
     #[error("kernel {kernel}: {problem}")]
     Unsupported { kernel: String, problem: String },
 }

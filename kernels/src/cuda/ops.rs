@@ -1,66 +1,31 @@
 //! Launching the cache and layer kernels: shape checks on the host, then one launch each.
-//! Every function queues work on the GPU's stream and returns; errors from the launch itself
-//! come back at once, faults inside a kernel at the next synchronisation.
+//! Every function queues work on the device's stream and returns; errors from the launch
+//! itself come back at once, faults inside a kernel at the next synchronisation (on the
+//! emulator, which runs a launch to completion, at once too).
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-
-use super::device::{driver_err, Gpu};
 use super::elem::GpuElem;
+use super::launch::{arg, arg_mut, check, Device, DeviceBuf, DeviceBufMut, KernelArg, LaunchCfg};
 use super::source::{CACHE_OPS, LAYER_OPS, SAMPLING};
 use super::CudaError;
 use crate::layout::KvLayout;
-
-/// The device address of a buffer, passed to a kernel as a plain u64. cudarc's guard
-/// (`SyncOnDrop`) records events only with event tracking on, which `Gpu::open` turns off
-/// (one stream), so dropping it at once is correct.
-pub(crate) fn addr<E>(x: &impl DevicePtr<E>, s: &CudaStream) -> u64 {
-    x.device_ptr(s).0
-}
-
-pub(crate) fn addr_mut<E>(x: &mut impl DevicePtrMut<E>, s: &CudaStream) -> u64 {
-    x.device_ptr_mut(s).0
-}
 
 /// Threads per block for the row kernels: enough for a row, at most 1024.
 fn row_threads(n: usize) -> u32 {
     (n.div_ceil(32) * 32).clamp(32, 1024) as u32
 }
 
-fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-pub(crate) fn check(
-    kernel: &str,
-    ok: bool,
-    problem: impl FnOnce() -> String,
-) -> Result<(), CudaError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(CudaError::Unsupported {
-            kernel: kernel.to_string(),
-            problem: problem(),
-        })
-    }
-}
-
 /// Scatters `k`/`v` rows (token `t` at `t * stride`) into their slots.
 #[allow(clippy::too_many_arguments)]
-pub fn write_kv<E: GpuElem>(
-    gpu: &Gpu,
-    k_cache: &mut impl DevicePtrMut<E>,
-    v_cache: &mut impl DevicePtrMut<E>,
+pub fn write_kv<D: Device, E: GpuElem>(
+    dev: &D,
+    k_cache: &mut impl DeviceBufMut<D, E>,
+    v_cache: &mut impl DeviceBufMut<D, E>,
     layout: &KvLayout,
-    k: &impl DevicePtr<E>,
-    v: &impl DevicePtr<E>,
+    k: &impl DeviceBuf<D, E>,
+    v: &impl DeviceBuf<D, E>,
     k_stride: usize,
     v_stride: usize,
-    slot_mapping: &impl DevicePtr<i64>,
+    slot_mapping: &impl DeviceBuf<D, i64>,
 ) -> Result<(), CudaError> {
     let n = slot_mapping.len();
     let row = layout.num_kv_heads * layout.head_dim;
@@ -77,30 +42,32 @@ pub fn write_kv<E: GpuElem>(
     if n == 0 {
         return Ok(());
     }
-    let f = gpu.function(&CACHE_OPS, &format!("write_kv_{}", E::SUFFIX))?;
-    let (kvh, hd, bs) = (
-        layout.num_kv_heads as i32,
-        layout.head_dim as i32,
-        layout.block_size as i32,
-    );
-    let (ks, vs) = (k_stride as i32, v_stride as i32);
-    let slots = (layout.num_blocks * layout.block_size) as i64;
-    let mut b = gpu.stream().launch_builder(&f);
-    let s = gpu.stream();
-    let (kc, vc) = (addr_mut(k_cache, s), addr_mut(v_cache, s));
-    let (kp, vp, sp) = (addr(k, s), addr(v, s), addr(slot_mapping, s));
-    b.arg(&kc).arg(&vc).arg(&kp).arg(&vp).arg(&sp);
-    b.arg(&kvh).arg(&hd).arg(&bs).arg(&ks).arg(&vs).arg(&slots);
+    let args = [
+        arg_mut(dev, k_cache),
+        arg_mut(dev, v_cache),
+        arg(dev, k),
+        arg(dev, v),
+        arg(dev, slot_mapping),
+        KernelArg::I32(layout.num_kv_heads as i32),
+        KernelArg::I32(layout.head_dim as i32),
+        KernelArg::I32(layout.block_size as i32),
+        KernelArg::I32(k_stride as i32),
+        KernelArg::I32(v_stride as i32),
+        KernelArg::I64((layout.num_blocks * layout.block_size) as i64),
+    ];
+    let entry = format!("write_kv_{}", E::SUFFIX);
+    let cfg = LaunchCfg::rows(n, row_threads(row).min(256));
     // SAFETY: cache sizes match the layout, k/v cover every token's row, slots are bounds
     // checked in the kernel.
-    unsafe { b.launch(rows_cfg(n, row_threads(row).min(256))) }.map_err(driver_err)?;
-    Ok(())
+    unsafe { dev.launch(&CACHE_OPS, &entry, cfg, &args) }
 }
 
 /// Copy-on-write of whole pages, in every given cache (all layers' K and V) in one launch.
-pub fn copy_blocks<E: GpuElem>(
-    gpu: &Gpu,
-    caches: &mut [&mut impl DevicePtrMut<E>],
+/// The pairs run in parallel, so a list where one pair's destination is another's source (the
+/// result would depend on their order), or two pairs share a destination, is refused.
+pub fn copy_blocks<D: Device, E: GpuElem, B: DeviceBufMut<D, E>>(
+    dev: &D,
+    caches: &mut [&mut B],
     layout: &KvLayout,
     pairs: &[(u32, u32)],
 ) -> Result<(), CudaError> {
@@ -119,88 +86,102 @@ pub fn copy_blocks<E: GpuElem>(
             .all(|&(s, d)| (s as usize) < layout.num_blocks && (d as usize) < layout.num_blocks),
         || "block number out of range".into(),
     )?;
-    let stream = gpu.stream();
-    let ptrs: Vec<u64> = caches
-        .iter_mut()
-        .map(|c| addr_mut(&mut **c, stream))
-        .collect();
-    let ptrs = stream.memcpy_stod(&ptrs).map_err(driver_err)?;
+    let mut dsts: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+    dsts.sort_unstable();
+    let srcs: std::collections::HashSet<u32> = pairs.iter().map(|p| p.0).collect();
+    if let Some(&d) = dsts.iter().find(|d| srcs.contains(d)) {
+        return check("copy_blocks", false, || {
+            format!("block {d} is both a destination and a source: the result would depend on the order of the copies")
+        });
+    }
+    if let Some(w) = dsts.windows(2).find(|w| w[0] == w[1]) {
+        return check("copy_blocks", false, || {
+            format!("block {} is the destination of two copies", w[0])
+        });
+    }
+    let ptrs: Vec<u64> = caches.iter_mut().map(|c| c.device_addr_mut(dev)).collect();
+    let ptrs = dev.upload(&ptrs)?;
     let flat: Vec<i32> = pairs
         .iter()
         .flat_map(|&(s, d)| [s as i32, d as i32])
         .collect();
-    let flat = stream.memcpy_stod(&flat).map_err(driver_err)?;
-    let f = gpu.function(&CACHE_OPS, &format!("copy_blocks_{}", E::SUFFIX))?;
-    let block_elems = layout.block_elems() as i64;
-    let mut b = stream.launch_builder(&f);
-    b.arg(&ptrs).arg(&flat).arg(&block_elems);
-    let cfg = LaunchConfig {
-        grid_dim: (pairs.len() as u32, caches.len() as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+    let flat = dev.upload(&flat)?;
+    let args = [
+        arg(dev, &ptrs),
+        arg(dev, &flat),
+        KernelArg::I64(layout.block_elems() as i64),
+    ];
+    let cfg = LaunchCfg {
+        grid: (pairs.len() as u32, caches.len() as u32, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
     };
+    let entry = format!("copy_blocks_{}", E::SUFFIX);
     // SAFETY: every pointer is a live cache of `layout.elems()` elements (checked above) and
-    // borrowed mutably for the duration; block numbers are in range.
-    unsafe { b.launch(cfg) }.map_err(driver_err)?;
-    Ok(())
+    // borrowed mutably for the duration; block numbers are in range; no copy reads what
+    // another writes. The uploaded lists are freed on the device's one stream, after the
+    // launch has read them.
+    unsafe { dev.launch(&CACHE_OPS, &entry, cfg, &args) }
+}
+
+/// The two norms: `first` (the output, or x) and `second` (x, or the residual) are whole
+/// rows of `w`'s length, one block per row.
+fn launch_norm<D: Device, E: GpuElem>(
+    dev: &D,
+    kernel: &str,
+    [first, second]: [KernelArg; 2],
+    second_len: usize,
+    first_len: usize,
+    w: &impl DeviceBuf<D, E>,
+    eps: f32,
+) -> Result<(), CudaError> {
+    let dim = w.len();
+    check(
+        kernel,
+        dim > 0 && second_len.is_multiple_of(dim) && first_len == second_len,
+        || "the rows must be whole rows of the weight's length, as many in each".into(),
+    )?;
+    let rows = second_len / dim;
+    if rows == 0 {
+        return Ok(());
+    }
+    let args = [
+        first,
+        second,
+        arg(dev, w),
+        KernelArg::I32(dim as i32),
+        KernelArg::F32(eps),
+    ];
+    let entry = format!("{kernel}_{}", E::SUFFIX);
+    let cfg = LaunchCfg::rows(rows, row_threads(dim));
+    // SAFETY: both buffers are `rows` rows of the weight's length (checked above).
+    unsafe { dev.launch(&LAYER_OPS, &entry, cfg, &args) }
 }
 
 /// `out = rms_norm(x) * w` per row of `w.len()`.
-pub fn rms_norm<E: GpuElem>(
-    gpu: &Gpu,
-    out: &mut impl DevicePtrMut<E>,
-    x: &impl DevicePtr<E>,
-    w: &impl DevicePtr<E>,
+pub fn rms_norm<D: Device, E: GpuElem>(
+    dev: &D,
+    out: &mut impl DeviceBufMut<D, E>,
+    x: &impl DeviceBuf<D, E>,
+    w: &impl DeviceBuf<D, E>,
     eps: f32,
 ) -> Result<(), CudaError> {
-    let dim = w.len();
-    check(
-        "rms_norm",
-        dim > 0 && x.len().is_multiple_of(dim) && out.len() == x.len(),
-        || "x and out must be whole rows of the weight's length".into(),
-    )?;
-    let rows = x.len() / dim;
-    if rows == 0 {
-        return Ok(());
-    }
-    let f = gpu.function(&LAYER_OPS, &format!("rms_norm_{}", E::SUFFIX))?;
-    let d = dim as i32;
-    let mut b = gpu.stream().launch_builder(&f);
-    let s = gpu.stream();
-    let (o, xp, wp) = (addr_mut(out, s), addr(x, s), addr(w, s));
-    b.arg(&o).arg(&xp).arg(&wp).arg(&d).arg(&eps);
-    // SAFETY: shapes checked above.
-    unsafe { b.launch(rows_cfg(rows, row_threads(dim))) }.map_err(driver_err)?;
-    Ok(())
+    let (n_out, n_x) = (out.len(), x.len());
+    let bufs = [arg_mut(dev, out), arg(dev, x)];
+    launch_norm(dev, "rms_norm", bufs, n_x, n_out, w, eps)
 }
 
 /// `residual += x; x = rms_norm(residual) * w`.
-pub fn fused_add_rms_norm<E: GpuElem>(
-    gpu: &Gpu,
-    x: &mut impl DevicePtrMut<E>,
-    residual: &mut impl DevicePtrMut<E>,
-    w: &impl DevicePtr<E>,
+pub fn fused_add_rms_norm<D: Device, E: GpuElem>(
+    dev: &D,
+    x: &mut impl DeviceBufMut<D, E>,
+    residual: &mut impl DeviceBufMut<D, E>,
+    w: &impl DeviceBuf<D, E>,
     eps: f32,
 ) -> Result<(), CudaError> {
-    let dim = w.len();
-    check(
-        "fused_add_rms_norm",
-        dim > 0 && x.len().is_multiple_of(dim) && residual.len() == x.len(),
-        || "x and residual must be whole rows of the weight's length".into(),
-    )?;
-    let rows = x.len() / dim;
-    if rows == 0 {
-        return Ok(());
-    }
-    let f = gpu.function(&LAYER_OPS, &format!("fused_add_rms_norm_{}", E::SUFFIX))?;
-    let d = dim as i32;
-    let mut b = gpu.stream().launch_builder(&f);
-    let s = gpu.stream();
-    let (xp, rp, wp) = (addr_mut(x, s), addr_mut(residual, s), addr(w, s));
-    b.arg(&xp).arg(&rp).arg(&wp).arg(&d).arg(&eps);
-    // SAFETY: shapes checked above.
-    unsafe { b.launch(rows_cfg(rows, row_threads(dim))) }.map_err(driver_err)?;
-    Ok(())
+    let (n_x, n_res) = (x.len(), residual.len());
+    let bufs = [arg_mut(dev, x), arg_mut(dev, residual)];
+    launch_norm(dev, "fused_add_rms_norm", bufs, n_x, n_res, w, eps)
 }
 
 /// Shapes of q and k for [`rope`].
@@ -216,12 +197,12 @@ pub struct RopeShape {
 }
 
 /// Rotary embedding in place on q and k; `cos_sin` is `Rope::cos_sin_table()`.
-pub fn rope<E: GpuElem>(
-    gpu: &Gpu,
-    q: &mut impl DevicePtrMut<E>,
-    k: &mut impl DevicePtrMut<E>,
-    positions: &impl DevicePtr<i32>,
-    cos_sin: &impl DevicePtr<f32>,
+pub fn rope<D: Device, E: GpuElem>(
+    dev: &D,
+    q: &mut impl DeviceBufMut<D, E>,
+    k: &mut impl DeviceBufMut<D, E>,
+    positions: &impl DeviceBuf<D, i32>,
+    cos_sin: &impl DeviceBuf<D, f32>,
     s: RopeShape,
 ) -> Result<(), CudaError> {
     let n = s.num_tokens;
@@ -238,27 +219,29 @@ pub fn rope<E: GpuElem>(
     if n == 0 {
         return Ok(());
     }
-    let f = gpu.function(&LAYER_OPS, &format!("rope_{}", E::SUFFIX))?;
-    let (nh, nkv, hd) = (s.num_heads as i32, s.num_kv_heads as i32, s.head_dim as i32);
-    let (qs, ks) = (s.q_stride as i32, s.k_stride as i32);
-    let mut b = gpu.stream().launch_builder(&f);
-    let st = gpu.stream();
-    let (qp, kp) = (addr_mut(q, st), addr_mut(k, st));
-    let (pp, cp) = (addr(positions, st), addr(cos_sin, st));
-    b.arg(&qp).arg(&kp).arg(&pp).arg(&cp);
-    b.arg(&nh).arg(&nkv).arg(&hd).arg(&qs).arg(&ks);
+    let args = [
+        arg_mut(dev, q),
+        arg_mut(dev, k),
+        arg(dev, positions),
+        arg(dev, cos_sin),
+        KernelArg::I32(s.num_heads as i32),
+        KernelArg::I32(s.num_kv_heads as i32),
+        KernelArg::I32(s.head_dim as i32),
+        KernelArg::I32(s.q_stride as i32),
+        KernelArg::I32(s.k_stride as i32),
+    ];
     let threads = row_threads((s.num_heads + s.num_kv_heads) * s.head_dim / 2).min(256);
+    let entry = format!("rope_{}", E::SUFFIX);
     // SAFETY: shapes checked above; positions must be below the table's max position (the
     // engine never schedules past max_model_len, which sizes the table).
-    unsafe { b.launch(rows_cfg(n, threads)) }.map_err(driver_err)?;
-    Ok(())
+    unsafe { dev.launch(&LAYER_OPS, &entry, LaunchCfg::rows(n, threads), &args) }
 }
 
 /// `out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i]`.
-pub fn silu_and_mul<E: GpuElem>(
-    gpu: &Gpu,
-    out: &mut impl DevicePtrMut<E>,
-    gate_up: &impl DevicePtr<E>,
+pub fn silu_and_mul<D: Device, E: GpuElem>(
+    dev: &D,
+    out: &mut impl DeviceBufMut<D, E>,
+    gate_up: &impl DeviceBuf<D, E>,
     inter: usize,
 ) -> Result<(), CudaError> {
     check(
@@ -270,23 +253,23 @@ pub fn silu_and_mul<E: GpuElem>(
     if rows == 0 {
         return Ok(());
     }
-    let f = gpu.function(&LAYER_OPS, &format!("silu_and_mul_{}", E::SUFFIX))?;
-    let i = inter as i32;
-    let mut b = gpu.stream().launch_builder(&f);
-    let s = gpu.stream();
-    let (o, g) = (addr_mut(out, s), addr(gate_up, s));
-    b.arg(&o).arg(&g).arg(&i);
+    let args = [
+        arg_mut(dev, out),
+        arg(dev, gate_up),
+        KernelArg::I32(inter as i32),
+    ];
+    let entry = format!("silu_and_mul_{}", E::SUFFIX);
+    let cfg = LaunchCfg::rows(rows, row_threads(inter).min(512));
     // SAFETY: shapes checked above.
-    unsafe { b.launch(rows_cfg(rows, row_threads(inter).min(512))) }.map_err(driver_err)?;
-    Ok(())
+    unsafe { dev.launch(&LAYER_OPS, &entry, cfg, &args) }
 }
 
 /// `out[t] = table[ids[t]]` for a `[vocab, dim]` table.
-pub fn embedding<E: GpuElem>(
-    gpu: &Gpu,
-    out: &mut impl DevicePtrMut<E>,
-    table: &impl DevicePtr<E>,
-    ids: &impl DevicePtr<i32>,
+pub fn embedding<D: Device, E: GpuElem>(
+    dev: &D,
+    out: &mut impl DeviceBufMut<D, E>,
+    table: &impl DeviceBuf<D, E>,
+    ids: &impl DeviceBuf<D, i32>,
     dim: usize,
 ) -> Result<(), CudaError> {
     check(
@@ -297,22 +280,24 @@ pub fn embedding<E: GpuElem>(
     if ids.is_empty() {
         return Ok(());
     }
-    let f = gpu.function(&LAYER_OPS, &format!("embedding_{}", E::SUFFIX))?;
-    let (d, vocab) = (dim as i32, (table.len() / dim) as i32);
-    let mut b = gpu.stream().launch_builder(&f);
-    let s = gpu.stream();
-    let (o, t, ip) = (addr_mut(out, s), addr(table, s), addr(ids, s));
-    b.arg(&o).arg(&t).arg(&ip).arg(&d).arg(&vocab);
+    let args = [
+        arg_mut(dev, out),
+        arg(dev, table),
+        arg(dev, ids),
+        KernelArg::I32(dim as i32),
+        KernelArg::I32((table.len() / dim) as i32),
+    ];
+    let entry = format!("embedding_{}", E::SUFFIX);
+    let cfg = LaunchCfg::rows(ids.len(), row_threads(dim).min(256));
     // SAFETY: shapes checked above; ids are bounds-checked in the kernel.
-    unsafe { b.launch(rows_cfg(ids.len(), row_threads(dim).min(256))) }.map_err(driver_err)?;
-    Ok(())
+    unsafe { dev.launch(&LAYER_OPS, &entry, cfg, &args) }
 }
 
 /// `x += y`.
-pub fn add_inplace<E: GpuElem>(
-    gpu: &Gpu,
-    x: &mut impl DevicePtrMut<E>,
-    y: &impl DevicePtr<E>,
+pub fn add_inplace<D: Device, E: GpuElem>(
+    dev: &D,
+    x: &mut impl DeviceBufMut<D, E>,
+    y: &impl DeviceBuf<D, E>,
 ) -> Result<(), CudaError> {
     check("add_inplace", x.len() == y.len(), || {
         "x and y differ in length".into()
@@ -320,23 +305,19 @@ pub fn add_inplace<E: GpuElem>(
     if x.is_empty() {
         return Ok(());
     }
-    let f = gpu.function(&LAYER_OPS, &format!("add_inplace_{}", E::SUFFIX))?;
-    let n = x.len() as i64;
-    let blocks = x.len().div_ceil(256).min(65535) as u32;
-    let mut b = gpu.stream().launch_builder(&f);
-    let s = gpu.stream();
-    let (xp, yp) = (addr_mut(x, s), addr(y, s));
-    b.arg(&xp).arg(&yp).arg(&n);
+    let n = x.len();
+    let args = [arg_mut(dev, x), arg(dev, y), KernelArg::I64(n as i64)];
+    let blocks = n.div_ceil(256).min(65535);
+    let entry = format!("add_inplace_{}", E::SUFFIX);
     // SAFETY: equal lengths; the kernel is grid-stride over n.
-    unsafe { b.launch(rows_cfg(blocks as usize, 256)) }.map_err(driver_err)?;
-    Ok(())
+    unsafe { dev.launch(&LAYER_OPS, &entry, LaunchCfg::rows(blocks, 256), &args) }
 }
 
 /// The index of each row's largest logit (lowest index among equals).
-pub fn argmax<E: GpuElem>(
-    gpu: &Gpu,
-    out: &mut impl DevicePtrMut<i32>,
-    logits: &impl DevicePtr<E>,
+pub fn argmax<D: Device, E: GpuElem>(
+    dev: &D,
+    out: &mut impl DeviceBufMut<D, i32>,
+    logits: &impl DeviceBuf<D, E>,
     vocab: usize,
 ) -> Result<(), CudaError> {
     check(
@@ -347,16 +328,15 @@ pub fn argmax<E: GpuElem>(
     if out.is_empty() {
         return Ok(());
     }
-    let f = gpu.function(&SAMPLING, &format!("argmax_{}", E::SUFFIX))?;
-    let v = vocab as i32;
     let rows = out.len();
-    let mut b = gpu.stream().launch_builder(&f);
-    let s = gpu.stream();
-    let (o, l) = (addr_mut(out, s), addr(logits, s));
-    b.arg(&o).arg(&l).arg(&v);
+    let args = [
+        arg_mut(dev, out),
+        arg(dev, logits),
+        KernelArg::I32(vocab as i32),
+    ];
+    let entry = format!("argmax_{}", E::SUFFIX);
     // SAFETY: shapes checked above; 1024 threads, a power of two as the kernel requires.
-    unsafe { b.launch(rows_cfg(rows, 1024)) }.map_err(driver_err)?;
-    Ok(())
+    unsafe { dev.launch(&SAMPLING, &entry, LaunchCfg::rows(rows, 1024), &args) }
 }
 
 /// The shapes of [`qkv_rope_write_kv`].
@@ -369,16 +349,16 @@ pub struct QkvShape {
 /// Splits fused `[q | k | v]` rows, rotates q into `q_out` and k on the way into the cache,
 /// and writes k and v into each token's slot (`-1`: q only).
 #[allow(clippy::too_many_arguments)]
-pub fn qkv_rope_write_kv<E: GpuElem>(
-    gpu: &Gpu,
-    q_out: &mut impl DevicePtrMut<E>,
-    qkv: &impl DevicePtr<E>,
-    positions: &impl DevicePtr<i32>,
-    cos_sin: &impl DevicePtr<f32>,
-    k_cache: &mut impl DevicePtrMut<E>,
-    v_cache: &mut impl DevicePtrMut<E>,
+pub fn qkv_rope_write_kv<D: Device, E: GpuElem>(
+    dev: &D,
+    q_out: &mut impl DeviceBufMut<D, E>,
+    qkv: &impl DeviceBuf<D, E>,
+    positions: &impl DeviceBuf<D, i32>,
+    cos_sin: &impl DeviceBuf<D, f32>,
+    k_cache: &mut impl DeviceBufMut<D, E>,
+    v_cache: &mut impl DeviceBufMut<D, E>,
     layout: &KvLayout,
-    slot_mapping: &impl DevicePtr<i64>,
+    slot_mapping: &impl DeviceBuf<D, i64>,
     shape: QkvShape,
 ) -> Result<(), CudaError> {
     let (n, nh, hd) = (shape.num_tokens, shape.num_heads, layout.head_dim);
@@ -398,57 +378,49 @@ pub fn qkv_rope_write_kv<E: GpuElem>(
     if n == 0 {
         return Ok(());
     }
-    let f = gpu.function(&CACHE_OPS, &format!("qkv_rope_write_kv_{}", E::SUFFIX))?;
-    let s = gpu.stream();
-    let (q, x, p, c) = (
-        addr_mut(q_out, s),
-        addr(qkv, s),
-        addr(positions, s),
-        addr(cos_sin, s),
-    );
-    let (kc, vc, sl) = (
-        addr_mut(k_cache, s),
-        addr_mut(v_cache, s),
-        addr(slot_mapping, s),
-    );
-    let (nh32, nkv, hd32, bs) = (
-        nh as i32,
-        layout.num_kv_heads as i32,
-        hd as i32,
-        layout.block_size as i32,
-    );
-    let slots = (layout.num_blocks * layout.block_size) as i64;
-    let mut b = s.launch_builder(&f);
-    b.arg(&q).arg(&x).arg(&p).arg(&c).arg(&kc).arg(&vc).arg(&sl);
-    b.arg(&nh32).arg(&nkv).arg(&hd32).arg(&bs).arg(&slots);
+    let args = [
+        arg_mut(dev, q_out),
+        arg(dev, qkv),
+        arg(dev, positions),
+        arg(dev, cos_sin),
+        arg_mut(dev, k_cache),
+        arg_mut(dev, v_cache),
+        arg(dev, slot_mapping),
+        KernelArg::I32(nh as i32),
+        KernelArg::I32(layout.num_kv_heads as i32),
+        KernelArg::I32(hd as i32),
+        KernelArg::I32(layout.block_size as i32),
+        KernelArg::I64((layout.num_blocks * layout.block_size) as i64),
+    ];
     let threads = row_threads(nh * hd / 2).min(256);
+    let entry = format!("qkv_rope_write_kv_{}", E::SUFFIX);
     // SAFETY: shapes checked above; slots are bounds-checked in the kernel; positions must be
     // below the table's max position (max_model_len sizes the table).
-    unsafe { b.launch(rows_cfg(n, threads)) }.map_err(driver_err)?;
-    Ok(())
+    unsafe { dev.launch(&CACHE_OPS, &entry, LaunchCfg::rows(n, threads), &args) }
 }
 
 /// `x[r] += bias` for every row of `bias.len()`.
-pub fn add_bias<E: GpuElem>(
-    gpu: &Gpu,
-    x: &mut impl DevicePtrMut<E>,
-    bias: &impl DevicePtr<E>,
+pub fn add_bias<D: Device, E: GpuElem>(
+    dev: &D,
+    x: &mut impl DeviceBufMut<D, E>,
+    bias: &impl DeviceBuf<D, E>,
 ) -> Result<(), CudaError> {
     let n = bias.len();
     check("add_bias", n > 0 && x.len().is_multiple_of(n), || {
         "x must be whole rows of the bias's length".into()
     })?;
-    if x.len() == 0 {
+    if x.is_empty() {
         return Ok(());
     }
-    let f = gpu.function(&LAYER_OPS, &format!("add_bias_{}", E::SUFFIX))?;
-    let (total, n32) = (x.len() as i64, n as i32);
-    let blocks = x.len().div_ceil(256).min(65535);
-    let s = gpu.stream();
-    let (xp, bp) = (addr_mut(x, s), addr(bias, s));
-    let mut b = s.launch_builder(&f);
-    b.arg(&xp).arg(&bp).arg(&total).arg(&n32);
+    let total = x.len();
+    let args = [
+        arg_mut(dev, x),
+        arg(dev, bias),
+        KernelArg::I64(total as i64),
+        KernelArg::I32(n as i32),
+    ];
+    let blocks = total.div_ceil(256).min(65535);
+    let entry = format!("add_bias_{}", E::SUFFIX);
     // SAFETY: whole rows checked above; the kernel is grid-stride over total.
-    unsafe { b.launch(rows_cfg(blocks, 256)) }.map_err(driver_err)?;
-    Ok(())
+    unsafe { dev.launch(&LAYER_OPS, &entry, LaunchCfg::rows(blocks, 256), &args) }
 }

@@ -4,24 +4,7 @@
 //! include path, see `common.cuh` for why). A `#line` directive keeps compiler messages
 //! pointing at the right file and line.
 
-/// Element types every kernel family is instantiated for, as suffixes of entry names.
-pub const DTYPES: [&str; 3] = ["f32", "bf16", "f16"];
-
-/// Head dims of the decode kernel.
-pub const DECODE_HEAD_DIMS: [usize; 3] = [64, 128, 256];
-
-/// (dtype, head dim) pairs of the prefill kernel: f32 at head_dim 256 would not fit its
-/// tiles in 48 KiB of shared memory.
-pub const PREFILL_SHAPES: [(&str, usize); 8] = [
-    ("f32", 64),
-    ("f32", 128),
-    ("bf16", 64),
-    ("bf16", 128),
-    ("bf16", 256),
-    ("f16", 64),
-    ("f16", 128),
-    ("f16", 256),
-];
+pub use super::entries::{DECODE_HEAD_DIMS, DTYPES, HEAD_DIMS, PREFILL_SHAPES, TC_DTYPES};
 
 const COMMON: &str = include_str!("../../cuda/common.cuh");
 
@@ -53,20 +36,30 @@ pub const PAGED_ATTENTION_PREFILL: KernelSource = KernelSource {
     name: "paged_attention_prefill",
     text: include_str!("../../cuda/paged_attention_prefill.cu"),
 };
+pub const PAGED_ATTENTION_TC: KernelSource = KernelSource {
+    name: "paged_attention_tc",
+    text: include_str!("../../cuda/paged_attention_tc.cu"),
+};
 
 /// Every source file, in the order `pagedrt doctor` reports them.
-pub const ALL: [KernelSource; 5] = [
+pub const ALL: [KernelSource; 6] = [
     CACHE_OPS,
     LAYER_OPS,
     SAMPLING,
     PAGED_ATTENTION_DECODE,
     PAGED_ATTENTION_PREFILL,
+    PAGED_ATTENTION_TC,
 ];
 
 impl KernelSource {
     /// A source that is not one of pagedrt's (for testing the compiler path).
     pub const fn for_test(name: &'static str, text: &'static str) -> Self {
         KernelSource { name, text }
+    }
+
+    /// The file's own text (without `common.cuh`).
+    pub fn text(&self) -> &'static str {
+        self.text
     }
 
     /// The file name, as compiler messages show it.
@@ -85,40 +78,6 @@ impl KernelSource {
 
     /// The `extern "C"` kernels this file defines.
     pub fn entry_points(&self) -> Vec<String> {
-        let per_dtype = |families: &[&str]| -> Vec<String> {
-            families
-                .iter()
-                .flat_map(|f| DTYPES.iter().map(move |d| format!("{f}_{d}")))
-                .collect()
-        };
-        match self.name {
-            "cache_ops" => per_dtype(&["write_kv", "copy_blocks", "qkv_rope_write_kv"]),
-            "layer_ops" => per_dtype(&[
-                "rms_norm",
-                "fused_add_rms_norm",
-                "rope",
-                "silu_and_mul",
-                "embedding",
-                "add_inplace",
-                "add_bias",
-            ]),
-            "sampling" => per_dtype(&["argmax"]),
-            "paged_attention_decode" => DTYPES
-                .iter()
-                .flat_map(|d| {
-                    DECODE_HEAD_DIMS.iter().flat_map(move |hd| {
-                        [
-                            format!("paged_attention_decode_{d}_hd{hd}"),
-                            format!("paged_attention_reduce_{d}_hd{hd}"),
-                        ]
-                    })
-                })
-                .collect(),
-            "paged_attention_prefill" => PREFILL_SHAPES
-                .iter()
-                .map(|(d, hd)| format!("paged_attention_prefill_{d}_hd{hd}"))
-                .collect(),
-            _ => Vec::new(),
-        }
+        super::entries::entry_points(self.name)
     }
 }

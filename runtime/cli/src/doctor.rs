@@ -5,13 +5,14 @@
 //! - `--compile-kernels [--arch sm_90]`: compile every kernel with NVRTC (no GPU needed) and
 //!   print each kernel's status with its `ptxas` resource usage; exit 0 when all compile.
 //! - `--selftest [--full]`: run every CUDA kernel against its CPU twin or a float64
-//!   reference on device 0; exit 0 when every case passes.
+//!   reference on device 0; exit 0 when every case passes. With `--emulated`, on the
+//!   CUDA-on-CPU emulator instead (no GPU needed).
 
 use std::path::PathBuf;
 
 use clap::Args;
 use kernels::cuda::libs::{locate, CudaLib};
-use kernels::cuda::{self, nvrtc, selftest, source, Arch, Gpu};
+use kernels::cuda::{self, nvrtc, selftest, source, Arch, Device, Emu, Gpu};
 use serde_json::{json, Value};
 
 #[derive(Args, Debug)]
@@ -28,6 +29,9 @@ pub struct DoctorArgs {
     /// With --selftest: more and larger shapes (contexts up to 32k).
     #[arg(long)]
     pub full: bool,
+    /// With --selftest: run the kernels on the CUDA-on-CPU emulator instead of a GPU.
+    #[arg(long, requires = "selftest")]
+    pub emulated: bool,
     /// Greedy parity of the CUDA engine with the CPU engine on --model's weights (default
     /// dummy:smollm2-135m): same tokens except at near-ties, matching log-probabilities.
     #[arg(long)]
@@ -76,7 +80,17 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         ok &= compile_all(&args, &mut report)?;
     }
     if args.selftest {
-        ok &= run_selftest(args.full, &mut report);
+        ok &= if args.emulated {
+            println!("Self-test on the {}:", Emu::new().describe());
+            report_selftest(
+                &Emu::new(),
+                args.full,
+                std::time::Instant::now(),
+                &mut report,
+            )
+        } else {
+            run_selftest(args.full, &mut report)
+        };
     }
     if args.engine_check {
         ok &= engine_check(&args.model, &mut report);
@@ -188,7 +202,17 @@ fn run_selftest(full: bool, report: &mut Value) -> bool {
         ),
         Err(e) => println!("  FAILED to compile or load the kernels: {e}"),
     }
-    let checks = selftest::run_all(&gpu, !full, |c| {
+    report_selftest(&gpu, full, started, report)
+}
+
+/// Runs the self-test on `dev`, printing each case; true when every case passed.
+fn report_selftest<D: Device>(
+    dev: &D,
+    full: bool,
+    started: std::time::Instant,
+    report: &mut Value,
+) -> bool {
+    let checks = selftest::run_all(dev, !full, |c| {
         let status = if c.passed() { "ok" } else { "FAILED" };
         let extra = match (&c.error, c.deterministic) {
             (Some(e), _) => format!(" error: {e}"),

@@ -4,9 +4,11 @@
 
 use super::{down, poisoned, to_f32, tolerance, twice, up, Check, Rng};
 use crate::cuda::attention::{
-    paged_attention_decode, paged_attention_prefill, AttentionInputs, DecodeWorkspace,
+    paged_attention, AttentionBatch, AttentionMeta, AttentionShape, AttentionWorkspace, Route,
+    SeqChunk,
 };
-use crate::cuda::{Gpu, GpuElem};
+use crate::cuda::launch::Device;
+use crate::cuda::GpuElem;
 use crate::layout::KvLayout;
 
 /// One attention problem: sequences with (query length, context length), a cache with
@@ -36,7 +38,8 @@ impl<E: GpuElem> Problem<E> {
             .iter()
             .map(|s| s.1.div_ceil(block_size))
             .max()
-            .unwrap_or(1);
+            .unwrap_or(1)
+            .max(1);
         let total: usize = seqs.iter().map(|s| s.1.div_ceil(block_size)).sum();
         let num_blocks = total + 3;
         let mut pages: Vec<i32> = (0..num_blocks as i32).collect();
@@ -88,6 +91,11 @@ impl<E: GpuElem> Problem<E> {
                 .map(|&b| b as u32)
                 .collect();
             for i in 0..qlen {
+                if ctx == 0 {
+                    // A decode row with nothing to attend to: zeros.
+                    out.extend(std::iter::repeat_n(0.0, self.num_heads * hd));
+                    continue;
+                }
                 let pos = ctx - qlen + i;
                 for h in 0..self.num_heads {
                     let kvh = h / group;
@@ -135,53 +143,88 @@ impl<E: GpuElem> Problem<E> {
         )
     }
 
-    /// Runs the decode or the mixed-batch kernel on this problem, twice, against `reference`.
-    fn check(&self, gpu: &Gpu, decode: bool, reference: &[f64]) -> Check {
-        let kernel = if decode {
-            "paged_attention_decode"
-        } else {
-            "paged_attention_prefill"
-        };
+    /// The sequences as the launchers take them.
+    fn seq_tables(&self) -> Vec<Vec<u32>> {
+        self.seqs
+            .iter()
+            .enumerate()
+            .map(|(s, &(_, ctx))| {
+                let n = ctx.div_ceil(self.layout.block_size);
+                let t = &self.tables[s * self.max_blocks..][..n];
+                t.iter().map(|&b| b as u32).collect()
+            })
+            .collect()
+    }
+
+    /// Runs the problem routed by `route` twice against `reference`, as `kernel`: the decode
+    /// kernel (every row must go there), the prefill kernel, or both ("paged_attention").
+    fn check<D: Device>(&self, dev: &D, kernel: &str, route: Route, reference: &[f64]) -> Check {
         twice(
+            dev,
             kernel,
             E::SUFFIX,
             self.describe(),
             tolerance::<E>(),
             reference,
-            || self.run(gpu, decode),
+            || self.run(dev, kernel, route),
         )
     }
 
-    fn run(&self, gpu: &Gpu, decode: bool) -> Result<Vec<f32>, crate::cuda::CudaError> {
-        let ctx: Vec<i32> = self.seqs.iter().map(|s| s.1 as i32).collect();
-        let (q, kc, vc) = (
-            up(gpu, &self.q)?,
-            up(gpu, &self.k_cache)?,
-            up(gpu, &self.v_cache)?,
-        );
-        let (bt, cl) = (up(gpu, &self.tables)?, up(gpu, &ctx)?);
-        let inp = AttentionInputs {
-            q: q.as_view(),
-            q_stride: self.num_heads * self.layout.head_dim,
-            k_cache: kc.as_view(),
-            v_cache: vc.as_view(),
+    fn run<D: Device>(
+        &self,
+        dev: &D,
+        kernel: &str,
+        route: Route,
+    ) -> Result<Vec<f32>, crate::cuda::CudaError> {
+        let tables = self.seq_tables();
+        let mut start = 0;
+        let seqs: Vec<SeqChunk> = self
+            .seqs
+            .iter()
+            .zip(&tables)
+            .map(|(&(qlen, ctx), t)| {
+                let s = SeqChunk {
+                    query_start: start,
+                    query_len: qlen,
+                    context_len: ctx,
+                    block_table: t,
+                };
+                start += qlen;
+                s
+            })
+            .collect();
+        let shape = AttentionShape {
             layout: self.layout,
             num_heads: self.num_heads,
+            q_stride: self.num_heads * self.layout.head_dim,
             scale: self.scale(),
-            block_tables: bt.as_view(),
-            max_blocks: self.max_blocks,
-            context_lens: cl.as_view(),
         };
-        let mut out = poisoned::<E>(gpu, self.q.len())?;
-        if decode {
-            let max_ctx = self.seqs.iter().map(|s| s.1).max().unwrap_or(0);
-            let mut ws = DecodeWorkspace::default();
-            paged_attention_decode(gpu, &mut out, &inp, max_ctx, &mut ws)?;
-        } else {
-            let qlens: Vec<usize> = self.seqs.iter().map(|s| s.0).collect();
-            paged_attention_prefill(gpu, &mut out, &inp, &qlens)?;
+        let meta = AttentionMeta::new(&seqs)?;
+        let batch = AttentionBatch::new::<E>(dev, &meta, shape, route)?;
+        let (decode_rows, prefill_tiles) = batch.split();
+        let routed = match kernel {
+            "paged_attention_decode" => prefill_tiles == 0,
+            "paged_attention_prefill" => decode_rows == 0,
+            _ => decode_rows > 0 && prefill_tiles > 0,
+        };
+        if !routed {
+            return Err(crate::cuda::CudaError::Unsupported {
+                kernel: kernel.into(),
+                problem: format!(
+                    "the batch went to other kernels: {decode_rows} decode rows, \
+                     {prefill_tiles} prefill tiles"
+                ),
+            });
         }
-        Ok(to_f32(&down(gpu, &out)?))
+        let (q, kc, vc) = (
+            up(dev, &self.q)?,
+            up(dev, &self.k_cache)?,
+            up(dev, &self.v_cache)?,
+        );
+        let mut out = poisoned::<D, E>(dev, self.q.len())?;
+        let mut ws = AttentionWorkspace::default();
+        paged_attention(dev, &mut out, &q, &kc, &vc, &batch, &mut ws)?;
+        Ok(to_f32(&down(dev, &out)?))
     }
 }
 
@@ -196,43 +239,77 @@ fn abbreviate(v: &[usize]) -> String {
 /// (head_dim, KV heads, group, block size, one entry per sequence).
 type Shape<S> = (usize, usize, usize, usize, Vec<S>);
 
-pub fn run<E: GpuElem>(gpu: &Gpu, quick: bool, push: &mut impl FnMut(Check)) {
+/// Runs the cases of the kernels `want` accepts (by name), pushing each outcome.
+pub fn run<D: Device, E: GpuElem>(
+    dev: &D,
+    quick: bool,
+    want: &dyn Fn(&str, &str, &str) -> bool,
+    push: &mut impl FnMut(Check),
+) {
+    let (decode_k, prefill_k, mixed_k) = (
+        "paged_attention_decode",
+        "paged_attention_prefill",
+        "paged_attention",
+    );
+    let d = E::SUFFIX;
+    // Whether any case of kernel `k` in this dtype is wanted (before building problems).
+    let any = |k: &str| want(k, d, "");
+    if ![decode_k, prefill_k, mixed_k].iter().any(|k| any(k)) {
+        return;
+    }
     let mut rng = Rng::new(11);
-    // Decode: head dims, GQA ratios, block sizes, short and long contexts, split-K or not.
-    // (head_dim, KV heads, group, block size, per-sequence shape)
+    // Decode: head dims, GQA ratios, block sizes, short and long contexts, split-K or not,
+    // empty contexts (zeros), and enough blocks to fill the device without splitting.
+    // (head_dim, KV heads, group, block size, per-sequence context)
+    let mut sparse = vec![3; 110];
+    sparse[0] = 0;
+    sparse[57] = 0;
     let mut decode: Vec<Shape<usize>> = vec![
         (64, 3, 3, 16, vec![1, 17, 300, 64]),
-        (128, 8, 4, 16, vec![2048; 16]),
-        (128, 8, 4, 16, vec![256; 64]),
+        (128, 8, 4, 16, vec![2048; 4]),
+        (128, 8, 4, 16, vec![256; 16]),
         (128, 2, 8, 8, vec![5000, 1, 33]),
         (256, 1, 1, 32, vec![700, 3]),
         (64, 4, 2, 256, vec![1000, 257, 256]),
+        (64, 2, 2, 16, vec![0, 5, 300]),
+        (64, 16, 1, 16, sparse),
     ];
     if !quick {
+        decode.push((128, 8, 4, 16, vec![2048; 16]));
+        decode.push((128, 8, 4, 16, vec![256; 64]));
         decode.push((128, 8, 4, 16, vec![32768]));
         decode.push((128, 4, 8, 64, vec![9000, 4096, 1, 100]));
         decode.push((64, 2, 5, 128, vec![3000; 8]));
     }
-    let hds: &[usize] = if E::SUFFIX == "f32" {
+    let hds: &[usize] = if d == "f32" {
         &[64, 128]
     } else {
         &[64, 128, 256]
     };
     for (hd, kvh, g, bs, ctxs) in decode {
+        let empty = ctxs.contains(&0);
         let seqs = ctxs.iter().map(|&c| (1, c)).collect();
         let p = Problem::<E>::new(&mut rng, hd, kvh, g, bs, seqs, false);
-        let reference = p.reference();
-        push(p.check(gpu, true, &reference));
-        if !hds.contains(&hd) {
+        let case = p.describe();
+        let as_decode = want(decode_k, d, &case);
+        // The prefill kernel must agree on decode rows too (it needs a context to attend to).
+        let prefill_too = hds.contains(&hd) && !empty && want(prefill_k, d, &case);
+        if !as_decode && !prefill_too {
             continue;
         }
-        // The mixed-batch kernel must agree on decode rows too.
-        push(p.check(gpu, false, &reference));
+        let reference = p.reference();
+        if as_decode {
+            push(p.check(dev, decode_k, Route::Split, &reference));
+        }
+        if prefill_too {
+            push(p.check(dev, prefill_k, Route::PrefillOnly, &reference));
+        }
     }
-    // Mixed batches: prefill chunks with and without cached context, next to decodes.
+    // Mixed batches: prefill chunks with and without cached context, next to decodes (which
+    // go to the decode kernel), and the same through the prefill kernel alone.
     let mut mixed: Vec<Shape<(usize, usize)>> = vec![
         (64, 3, 3, 16, vec![(7, 7), (1, 40), (33, 100), (300, 300)]),
-        (128, 8, 4, 16, vec![(128, 128), (16, 2000), (1, 1)]),
+        (128, 8, 4, 16, vec![(128, 128), (16, 700), (1, 1)]),
         (128, 2, 8, 1, vec![(50, 60), (5, 5)]),
         (
             64,
@@ -243,15 +320,28 @@ pub fn run<E: GpuElem>(gpu: &Gpu, quick: bool, push: &mut impl FnMut(Check)) {
         ),
     ];
     if !quick {
+        mixed.push((128, 8, 4, 16, vec![(128, 128), (16, 2000), (1, 1)]));
         mixed.push((128, 8, 4, 16, vec![(1024, 1024), (512, 3000)]));
-        if E::SUFFIX != "f32" {
+        if d != "f32" {
             mixed.push((256, 2, 2, 32, vec![(100, 400), (9, 9)]));
         }
     }
     for (hd, kvh, g, bs, seqs) in mixed {
+        let has_decode = seqs.iter().any(|s| s.0 == 1);
         let p = Problem::<E>::new(&mut rng, hd, kvh, g, bs, seqs, false);
+        let case = p.describe();
+        let as_prefill = want(prefill_k, d, &case);
+        let as_mixed = has_decode && want(mixed_k, d, &case);
+        if !as_prefill && !as_mixed {
+            continue;
+        }
         let reference = p.reference();
-        push(p.check(gpu, false, &reference));
+        if as_prefill {
+            push(p.check(dev, prefill_k, Route::PrefillOnly, &reference));
+        }
+        if as_mixed {
+            push(p.check(dev, mixed_k, Route::Split, &reference));
+        }
     }
 }
 

@@ -9,10 +9,8 @@
 mod attention_cases;
 mod op_cases;
 
-use cudarc::driver::CudaSlice;
-
-use super::device::{driver_err, Gpu};
 use super::elem::GpuElem;
+use super::launch::{DevElem, Device};
 use super::CudaError;
 
 /// The outcome of one case.
@@ -34,19 +32,80 @@ impl Check {
     }
 }
 
+/// The self-test in parts that can run on their own (the emulator's tests run them in
+/// parallel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The cache, layer and sampling kernels, every dtype.
+    Ops,
+    AttentionBf16,
+    AttentionF16,
+    AttentionF32,
+}
+
+impl Group {
+    pub const ALL: [Group; 4] = [
+        Group::Ops,
+        Group::AttentionBf16,
+        Group::AttentionF16,
+        Group::AttentionF32,
+    ];
+}
+
 /// Runs every case; `quick` keeps to a few shapes per kernel.
-pub fn run_all(gpu: &Gpu, quick: bool, mut on_check: impl FnMut(&Check)) -> Vec<Check> {
+pub fn run_all<D: Device>(dev: &D, quick: bool, on_check: impl FnMut(&Check)) -> Vec<Check> {
+    run_selected(dev, quick, &|_, _, _| true, on_check)
+}
+
+/// Runs the cases whose kernel (an entry family such as "rms_norm" or
+/// "paged_attention_decode"), dtype ("bf16") and case description `want` accepts.
+pub fn run_selected<D: Device>(
+    dev: &D,
+    quick: bool,
+    want: &dyn Fn(&str, &str, &str) -> bool,
+    mut on_check: impl FnMut(&Check),
+) -> Vec<Check> {
+    Group::ALL
+        .iter()
+        .flat_map(|&g| run_group_selected(dev, g, quick, want, &mut on_check))
+        .collect()
+}
+
+/// Runs the cases of `group`.
+pub fn run_group<D: Device>(
+    dev: &D,
+    group: Group,
+    quick: bool,
+    on_check: impl FnMut(&Check),
+) -> Vec<Check> {
+    run_group_selected(dev, group, quick, &|_, _, _| true, on_check)
+}
+
+fn run_group_selected<D: Device>(
+    dev: &D,
+    group: Group,
+    quick: bool,
+    want: &dyn Fn(&str, &str, &str) -> bool,
+    mut on_check: impl FnMut(&Check),
+) -> Vec<Check> {
     let mut out = Vec::new();
     let mut push = |c: Check| {
-        on_check(&c);
-        out.push(c);
+        // The cache and layer cases are cheap: they all run, and only the wanted are kept.
+        if want(&c.kernel, c.dtype, &c.case) {
+            on_check(&c);
+            out.push(c);
+        }
     };
-    op_cases::run::<f32>(gpu, &mut push);
-    op_cases::run::<half::bf16>(gpu, &mut push);
-    op_cases::run::<half::f16>(gpu, &mut push);
-    attention_cases::run::<half::bf16>(gpu, quick, &mut push);
-    attention_cases::run::<half::f16>(gpu, quick, &mut push);
-    attention_cases::run::<f32>(gpu, true, &mut push);
+    match group {
+        Group::Ops => {
+            op_cases::run::<D, f32>(dev, &mut push);
+            op_cases::run::<D, half::bf16>(dev, &mut push);
+            op_cases::run::<D, half::f16>(dev, &mut push);
+        }
+        Group::AttentionBf16 => attention_cases::run::<D, half::bf16>(dev, quick, want, &mut push),
+        Group::AttentionF16 => attention_cases::run::<D, half::f16>(dev, quick, want, &mut push),
+        Group::AttentionF32 => attention_cases::run::<D, f32>(dev, true, want, &mut push),
+    }
     out
 }
 
@@ -111,25 +170,25 @@ pub fn to_f32<E: GpuElem>(v: &[E]) -> Vec<f32> {
     v.iter().map(|x| x.to_f32()).collect()
 }
 
-pub fn up<T: cudarc::driver::DeviceRepr>(gpu: &Gpu, v: &[T]) -> Result<CudaSlice<T>, CudaError> {
-    gpu.stream().memcpy_stod(v).map_err(driver_err)
+pub fn up<D: Device, T: DevElem>(dev: &D, v: &[T]) -> Result<D::Buf<T>, CudaError> {
+    dev.upload(v)
 }
 
-pub fn down<T: cudarc::driver::DeviceRepr + Default + Clone>(
-    gpu: &Gpu,
-    s: &CudaSlice<T>,
-) -> Result<Vec<T>, CudaError> {
-    gpu.stream().memcpy_dtov(s).map_err(driver_err)
+pub fn down<D: Device, T: DevElem>(dev: &D, s: &D::Buf<T>) -> Result<Vec<T>, CudaError> {
+    dev.download(s)
 }
 
 /// A device buffer of `n` NaNs.
-pub fn poisoned<E: GpuElem>(gpu: &Gpu, n: usize) -> Result<CudaSlice<E>, CudaError> {
-    up(gpu, &vec![E::nan(); n])
+pub fn poisoned<D: Device, E: GpuElem>(dev: &D, n: usize) -> Result<D::Buf<E>, CudaError> {
+    up(dev, &vec![E::nan(); n])
 }
 
-/// Runs `launch` twice (it poisons and fills its own outputs and returns them as f32), and
-/// builds the check from the first result against `reference`.
-pub fn twice(
+/// Runs `launch` twice (it poisons and fills its own outputs and returns them as f32), the
+/// second time on the device's other schedule (see `Device::vary_schedule`), and builds the
+/// check from the first result against `reference`.
+#[allow(clippy::too_many_arguments)]
+pub fn twice<D: Device>(
+    dev: &D,
     kernel: &str,
     dtype: &'static str,
     case: String,
@@ -146,7 +205,9 @@ pub fn twice(
         deterministic: false,
         error: None,
     };
-    match launch().and_then(|a| Ok((launch()?, a))) {
+    let first = launch();
+    dev.vary_schedule();
+    match first.and_then(|a| Ok((launch()?, a))) {
         Ok((b, a)) => {
             check.deterministic = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
             check.rel_err = rel_err(&a, reference);

@@ -2,15 +2,16 @@
 
 use super::{down, poisoned, to_f32, tolerance, twice, up, Check, Rng};
 use crate::cpu;
+use crate::cuda::launch::Device;
 use crate::cuda::ops::{self, RopeShape};
-use crate::cuda::{Gpu, GpuElem};
+use crate::cuda::GpuElem;
 use crate::layout::KvLayout;
 
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
+pub fn run<D: Device, E: GpuElem>(dev: &D, push: &mut impl FnMut(Check)) {
     let tol = tolerance::<E>();
     let d = E::SUFFIX;
     let mut rng = Rng::new(7);
@@ -43,19 +44,20 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
     cpu::write_kv(&mut rk, &mut rv, &layout, &pack(&k), &pack(&v), &slots);
     rk.extend(rv);
     push(twice(
+        dev,
         "write_kv",
         d,
         format!("{n} tokens, stride {stride}"),
         tol,
         &f64s(&rk),
         || {
-            let (mut kc, mut vc) = (up(gpu, &k_cache)?, up(gpu, &v_cache)?);
-            let (kd, vd, sd) = (up(gpu, &k)?, up(gpu, &v)?, up(gpu, &slots)?);
+            let (mut kc, mut vc) = (up(dev, &k_cache)?, up(dev, &v_cache)?);
+            let (kd, vd, sd) = (up(dev, &k)?, up(dev, &v)?, up(dev, &slots)?);
             ops::write_kv(
-                gpu, &mut kc, &mut vc, &layout, &kd, &vd, stride, stride, &sd,
+                dev, &mut kc, &mut vc, &layout, &kd, &vd, stride, stride, &sd,
             )?;
-            let mut o = to_f32(&down(gpu, &kc)?);
-            o.extend(to_f32(&down(gpu, &vc)?));
+            let mut o = to_f32(&down(dev, &kc)?);
+            o.extend(to_f32(&down(dev, &vc)?));
             Ok(o)
         },
     ));
@@ -70,21 +72,22 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
         reference.extend(f64s(&r));
     }
     push(twice(
+        dev,
         "copy_blocks",
         d,
         "2 layers, 4 pairs".into(),
         tol,
         &reference,
         || {
-            let mut dev = caches
+            let mut bufs = caches
                 .iter()
-                .map(|c| up(gpu, c))
+                .map(|c| up(dev, c))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut refs: Vec<_> = dev.iter_mut().collect();
-            ops::copy_blocks(gpu, &mut refs, &layout, &pairs)?;
+            let mut refs: Vec<_> = bufs.iter_mut().collect();
+            ops::copy_blocks(dev, &mut refs, &layout, &pairs)?;
             let mut o = Vec::new();
-            for c in &dev {
-                o.extend(to_f32(&down(gpu, c)?));
+            for c in &bufs {
+                o.extend(to_f32(&down(dev, c)?));
             }
             Ok(o)
         },
@@ -98,15 +101,16 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
         let mut r = vec![0.0; rows * dim];
         cpu::rms_norm(&mut r, &to_f32(&x), &to_f32(&w), 1e-5);
         push(twice(
+            dev,
             "rms_norm",
             d,
             format!("{rows} x {dim}"),
             tol,
             &f64s(&r),
             || {
-                let mut o = poisoned::<E>(gpu, rows * dim)?;
-                ops::rms_norm(gpu, &mut o, &up(gpu, &x)?, &up(gpu, &w)?, 1e-5)?;
-                Ok(to_f32(&down(gpu, &o)?))
+                let mut o = poisoned::<D, E>(dev, rows * dim)?;
+                ops::rms_norm(dev, &mut o, &up(dev, &x)?, &up(dev, &w)?, 1e-5)?;
+                Ok(to_f32(&down(dev, &o)?))
             },
         ));
         // The residual is rounded to E once; the norm reads the rounded value.
@@ -120,16 +124,17 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
         let mut reference = f64s(&normed);
         reference.extend(f64s(&to_f32(&summed)));
         push(twice(
+            dev,
             "fused_add_rms_norm",
             d,
             format!("{rows} x {dim}"),
             tol,
             &reference,
             || {
-                let (mut xd, mut rd) = (up(gpu, &x)?, up(gpu, &res)?);
-                ops::fused_add_rms_norm(gpu, &mut xd, &mut rd, &up(gpu, &w)?, 1e-5)?;
-                let mut o = to_f32(&down(gpu, &xd)?);
-                o.extend(to_f32(&down(gpu, &rd)?));
+                let (mut xd, mut rd) = (up(dev, &x)?, up(dev, &res)?);
+                ops::fused_add_rms_norm(dev, &mut xd, &mut rd, &up(dev, &w)?, 1e-5)?;
+                let mut o = to_f32(&down(dev, &xd)?);
+                o.extend(to_f32(&down(dev, &rd)?));
                 Ok(o)
             },
         ));
@@ -156,8 +161,8 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
         rq.extend(rk);
         let table = rope.cos_sin_table();
         let case = format!("{t} tokens, {nh}/{nkv} heads, llama3 {}", scaling.is_some());
-        push(twice("rope", d, case, tol, &f64s(&rq), || {
-            let (mut qd, mut kd) = (up(gpu, &q)?, up(gpu, &k)?);
+        push(twice(dev, "rope", d, case, tol, &f64s(&rq), || {
+            let (mut qd, mut kd) = (up(dev, &q)?, up(dev, &k)?);
             let shape = RopeShape {
                 num_tokens: t,
                 num_heads: nh,
@@ -167,15 +172,15 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
                 k_stride: nkv * hd,
             };
             ops::rope(
-                gpu,
+                dev,
                 &mut qd,
                 &mut kd,
-                &up(gpu, &pos)?,
-                &up(gpu, &table)?,
+                &up(dev, &pos)?,
+                &up(dev, &table)?,
                 shape,
             )?;
-            let mut o = to_f32(&down(gpu, &qd)?);
-            o.extend(to_f32(&down(gpu, &kd)?));
+            let mut o = to_f32(&down(dev, &qd)?);
+            o.extend(to_f32(&down(dev, &kd)?));
             Ok(o)
         }));
     }
@@ -185,15 +190,16 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
     let mut r = vec![0.0; rows * inter];
     cpu::silu_and_mul(&mut r, &to_f32(&gu), inter);
     push(twice(
+        dev,
         "silu_and_mul",
         d,
         format!("{rows} x {inter}"),
         tol,
         &f64s(&r),
         || {
-            let mut o = poisoned::<E>(gpu, rows * inter)?;
-            ops::silu_and_mul(gpu, &mut o, &up(gpu, &gu)?, inter)?;
-            Ok(to_f32(&down(gpu, &o)?))
+            let mut o = poisoned::<D, E>(dev, rows * inter)?;
+            ops::silu_and_mul(dev, &mut o, &up(dev, &gu)?, inter)?;
+            Ok(to_f32(&down(dev, &o)?))
         },
     ));
 
@@ -204,15 +210,16 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
     let mut r = vec![0.0; ids.len() * dim];
     cpu::embedding(&mut r[..4 * dim], &to_f32(&table), &[3, 49, 0, 3], dim);
     push(twice(
+        dev,
         "embedding",
         d,
         "5 ids, one out of range".into(),
         tol,
         &f64s(&r),
         || {
-            let mut o = poisoned::<E>(gpu, ids.len() * dim)?;
-            ops::embedding(gpu, &mut o, &up(gpu, &table)?, &up(gpu, &ids)?, dim)?;
-            Ok(to_f32(&down(gpu, &o)?))
+            let mut o = poisoned::<D, E>(dev, ids.len() * dim)?;
+            ops::embedding(dev, &mut o, &up(dev, &table)?, &up(dev, &ids)?, dim)?;
+            Ok(to_f32(&down(dev, &o)?))
         },
     ));
 
@@ -223,13 +230,13 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
         .zip(&y)
         .map(|(a, b)| (a.to_f32() + b.to_f32()) as f64)
         .collect();
-    push(twice("add_inplace", d, "1000".into(), tol, &r, || {
-        let mut xd = up(gpu, &x)?;
-        ops::add_inplace(gpu, &mut xd, &up(gpu, &y)?)?;
-        Ok(to_f32(&down(gpu, &xd)?))
+    push(twice(dev, "add_inplace", d, "1000".into(), tol, &r, || {
+        let mut xd = up(dev, &x)?;
+        ops::add_inplace(dev, &mut xd, &up(dev, &y)?)?;
+        Ok(to_f32(&down(dev, &xd)?))
     }));
 
-    push(qkv_rope_write_kv_case::<E>(gpu, &mut rng));
+    push(qkv_rope_write_kv_case::<D, E>(dev, &mut rng));
 
     let (rows, n) = (5, 96);
     let x: Vec<E> = rng.vec(rows * n, 1.0);
@@ -238,23 +245,24 @@ pub fn run<E: GpuElem>(gpu: &Gpu, push: &mut impl FnMut(Check)) {
         .map(|i| (x[i].to_f32() + bias[i % n].to_f32()) as f64)
         .collect();
     push(twice(
+        dev,
         "add_bias",
         d,
         format!("{rows} x {n}"),
         tol,
         &r,
         || {
-            let mut xd = up(gpu, &x)?;
-            ops::add_bias(gpu, &mut xd, &up(gpu, &bias)?)?;
-            Ok(to_f32(&down(gpu, &xd)?))
+            let mut xd = up(dev, &x)?;
+            ops::add_bias(dev, &mut xd, &up(dev, &bias)?)?;
+            Ok(to_f32(&down(dev, &xd)?))
         },
     ));
 
-    push(argmax_case::<E>(gpu, &mut rng));
+    push(argmax_case::<D, E>(dev, &mut rng));
 }
 
 /// The fused split + RoPE + cache write against the CPU backend's three steps.
-fn qkv_rope_write_kv_case<E: GpuElem>(gpu: &Gpu, rng: &mut Rng) -> Check {
+fn qkv_rope_write_kv_case<D: Device, E: GpuElem>(dev: &D, rng: &mut Rng) -> Check {
     let (t, nh) = (6, 9);
     let layout = KvLayout {
         num_blocks: 8,
@@ -291,39 +299,40 @@ fn qkv_rope_write_kv_case<E: GpuElem>(gpu: &Gpu, rng: &mut Rng) -> Check {
     reference.extend(f64s(&vc));
     let case = format!("{t} tokens, {nh}/3 heads, one padding slot");
     twice(
+        dev,
         "qkv_rope_write_kv",
         E::SUFFIX,
         case,
         tolerance::<E>(),
         &reference,
         || {
-            let mut qd = poisoned::<E>(gpu, t * nh * hd)?;
-            let (mut kd, mut vd) = (up(gpu, &k_cache)?, up(gpu, &v_cache)?);
+            let mut qd = poisoned::<D, E>(dev, t * nh * hd)?;
+            let (mut kd, mut vd) = (up(dev, &k_cache)?, up(dev, &v_cache)?);
             ops::qkv_rope_write_kv(
-                gpu,
+                dev,
                 &mut qd,
-                &up(gpu, &qkv)?,
-                &up(gpu, &pos)?,
-                &up(gpu, &table)?,
+                &up(dev, &qkv)?,
+                &up(dev, &pos)?,
+                &up(dev, &table)?,
                 &mut kd,
                 &mut vd,
                 &layout,
-                &up(gpu, &slots)?,
+                &up(dev, &slots)?,
                 ops::QkvShape {
                     num_tokens: t,
                     num_heads: nh,
                 },
             )?;
-            let mut o = to_f32(&down(gpu, &qd)?);
-            o.extend(to_f32(&down(gpu, &kd)?));
-            o.extend(to_f32(&down(gpu, &vd)?));
+            let mut o = to_f32(&down(dev, &qd)?);
+            o.extend(to_f32(&down(dev, &kd)?));
+            o.extend(to_f32(&down(dev, &vd)?));
             Ok(o)
         },
     )
 }
 
 /// argmax: the CPU sampler's index on each row, a tie (lowest index wins) and a NaN included.
-fn argmax_case<E: GpuElem>(gpu: &Gpu, rng: &mut Rng) -> Check {
+fn argmax_case<D: Device, E: GpuElem>(dev: &D, rng: &mut Rng) -> Check {
     let (rows, vocab) = (4, 49152);
     let mut logits: Vec<E> = rng.vec(rows * vocab, 8.0);
     logits[vocab + 100] = E::from_f32(100.0);
@@ -342,15 +351,16 @@ fn argmax_case<E: GpuElem>(gpu: &Gpu, rng: &mut Rng) -> Check {
         })
         .collect();
     twice(
+        dev,
         "argmax",
         E::SUFFIX,
         format!("{rows} x {vocab}, tie and NaN"),
         0.0,
         &reference,
         || {
-            let mut o = up(gpu, &vec![-1i32; rows])?;
-            ops::argmax(gpu, &mut o, &up(gpu, &logits)?, vocab)?;
-            let idx: Vec<i32> = down(gpu, &o)?;
+            let mut o = up(dev, &vec![-1i32; rows])?;
+            ops::argmax(dev, &mut o, &up(dev, &logits)?, vocab)?;
+            let idx: Vec<i32> = down(dev, &o)?;
             Ok(idx.iter().map(|&i| i as f32).collect::<Vec<f32>>())
         },
     )

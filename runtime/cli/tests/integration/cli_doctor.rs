@@ -58,9 +58,14 @@ fn compile_kernels_reports_every_kernel_and_exits_zero() {
             "{r}"
         );
     }
-    assert!(rows
-        .iter()
-        .any(|r| r["kernel"] == "paged_attention_decode_bf16_hd128"));
+    // The decode kernel on CUDA cores for a GQA group of 4, and the tensor-core kernels.
+    for kernel in [
+        "paged_attention_decode_bf16_hd128_g4",
+        "paged_attention_decode_tc_bf16_hd128",
+        "paged_attention_prefill_tc_bf16_hd128",
+    ] {
+        assert!(rows.iter().any(|r| r["kernel"] == kernel), "no {kernel}");
+    }
 }
 
 /// The CPU kernels' path is reported, and `PAGEDRT_CPU_ISA` forces the portable one.

@@ -3,7 +3,7 @@
 
 use kernels::cpu::huge_pages::advise_huge_pages;
 use kernels::cpu::packed::PackedMatrix;
-use kernels::cpu::{self as k, KvStore, Rope, SeqChunk};
+use kernels::cpu::{self as k, KvStore, Rope};
 use kernels::KvDtype;
 use kernels::KvLayout;
 
@@ -191,16 +191,7 @@ impl Backend for CpuBackend {
         num_heads: usize,
         batch: &Batch,
     ) -> Result<(), BackendError> {
-        let seqs: Vec<SeqChunk> = batch
-            .seqs
-            .iter()
-            .map(|s| SeqChunk {
-                query_start: s.query_start,
-                query_len: s.query_len,
-                context_len: s.context_len,
-                block_table: &batch.block_tables[s.table_offset..s.table_offset + s.table_len],
-            })
-            .collect();
+        let seqs = batch.chunks();
         let n = batch.num_tokens() * num_heads * layout.head_dim;
         let scale = 1.0 / (layout.head_dim as f32).sqrt();
         let (out, q) = (&mut out[..n], &q[..n]);

@@ -15,8 +15,7 @@ use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use kernels::cpu::{KvStore, Rope};
 use kernels::cuda::attention::{
-    paged_attention_decode, paged_attention_prefill, AttentionInputs, DecodeWorkspace,
-    DECODE_MAX_GROUP,
+    self, AttentionBatch, AttentionMeta, AttentionShape, AttentionWorkspace, Route,
 };
 use kernels::cuda::libs::{locate, CudaLib};
 use kernels::cuda::{ops, source, CudaError, Gpu};
@@ -31,7 +30,7 @@ pub struct CudaBackend {
     blas: CudaBlas,
     /// Each RoPE's cos/sin table on the device, by the table's identity.
     rope_tables: Mutex<HashMap<RopeKey, CudaSlice<f32>>>,
-    decode_ws: Mutex<DecodeWorkspace>,
+    attention_ws: Mutex<AttentionWorkspace<Gpu>>,
     /// The current step's batch metadata on the device (see [`DeviceBatch`]).
     batch: Mutex<Option<DeviceBatch>>,
 }
@@ -54,7 +53,7 @@ impl CudaBackend {
             gpu,
             blas,
             rope_tables: Mutex::new(HashMap::new()),
-            decode_ws: Mutex::new(DecodeWorkspace::default()),
+            attention_ws: Mutex::new(AttentionWorkspace::default()),
             batch: Mutex::new(None),
         })
     }
@@ -334,31 +333,30 @@ impl Backend for CudaBackend {
         batch: &Batch,
     ) -> Result<(), BackendError> {
         self.run("paged_attention", || {
-            let db = self.device_batch(batch)?;
-            let meta = &db.meta;
+            let mut db = self.device_batch(batch)?;
             let hd = layout.head_dim;
             let n = batch.num_tokens() * num_heads * hd;
-            let inp = AttentionInputs {
-                q: prefix(q, n),
-                q_stride: num_heads * hd,
-                k_cache: k_cache.as_view(),
-                v_cache: v_cache.as_view(),
+            let shape = AttentionShape {
                 layout: *layout,
                 num_heads,
+                q_stride: num_heads * hd,
                 scale: 1.0 / (hd as f32).sqrt(),
-                block_tables: db.tables.as_view(),
-                max_blocks: meta.max_blocks,
-                context_lens: db.context_lens.as_view(),
             };
-            let mut o = prefix_mut(out, n);
-            let group = num_heads / layout.num_kv_heads.max(1);
-            let decode_only = meta.query_lens.iter().all(|&l| l == 1);
-            if decode_only && group <= DECODE_MAX_GROUP && source::DECODE_HEAD_DIMS.contains(&hd) {
-                let mut ws = self.decode_ws.lock();
-                paged_attention_decode(&self.gpu, &mut o, &inp, meta.max_context, &mut ws)
-            } else {
-                paged_attention_prefill(&self.gpu, &mut o, &inp, &meta.query_lens)
+            // Every layer of a step has the same shape: the device metadata is built once.
+            if db.attention.as_ref().is_none_or(|a| *a.shape() != shape) {
+                let a = AttentionBatch::new::<f32>(&self.gpu, &db.meta, shape, Route::Split)?;
+                db.attention = Some(a);
             }
+            let step = db.attention.as_ref().expect("built just above");
+            attention::paged_attention(
+                &self.gpu,
+                &mut prefix_mut(out, n),
+                &prefix(q, n),
+                k_cache,
+                v_cache,
+                step,
+                &mut self.attention_ws.lock(),
+            )
         })
     }
 
@@ -479,8 +477,8 @@ struct DeviceBatch {
     positions: CudaSlice<i32>,
     slots: CudaSlice<i64>,
     meta: AttentionMeta,
-    tables: CudaSlice<i32>,
-    context_lens: CudaSlice<i32>,
+    /// The attention kernels' view of the batch, built by the step's first attention call.
+    attention: Option<AttentionBatch<Gpu>>,
 }
 
 impl DeviceBatch {
@@ -491,63 +489,17 @@ impl DeviceBatch {
 
     fn upload(be: &CudaBackend, b: &Batch) -> Result<Self, CudaError> {
         let positions: Vec<i32> = b.positions.iter().map(|&p| p as i32).collect();
-        let meta = AttentionMeta::of(b)?;
         Ok(DeviceBatch {
             positions: be.upload_vec(&positions)?,
             slots: be.upload_vec(&b.slot_mapping)?,
-            tables: be.upload_vec(&meta.tables)?,
-            context_lens: be.upload_vec(&meta.context_lens)?,
-            meta,
+            meta: AttentionMeta::new(&b.chunks())?,
+            attention: None,
             host: (
                 b.positions.clone(),
                 b.slot_mapping.clone(),
                 b.block_tables.clone(),
                 b.seqs.clone(),
             ),
-        })
-    }
-}
-
-/// A batch's attention metadata in the kernels' shapes: block tables padded to one width,
-/// context lengths and query lengths per sequence.
-struct AttentionMeta {
-    tables: Vec<i32>,
-    max_blocks: usize,
-    context_lens: Vec<i32>,
-    query_lens: Vec<usize>,
-    max_context: usize,
-}
-
-impl AttentionMeta {
-    fn of(batch: &Batch) -> Result<Self, CudaError> {
-        let max_blocks = batch
-            .seqs
-            .iter()
-            .map(|s| s.table_len)
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut tables = vec![0i32; batch.seqs.len() * max_blocks];
-        let mut next_query = 0;
-        for (i, s) in batch.seqs.iter().enumerate() {
-            if s.query_start != next_query {
-                return Err(CudaError::Unsupported {
-                    kernel: "paged_attention".into(),
-                    problem: "sequences' queries must be consecutive, in order".into(),
-                });
-            }
-            next_query += s.query_len;
-            let t = &batch.block_tables[s.table_offset..s.table_offset + s.table_len];
-            for (j, &b) in t.iter().enumerate() {
-                tables[i * max_blocks + j] = b as i32;
-            }
-        }
-        Ok(AttentionMeta {
-            tables,
-            max_blocks,
-            context_lens: batch.seqs.iter().map(|s| s.context_len as i32).collect(),
-            query_lens: batch.seqs.iter().map(|s| s.query_len).collect(),
-            max_context: batch.seqs.iter().map(|s| s.context_len).max().unwrap_or(0),
         })
     }
 }

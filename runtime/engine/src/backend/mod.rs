@@ -39,6 +39,19 @@ impl Batch {
     pub fn num_tokens(&self) -> usize {
         self.input_ids.len()
     }
+
+    /// The sequences as both backends' attention kernels take them.
+    pub fn chunks(&self) -> Vec<kernels::cpu::SeqChunk<'_>> {
+        self.seqs
+            .iter()
+            .map(|s| kernels::cpu::SeqChunk {
+                query_start: s.query_start,
+                query_len: s.query_len,
+                context_len: s.context_len,
+                block_table: &self.block_tables[s.table_offset..s.table_offset + s.table_len],
+            })
+            .collect()
+    }
 }
 
 /// How the weight matrices are stored (`--dtype`); activations and norms are f32 either way

@@ -1,0 +1,255 @@
+//! The CUDA-on-CPU emulator as a [`Device`]: the kernel files compiled by the host C++
+//! compiler against the prelude in kernels/cuda/emu/ (built into this binary by `build.rs`,
+//! or at run time by [`compile_module`] for a kernel file under test), host memory as device
+//! memory, launches run to completion inside [`Device::launch`].
+//!
+//! What it checks, beyond running the kernel: arguments against the kernel's signature; launch
+//! limits; barriers that every thread reaches (a deadlock is reported as "k of n threads
+//! arrived"); warp collectives that every lane reaches, with full masks only; shared memory
+//! sized exactly as launched, NaN-filled, bounds- and race-checked on every access;
+//! cp.async copies waited for before use. See kernels/cuda/emu/emu.h for the design.
+//!
+//! The emulated device has the limits of an A100-class `sm_80` part, so a kernel that fits
+//! here fits Ampere and Hopper: 108 SMs, 163 KiB of shared memory per block once opted in.
+//! Its occupancy is computed, not measured: [`Device::max_active_blocks_per_sm`] returns
+//! min(32 blocks, 2,048 threads / threads per block, 164 KiB / (shared memory + 1 KiB)),
+//! without registers, which the emulator does not model.
+
+mod buf;
+mod compile;
+mod ffi;
+mod wrapper;
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+pub use buf::{EmuBuf, EmuView, EmuViewMut};
+pub use compile::compile_module;
+
+use super::launch::{DevElem, Device, DeviceBuf, KernelArg, LaunchCfg};
+use super::source::KernelSource;
+use super::CudaError;
+
+/// Multiprocessors of the emulated device.
+pub const EMU_MULTIPROCESSORS: usize = 108;
+/// Static plus dynamic shared memory per block of the emulated device, opted in (sm_80).
+pub const EMU_MAX_SHARED_PER_BLOCK: usize = 163 * 1024;
+const EMU_SHARED_PER_SM: usize = 164 * 1024;
+const EMU_SHARED_RESERVED_PER_BLOCK: usize = 1024;
+const EMU_THREADS_PER_SM: usize = 2048;
+const EMU_BLOCKS_PER_SM: usize = 32;
+
+/// One kernel file's entry points, from this binary or from a library compiled at run time.
+pub struct Module {
+    name: String,
+    launch: ffi::LaunchFn,
+    entries: HashMap<String, *const ffi::EntryInfo>,
+    _lib: Option<libloading::Library>,
+}
+
+// SAFETY: the tables are immutable statics of the binary or of `_lib`, which lives as long;
+// the launch function keeps its state per OS thread.
+unsafe impl Send for Module {}
+unsafe impl Sync for Module {}
+
+impl Module {
+    /// # Safety
+    /// `info` points to a module table that lives as long as `lib` (or forever).
+    unsafe fn from_table(
+        info: *const ffi::ModuleInfo,
+        lib: Option<libloading::Library>,
+    ) -> Result<Self, CudaError> {
+        // SAFETY: per the contract above.
+        let m = unsafe { &*info };
+        if m.abi != ffi::ABI_VERSION {
+            return Err(CudaError::EmulatorHost(format!(
+                "module ABI {} (this binary speaks {})",
+                m.abi,
+                ffi::ABI_VERSION
+            )));
+        }
+        let mut entries = HashMap::new();
+        for i in 0..m.nentries as usize {
+            // SAFETY: `nentries` entries, each with a NUL-terminated name.
+            let e = unsafe { m.entries.add(i) };
+            let name = unsafe { CStr::from_ptr((*e).name) }
+                .to_string_lossy()
+                .into_owned();
+            entries.insert(name, e);
+        }
+        // SAFETY: a NUL-terminated name.
+        let name = unsafe { CStr::from_ptr(m.name) }
+            .to_string_lossy()
+            .into_owned();
+        Ok(Module {
+            name,
+            launch: m.launch,
+            entries,
+            _lib: lib,
+        })
+    }
+
+    /// The module's name (its kernel file without `.cu`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The entry points it defines.
+    pub fn entry_points(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.entries.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// The emulated device.
+pub struct Emu {
+    modules: Mutex<HashMap<String, Arc<Module>>>,
+    /// Bit 0 reverses the order of blocks and threads; flipped by `vary_schedule`.
+    schedule: AtomicU32,
+}
+
+impl Default for Emu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Emu {
+    /// The emulator with the kernel files built into this binary.
+    pub fn new() -> Self {
+        Emu {
+            modules: Mutex::new(HashMap::new()),
+            schedule: AtomicU32::new(0),
+        }
+    }
+
+    /// Replaces the module of the same name (a kernel file compiled at run time, for example a
+    /// deliberately broken copy in a test).
+    pub fn with_module(self, module: Module) -> Self {
+        self.modules
+            .lock()
+            .insert(module.name.clone(), Arc::new(module));
+        self
+    }
+
+    /// The module `src` runs with: a replacement, or the built-in one.
+    pub fn module(&self, src: &KernelSource) -> Result<Arc<Module>, CudaError> {
+        let mut modules = self.modules.lock();
+        if let Some(m) = modules.get(src.name) {
+            return Ok(m.clone());
+        }
+        let table = ffi::builtin(src.name).ok_or_else(|| CudaError::Unsupported {
+            kernel: src.file_name(),
+            problem: "not built into the emulator".into(),
+        })?;
+        // SAFETY: built-in tables are statics of this binary.
+        let m = Arc::new(unsafe { Module::from_table(table, None) }?);
+        modules.insert(src.name.to_string(), m.clone());
+        Ok(m)
+    }
+}
+
+impl Device for Emu {
+    type Buf<T: DevElem> = EmuBuf<T>;
+
+    fn describe(&self) -> String {
+        format!("CUDA emulator on the CPU (sm_80 limits, {EMU_MULTIPROCESSORS} SMs)")
+    }
+
+    fn multiprocessors(&self) -> usize {
+        EMU_MULTIPROCESSORS
+    }
+
+    fn max_shared_per_block(&self) -> usize {
+        EMU_MAX_SHARED_PER_BLOCK
+    }
+
+    fn alloc_zeros<T: DevElem>(&self, n: usize) -> Result<EmuBuf<T>, CudaError> {
+        EmuBuf::zeroed(n)
+    }
+
+    fn upload<T: DevElem>(&self, host: &[T]) -> Result<EmuBuf<T>, CudaError> {
+        EmuBuf::from_host(host)
+    }
+
+    fn download<T: DevElem>(&self, buf: &impl DeviceBuf<Self, T>) -> Result<Vec<T>, CudaError> {
+        let n = buf.len();
+        let p = buf.device_addr(self) as *const T;
+        // SAFETY: emulator addresses are host pointers to `len` live elements, and no kernel
+        // runs concurrently (launches are synchronous).
+        Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
+    }
+
+    fn sync(&self) -> Result<(), CudaError> {
+        Ok(())
+    }
+
+    fn max_active_blocks_per_sm(
+        &self,
+        _src: &KernelSource,
+        _entry: &str,
+        threads: u32,
+        shared_bytes: u32,
+    ) -> Result<usize, CudaError> {
+        let by_threads = EMU_THREADS_PER_SM / (threads.max(1) as usize);
+        let by_shared = EMU_SHARED_PER_SM / (shared_bytes as usize + EMU_SHARED_RESERVED_PER_BLOCK);
+        Ok(EMU_BLOCKS_PER_SM.min(by_threads).min(by_shared))
+    }
+
+    unsafe fn launch(
+        &self,
+        src: &KernelSource,
+        entry: &str,
+        cfg: LaunchCfg,
+        args: &[KernelArg],
+    ) -> Result<(), CudaError> {
+        let module = self.module(src)?;
+        let e = *module
+            .entries
+            .get(entry)
+            .ok_or_else(|| CudaError::Unsupported {
+                kernel: entry.to_string(),
+                problem: format!("not found in {}", src.file_name()),
+            })?;
+        let kinds: Vec<u8> = args.iter().map(|a| a.kind_code()).collect();
+        let mut params: Vec<*mut c_void> = args.iter().map(|a| a.value_ptr()).collect();
+        let c = ffi::LaunchConfig {
+            grid: [cfg.grid.0, cfg.grid.1, cfg.grid.2],
+            block: [cfg.block.0, cfg.block.1, cfg.block.2],
+            shared_bytes: cfg.shared_bytes,
+            max_shared_bytes: EMU_MAX_SHARED_PER_BLOCK as u32,
+            schedule: self.schedule.load(Ordering::Relaxed),
+        };
+        let mut err = vec![0u8; 4096];
+        // SAFETY: the caller guarantees the arguments; the emulator checks their kinds against
+        // the entry's before running it, and returns only when the launch is over.
+        let rc = unsafe {
+            (module.launch)(
+                e,
+                &c,
+                params.as_mut_ptr(),
+                kinds.as_ptr(),
+                kinds.len() as u32,
+                err.as_mut_ptr() as *mut c_char,
+                err.len(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+        Err(CudaError::Emulator {
+            kernel: entry.to_string(),
+            message: String::from_utf8_lossy(&err[..end]).into_owned(),
+        })
+    }
+
+    fn vary_schedule(&self) {
+        self.schedule.fetch_xor(1, Ordering::Relaxed);
+    }
+}
