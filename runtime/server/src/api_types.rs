@@ -35,6 +35,7 @@ pub struct Sampling {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub n: Option<i64>,
+    pub best_of: Option<i64>,
     pub stop: Option<Stop>,
     pub seed: Option<u64>,
     pub presence_penalty: Option<f64>,

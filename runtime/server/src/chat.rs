@@ -7,14 +7,13 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{json, Value as Json};
 
 use crate::api_types::ChatRequest;
 use crate::error::ApiError;
 use crate::generation::{finish_str, Choice};
-use crate::handlers::{authorize, check_model, parse, respond, Body, Flavor, S};
+use crate::handlers::{check_model, parse, respond, Body, Flavor, S};
 use crate::structured::{self, Spec};
 use crate::tool_calls::{deltas, CallShape, ParsedMessage, ToolCallStream};
 use crate::tools::{self, parse_choice, parse_tools};
@@ -132,12 +131,7 @@ impl ChatChunks {
     }
 }
 
-pub async fn chat_completions(
-    State(st): S,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
+pub async fn chat_completions(State(st): S, body: Body) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(body)?;
     check_model(&req.model, &st)?;
     let mut params = sampling_params(

@@ -8,13 +8,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value as Json_};
 
 use crate::api_types::{CompletionRequest, DetokenizeRequest, Prompt, Sampling, TokenizeRequest};
+use crate::caps;
 use crate::chat::{chat_choice, ChatChunks};
 use crate::error::ApiError;
 use crate::generation::{
@@ -52,28 +53,6 @@ pub(crate) fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))
 }
 
-/// Constant-time comparison of the bearer token with the configured key.
-pub(crate) fn authorize(headers: &HeaderMap, st: &AppState) -> Result<(), ApiError> {
-    let Some(key) = &st.api_key else {
-        return Ok(());
-    };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let (a, b) = (given.as_bytes(), key.as_bytes());
-    let mut diff = (a.len() ^ b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    if diff == 0 {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
-}
-
 pub(crate) fn check_model(model: &str, st: &AppState) -> Result<(), ApiError> {
     if model == st.served_model_name {
         Ok(())
@@ -96,7 +75,10 @@ fn prompts_of(st: &AppState, p: Prompt) -> Result<Vec<Vec<u32>>, ApiError> {
                 Some("prompt"),
             ))
         }
-        Prompt::Texts(v) => v.iter().map(|s| enc(s)).collect::<Result<_, _>>()?,
+        Prompt::Texts(v) => {
+            caps::count("prompt", v.len(), caps::MAX_PROMPTS, "prompts")?;
+            v.iter().map(|s| enc(s)).collect::<Result<_, _>>()?
+        }
         Prompt::Tokens(t) => vec![t],
         Prompt::TokenLists(v) if v.is_empty() => {
             return Err(ApiError::bad_request(
@@ -104,7 +86,10 @@ fn prompts_of(st: &AppState, p: Prompt) -> Result<Vec<Vec<u32>>, ApiError> {
                 Some("prompt"),
             ))
         }
-        Prompt::TokenLists(v) => v,
+        Prompt::TokenLists(v) => {
+            caps::count("prompt", v.len(), caps::MAX_PROMPTS, "prompts")?;
+            v
+        }
     })
 }
 
@@ -230,12 +215,7 @@ pub(crate) async fn respond(
     .into_response())
 }
 
-pub async fn completions(
-    State(st): S,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
+pub async fn completions(State(st): S, body: Body) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(body)?;
     check_model(&req.model, &st)?;
     let params = sampling_params(&req.sampling, 16, st.limits.max_model_len)?;
@@ -254,8 +234,7 @@ pub async fn completions(
     .await
 }
 
-pub async fn models(State(st): S, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
+pub async fn models(State(st): S) -> Result<Response, ApiError> {
     Ok(Json(json!({"object": "list", "data": [{
         "id": st.served_model_name, "object": "model", "created": now(), "owned_by": "pagedrt",
         "max_model_len": st.limits.max_model_len,
@@ -263,8 +242,7 @@ pub async fn models(State(st): S, headers: HeaderMap) -> Result<Response, ApiErr
     .into_response())
 }
 
-pub async fn tokenize(State(st): S, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
+pub async fn tokenize(State(st): S, body: Body) -> Result<Response, ApiError> {
     let req: TokenizeRequest = parse(body)?;
     let text = match (req.prompt, req.messages) {
         (Some(p), None) => p,
@@ -289,12 +267,7 @@ pub async fn tokenize(State(st): S, headers: HeaderMap, body: Body) -> Result<Re
     .into_response())
 }
 
-pub async fn detokenize(
-    State(st): S,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
+pub async fn detokenize(State(st): S, body: Body) -> Result<Response, ApiError> {
     let req: DetokenizeRequest = parse(body)?;
     if let Some(&bad) = req
         .tokens

@@ -5,6 +5,8 @@
 //! the tools; of the engine it sees only `EngineHandle` and the types it exchanges.
 
 mod api_types;
+pub mod auth;
+mod caps;
 mod chat;
 mod error;
 mod generation;
@@ -83,6 +85,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
 }

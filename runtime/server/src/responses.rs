@@ -16,17 +16,17 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json as AxumJson;
 use serde_json::{json, Value as Json};
 
 use crate::api_types::Sampling;
+use crate::caps;
 use crate::chat::{call_id_prefix, prepare, Prepared, ToolFields};
 use crate::error::ApiError;
 use crate::generation::{collect, last_error, sse_stream, submit_all, Usage};
-use crate::handlers::{authorize, check_model, now, parse, Body, S};
+use crate::handlers::{check_model, now, parse, Body, S};
 use crate::structured;
 use crate::tool_calls::{Piece, ToolCallStream};
 use crate::validate::{content_text, sampling_params};
@@ -100,7 +100,10 @@ fn input_messages(instructions: Option<&str>, input: &Json) -> Result<Vec<ChatMe
             msgs.push(ChatMessage::new("user", s.clone()));
             return Ok(msgs);
         }
-        Json::Array(items) if !items.is_empty() => items,
+        Json::Array(items) if !items.is_empty() => {
+            caps::count("input", items.len(), caps::MAX_MESSAGES, "input items")?;
+            items
+        }
         _ => {
             return Err(bad(
                 "input must be a string or a non-empty list of items",
@@ -336,8 +339,7 @@ fn sse(kind: &str, body: &Json) -> Event {
     Event::default().event(kind).data(body.to_string())
 }
 
-pub async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
+pub async fn create(State(st): S, body: Body) -> Result<Response, ApiError> {
     let req: ResponsesRequest = parse(body)?;
     check_model(&req.model, &st)?;
     refuse_state(&req)?;

@@ -11,6 +11,7 @@ use engine::Constraint;
 use serde_json::Value as Json;
 
 use crate::api_types::StructuredFields;
+use crate::caps;
 use crate::error::ApiError;
 
 /// A spec and the request field it came from (errors name it).
@@ -55,7 +56,19 @@ pub fn response_format(v: &Json, param: &'static str) -> Result<Option<Spec>, Ap
             ))
         }
     };
-    Ok(Some(Spec { output, param }))
+    sized(Spec { output, param }).map(Some)
+}
+
+/// `spec`, if its schema, regex, grammar or choices are within [`caps::MAX_SCHEMA_BYTES`].
+fn sized(spec: Spec) -> Result<Spec, ApiError> {
+    let bytes = match &spec.output {
+        StructuredOutput::JsonSchema { schema, .. } => caps::json_bytes(schema),
+        StructuredOutput::Regex(r) | StructuredOutput::Lark(r) => r.len(),
+        StructuredOutput::Choice(c) => c.iter().map(String::len).sum(),
+        StructuredOutput::JsonObject { .. } => 0,
+    };
+    caps::schema_size(spec.param, bytes)?;
+    Ok(spec)
 }
 
 /// vLLM's `structured_outputs` object (or the `guided_*` fields gathered into one).
@@ -105,7 +118,10 @@ fn vllm_params(v: &Json, param: &'static str) -> Result<Option<Spec>, ApiError> 
     }
     match kinds.len() {
         0 => Ok(None),
-        1 => Ok(kinds.pop().map(|output| Spec { output, param })),
+        1 => kinds
+            .pop()
+            .map(|output| sized(Spec { output, param }))
+            .transpose(),
         _ => Err(bad(
             format!(
                 "give one kind of structured output in {param}, not {}",

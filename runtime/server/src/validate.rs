@@ -2,14 +2,10 @@
 //! that names the field.
 
 use crate::api_types::{ChatMessageIn, Sampling, Stop};
+use crate::caps::{self, MAX_LOGPROBS, MAX_N, MAX_STOPS, MAX_STOP_BYTES};
 use crate::error::ApiError;
 use engine::sampler::SamplingParams;
 use models::tokenizer::ChatMessage;
-
-/// Most stop strings one request may give.
-const MAX_STOPS: usize = 16;
-/// Most samples per prompt.
-const MAX_N: i64 = 64;
 
 pub fn sampling_params(
     s: &Sampling,
@@ -47,6 +43,21 @@ pub fn sampling_params(
     let n = s.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
         return bad(format!("n must be in 1..={MAX_N}, got {n}"), "n");
+    }
+    // pagedrt returns every sample it draws: best_of may only repeat n.
+    if let Some(b) = s.best_of {
+        if !(1..=MAX_N).contains(&b) {
+            return bad(
+                format!("best_of must be in 1..={MAX_N}, got {b}"),
+                "best_of",
+            );
+        }
+        if b != n {
+            return bad(
+                format!("best_of {b} differs from n {n}: ranking extra samples is not supported"),
+                "best_of",
+            );
+        }
     }
     let top_k = s.top_k.unwrap_or(0);
     if top_k < -1 {
@@ -90,14 +101,42 @@ pub fn sampling_params(
     if stop.iter().any(String::is_empty) {
         return bad("stop strings must not be empty".into(), "stop");
     }
-    let logprobs = match (&s.logprobs, s.top_logprobs) {
-        (Some(serde_json::Value::Number(k)), _) => k.as_u64().map(|k| k as usize),
-        (Some(serde_json::Value::Bool(true)), k) => Some(k.unwrap_or(0).max(0) as usize),
-        _ => None,
-    };
-    if logprobs.is_some_and(|k| k > 20) {
-        return bad("at most 20 logprobs".into(), "logprobs");
+    if let Some(long) = stop.iter().find(|x| x.len() > MAX_STOP_BYTES) {
+        return bad(
+            format!(
+                "a stop string is {} bytes; at most {MAX_STOP_BYTES} are accepted",
+                long.len()
+            ),
+            "stop",
+        );
     }
+    if let Some(k) = s.top_logprobs {
+        if !(0..=MAX_LOGPROBS).contains(&k) {
+            return bad(
+                format!("top_logprobs must be in 0..={MAX_LOGPROBS}, got {k}"),
+                "top_logprobs",
+            );
+        }
+    }
+    let logprobs = match (&s.logprobs, s.top_logprobs) {
+        (Some(serde_json::Value::Number(k)), _) => match k.as_i64() {
+            Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
+            _ => {
+                return bad(
+                    format!("logprobs must be an integer in 0..={MAX_LOGPROBS}, got {k}"),
+                    "logprobs",
+                )
+            }
+        },
+        (Some(serde_json::Value::Bool(true)), k) => Some(k.unwrap_or(0) as usize),
+        (None | Some(serde_json::Value::Bool(false) | serde_json::Value::Null), _) => None,
+        (Some(other), _) => {
+            return bad(
+                format!("logprobs must be a boolean or an integer, got {other}"),
+                "logprobs",
+            )
+        }
+    };
     Ok(SamplingParams {
         temperature: temperature as f32,
         top_p: top_p as f32,
@@ -180,6 +219,7 @@ pub fn chat_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiErro
             Some("messages"),
         ));
     }
+    caps::count("messages", msgs.len(), caps::MAX_MESSAGES, "messages")?;
     msgs.iter()
         .map(|m| {
             let role = if m.role == "developer" {
