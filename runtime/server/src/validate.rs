@@ -1,15 +1,17 @@
 //! Turning request fields into engine parameters, refusing what is out of range with a 400
 //! that names the field.
 
-use crate::api_types::{ChatMessageIn, Sampling, Stop};
+use crate::api_types::{ChatMessageIn, Logprobs, Sampling, Stop};
 use crate::error::ApiError;
 use engine::sampler::SamplingParams;
 use models::tokenizer::ChatMessage;
 
 /// Most stop strings one request may give.
-const MAX_STOPS: usize = 16;
+pub(crate) const MAX_STOPS: usize = 16;
 /// Most samples per prompt.
-const MAX_N: i64 = 64;
+pub(crate) const MAX_N: i64 = 64;
+/// Most alternatives per token.
+pub(crate) const MAX_LOGPROBS: usize = 20;
 
 pub fn sampling_params(
     s: &Sampling,
@@ -90,13 +92,21 @@ pub fn sampling_params(
     if stop.iter().any(String::is_empty) {
         return bad("stop strings must not be empty".into(), "stop");
     }
-    let logprobs = match (&s.logprobs, s.top_logprobs) {
-        (Some(serde_json::Value::Number(k)), _) => k.as_u64().map(|k| k as usize),
-        (Some(serde_json::Value::Bool(true)), k) => Some(k.unwrap_or(0).max(0) as usize),
-        _ => None,
+    if let Some(k) = s.top_logprobs {
+        if !(0..=MAX_LOGPROBS as i64).contains(&k) {
+            return bad(
+                format!("top_logprobs must be in 0..={MAX_LOGPROBS}, got {k}"),
+                "top_logprobs",
+            );
+        }
+    }
+    let logprobs = match s.logprobs {
+        Some(Logprobs::Count(k)) => Some(k as usize),
+        Some(Logprobs::Flag(true)) => Some(s.top_logprobs.unwrap_or(0) as usize),
+        Some(Logprobs::Flag(false)) | None => None,
     };
-    if logprobs.is_some_and(|k| k > 20) {
-        return bad("at most 20 logprobs".into(), "logprobs");
+    if logprobs.is_some_and(|k| k > MAX_LOGPROBS) {
+        return bad(format!("at most {MAX_LOGPROBS} logprobs"), "logprobs");
     }
     Ok(SamplingParams {
         temperature: temperature as f32,
