@@ -14,16 +14,28 @@ use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
 /// A string field that always holds one value (`"object": "text_completion"`): a one-variant
-/// enum, so the document says exactly that value.
+/// enum, so the document says exactly that value. (Its schema is written out: utoipa's derive
+/// does not see a `serde(rename)` whose value comes through a macro.)
 macro_rules! constant {
     ($(#[$m:meta])* $name:ident = $value:literal) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
         pub enum $name {
             #[default]
             #[serde(rename = $value)]
             Is,
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([$value]))
+                    .into()
+            }
+        }
+
+        impl ToSchema for $name {}
     };
 }
 

@@ -439,3 +439,13 @@ pub async fn health(State(st): S) -> Response {
         ApiError::unavailable("the engine loop has stopped").into_response()
     }
 }
+
+/// Any path no route has: a 404 with an OpenAI-style body (axum's own is empty).
+pub async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::no_route(uri.path())
+}
+
+/// A route's path with a method it does not take: 405, OpenAI-style.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}

@@ -81,6 +81,8 @@ macro_rules! routes {
 
         fn routes() -> Router<Arc<AppState>> {
             Router::new()$(.route($path, $method($handler)))*
+                .fallback(handlers::no_route)
+                .method_not_allowed_fallback(handlers::method_not_allowed)
         }
     };
 }
