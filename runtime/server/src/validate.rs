@@ -19,22 +19,27 @@ pub fn sampling_params(
     max_len: usize,
 ) -> Result<SamplingParams, ApiError> {
     let bad = |m: String, p: &str| Err(ApiError::bad_request(m, Some(p)));
-    let max_tokens = match s.max_completion_tokens.or(s.max_tokens) {
-        None => default_max as i64,
-        Some(m) if m < 1 => {
-            return bad(
-                format!("max_tokens must be at least 1, got {m}"),
-                "max_tokens",
-            )
+    // Both are checked, though max_completion_tokens wins: a bad max_tokens is an error
+    // even beside a good max_completion_tokens.
+    for (name, v) in [
+        ("max_tokens", s.max_tokens),
+        ("max_completion_tokens", s.max_completion_tokens),
+    ] {
+        match v {
+            Some(m) if m < 1 => return bad(format!("{name} must be at least 1, got {m}"), name),
+            Some(m) if m as u64 > max_len as u64 => {
+                return bad(
+                    format!("{name} {m} exceeds the maximum model length {max_len}"),
+                    name,
+                )
+            }
+            _ => {}
         }
-        Some(m) if m as u64 > max_len as u64 => {
-            return bad(
-                format!("max_tokens {m} exceeds the maximum model length {max_len}"),
-                "max_tokens",
-            )
-        }
-        Some(m) => m,
-    };
+    }
+    let max_tokens = s
+        .max_completion_tokens
+        .or(s.max_tokens)
+        .unwrap_or(default_max as i64);
     let temperature = s.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return bad(
