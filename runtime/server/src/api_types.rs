@@ -157,8 +157,7 @@ pub struct Sampling {
 /// (`structured::spec_of` reads them).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct StructuredFields {
-    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema"}}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::structured::response_format_schema)]
     pub response_format: Option<Json>,
     /// vLLM's: one of `json`, `regex`, `choice`, `grammar`, `json_object`.
     #[schema(value_type = Option<Object>)]

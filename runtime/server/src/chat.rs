@@ -154,7 +154,7 @@ impl ChatChunks {
     responses(
         (status = 200, description = "The answer, or with `stream` its chunks as server-sent events (`data: {...}` lines, then `data: [DONE]`).", content(
             (ChatCompletionResponse = "application/json"),
-            (String = "text/event-stream"),
+            (crate::openapi::DataEvent = "text/event-stream"),
         )),
         (status = 400, description = "A field is invalid or out of range (`param` names it).", body = ErrorBody),
         (status = 401, description = "The API key is missing or wrong.", body = ErrorBody),

@@ -265,7 +265,7 @@ pub(crate) async fn respond(
     responses(
         (status = 200, description = "The completion, or with `stream` its chunks as server-sent events (`data: {...}` lines, then `data: [DONE]`).", content(
             (CompletionResponse = "application/json"),
-            (String = "text/event-stream"),
+            (crate::openapi::DataEvent = "text/event-stream"),
         )),
         (status = 400, description = "A field is invalid or out of range (`param` names it).", body = ErrorBody),
         (status = 401, description = "The API key is missing or wrong.", body = ErrorBody),

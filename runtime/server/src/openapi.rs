@@ -14,9 +14,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::api_responses::{self as out, ErrorBody};
 use crate::api_types as req;
@@ -127,6 +128,57 @@ fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::
         .build()
         .into()
 }
+
+/// One server-sent event of a completions or chat stream, as a client parses it: `data`
+/// holds one chunk as JSON (the last event's is `[DONE]`); the event has no name.
+pub struct DataEvent;
+
+impl PartialSchema for DataEvent {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .property("event", ObjectBuilder::new().enum_values(Some(["message"])))
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/json"),
+            )
+            .required("data")
+            .description(Some(
+                "`data`: a chunk (`object` `text_completion` or `chat.completion.chunk`, each \
+                 choice's new text or `delta`); with `stream_options.include_usage` a last \
+                 chunk with no choices and the `usage`; then `[DONE]`.",
+            ))
+            .into()
+    }
+}
+impl ToSchema for DataEvent {}
+
+/// One event of a Responses API stream: `event` names it, `data` holds it as JSON (whose
+/// `type` is the same name).
+pub struct ResponseEvent;
+
+impl PartialSchema for ResponseEvent {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(crate::responses::EVENTS)),
+            )
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/json"),
+            )
+            .required("event")
+            .required("data")
+            .into()
+    }
+}
+impl ToSchema for ResponseEvent {}
 
 /// The document for a server that serves `model` and requires a key or not.
 pub fn document(model: &str, requires_key: bool) -> Value {

@@ -36,6 +36,10 @@ use crate::structured;
 use crate::tool_calls::{Piece, ToolCallStream};
 use crate::validate::{content_text, sampling_params};
 use models::tokenizer::ChatMessage;
+use utoipa::openapi::schema::{
+    ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
+};
+use utoipa::openapi::RefOr;
 
 fn bad(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::bad_request(message, Some(param))
@@ -48,7 +52,7 @@ pub(crate) struct ResponsesRequest {
     model: String,
     /// A string (one user message), or a non-empty list of items: messages (`{"role",
     /// "content"}`), `function_call` and `function_call_output` items.
-    #[schema(value_type = Value)]
+    #[schema(schema_with = input_schema)]
     input: Json,
     /// A system message before the input.
     instructions: Option<String>,
@@ -72,18 +76,54 @@ pub(crate) struct ResponsesRequest {
     /// Answer with the API's server-sent events.
     #[serde(default)]
     stream: bool,
-    /// Refused: the server stores nothing.
+    /// Refused unless null: the server stores nothing.
+    #[schema(schema_with = only_null)]
     previous_response_id: Option<String>,
     /// `true` is refused.
+    #[schema(schema_with = only_false)]
     store: Option<bool>,
     /// `true` is refused.
+    #[schema(schema_with = only_false)]
     background: Option<bool>,
-    /// Refused.
-    #[schema(value_type = Option<Value>)]
+    /// Refused unless null.
+    #[schema(schema_with = only_null)]
     conversation: Option<Json>,
     /// Echoed in the response.
     #[schema(value_type = Option<Object>)]
     metadata: Option<Json>,
+}
+
+/// `input`: a string or a non-empty list.
+fn input_schema() -> impl Into<RefOr<Schema>> {
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::Object))
+                .min_items(Some(1)),
+        )
+}
+
+/// A field only a stateful server could honour: null or absent.
+fn only_null() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new().schema_type(Type::Null)
+}
+
+/// A flag whose `true` only a stateful server could honour.
+fn only_false() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Boolean, Type::Null]))
+        .enum_values(Some([json!(false), Json::Null]))
+}
+
+/// `text` and `metadata` are objects (both are echoed in the response as objects).
+fn objects_only(r: &ResponsesRequest) -> Result<(), ApiError> {
+    for (name, v) in [("text", &r.text), ("metadata", &r.metadata)] {
+        if v.as_ref().is_some_and(|v| !v.is_object()) {
+            return Err(bad(format!("{name} must be an object"), name));
+        }
+    }
+    Ok(())
 }
 
 /// What a stateless server cannot do.
@@ -195,6 +235,24 @@ fn input_messages(instructions: Option<&str>, input: &Json) -> Result<Vec<ChatMe
     Ok(msgs)
 }
 
+/// Every event a streamed response sends (the OpenAPI document lists them; `emit` checks
+/// it sends no other).
+pub(crate) const EVENTS: [&str; 13] = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.output_item.done",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+];
+
 /// The output items of a response as its text is parsed, and the events that build them.
 struct ResponseBuilder {
     id: String,
@@ -222,6 +280,7 @@ impl ResponseBuilder {
     }
 
     fn emit(&mut self, kind: &str, mut body: Json) {
+        debug_assert!(EVENTS.contains(&kind), "{kind} is not in EVENTS");
         body["type"] = json!(kind);
         body["sequence_number"] = json!(self.seq);
         self.seq += 1;
@@ -406,7 +465,7 @@ fn sse(kind: &str, body: &Json) -> Event {
     responses(
         (status = 200, description = "The response, or with `stream` the API's named server-sent events (`response.created` ... `response.completed`).", content(
             (ResponseObject = "application/json"),
-            (String = "text/event-stream"),
+            (crate::openapi::ResponseEvent = "text/event-stream"),
         )),
         (status = 400, description = "A field is invalid or out of range (`param` names it).", body = ErrorBody),
         (status = 401, description = "The API key is missing or wrong.", body = ErrorBody),
@@ -421,6 +480,7 @@ pub async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Resp
     let req: ResponsesRequest = parse(body)?;
     check_model(&req.model, &st)?;
     refuse_state(&req)?;
+    objects_only(&req)?;
     let sampling: Sampling = serde_json::from_value(json!({
         "max_tokens": req.max_output_tokens, "temperature": req.temperature,
         "top_p": req.top_p, "seed": req.seed, "stream": req.stream,
