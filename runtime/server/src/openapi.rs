@@ -136,7 +136,12 @@ pub struct DataEvent;
 impl PartialSchema for DataEvent {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
-            .property("event", ObjectBuilder::new().enum_values(Some(["message"])))
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["message"])),
+            )
             .property(
                 "data",
                 ObjectBuilder::new()

@@ -21,6 +21,7 @@ mod hub_pull;
 mod loadgen;
 mod no_kv_cache;
 mod openai_client;
+mod openapi;
 mod server;
 mod server_shutdown;
 mod structured_tools;
