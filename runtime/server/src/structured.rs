@@ -9,6 +9,8 @@ use std::sync::Arc;
 use engine::structured::{GrammarCompiler, StructuredOutput};
 use engine::Constraint;
 use serde_json::Value as Json;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::RefOr;
 
 use crate::api_types::StructuredFields;
 use crate::caps;
@@ -23,6 +25,24 @@ pub struct Spec {
 
 fn bad(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::bad_request(message, Some(param))
+}
+
+/// The document's schema of `response_format` (and of the Responses API's `text.format`):
+/// an object whose `type` is one of the three [`response_format`] reads.
+pub fn response_format_schema() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property(
+            "type",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["text", "json_object", "json_schema"])),
+        )
+        .required("type")
+        .description(Some(
+            "`{\"type\": \"text\"}`, `{\"type\": \"json_object\"}` or `{\"type\": \"json_schema\", \
+             \"json_schema\": {\"name\", \"schema\", \"strict\"}}`.",
+        ))
 }
 
 /// `response_format` as OpenAI defines it (`None` for `text`).

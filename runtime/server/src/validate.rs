@@ -1,7 +1,7 @@
 //! Turning request fields into engine parameters, refusing what is out of range with a 400
 //! that names the field.
 
-use crate::api_types::{ChatMessageIn, Sampling, Stop};
+use crate::api_types::{ChatMessageIn, Logprobs, Sampling, Stop};
 use crate::caps::{self, MAX_LOGPROBS, MAX_N, MAX_STOPS, MAX_STOP_BYTES};
 use crate::error::ApiError;
 use engine::sampler::SamplingParams;
@@ -13,22 +13,27 @@ pub fn sampling_params(
     max_len: usize,
 ) -> Result<SamplingParams, ApiError> {
     let bad = |m: String, p: &str| Err(ApiError::bad_request(m, Some(p)));
-    let max_tokens = match s.max_completion_tokens.or(s.max_tokens) {
-        None => default_max as i64,
-        Some(m) if m < 1 => {
-            return bad(
-                format!("max_tokens must be at least 1, got {m}"),
-                "max_tokens",
-            )
+    // Both are checked, though max_completion_tokens wins: a bad max_tokens is an error
+    // even beside a good max_completion_tokens.
+    for (name, v) in [
+        ("max_tokens", s.max_tokens),
+        ("max_completion_tokens", s.max_completion_tokens),
+    ] {
+        match v {
+            Some(m) if m < 1 => return bad(format!("{name} must be at least 1, got {m}"), name),
+            Some(m) if m as u64 > max_len as u64 => {
+                return bad(
+                    format!("{name} {m} exceeds the maximum model length {max_len}"),
+                    name,
+                )
+            }
+            _ => {}
         }
-        Some(m) if m as u64 > max_len as u64 => {
-            return bad(
-                format!("max_tokens {m} exceeds the maximum model length {max_len}"),
-                "max_tokens",
-            )
-        }
-        Some(m) => m,
-    };
+    }
+    let max_tokens = s
+        .max_completion_tokens
+        .or(s.max_tokens)
+        .unwrap_or(default_max as i64);
     let temperature = s.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return bad(
@@ -118,25 +123,17 @@ pub fn sampling_params(
             );
         }
     }
-    let logprobs = match (&s.logprobs, s.top_logprobs) {
-        (Some(serde_json::Value::Number(k)), _) => match k.as_i64() {
-            Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
-            _ => {
-                return bad(
-                    format!("logprobs must be an integer in 0..={MAX_LOGPROBS}, got {k}"),
-                    "logprobs",
-                )
-            }
-        },
-        (Some(serde_json::Value::Bool(true)), k) => Some(k.unwrap_or(0) as usize),
-        (None | Some(serde_json::Value::Bool(false) | serde_json::Value::Null), _) => None,
-        (Some(other), _) => {
-            return bad(
-                format!("logprobs must be a boolean or an integer, got {other}"),
-                "logprobs",
-            )
-        }
+    let logprobs = match s.logprobs {
+        Some(Logprobs::Count(k)) => Some(k as usize),
+        Some(Logprobs::Flag(true)) => Some(s.top_logprobs.unwrap_or(0) as usize),
+        Some(Logprobs::Flag(false)) | None => None,
     };
+    if let Some(k) = logprobs.filter(|&k| k > MAX_LOGPROBS as usize) {
+        return bad(
+            format!("logprobs must be at most {MAX_LOGPROBS}, got {k}"),
+            "logprobs",
+        );
+    }
     Ok(SamplingParams {
         temperature: temperature as f32,
         top_p: top_p as f32,
