@@ -130,10 +130,23 @@ pub fn render_tools_into_messages(messages: &[ChatMessage], tools: &[Json]) -> V
     out
 }
 
+/// Instructions one rendering may run. A model file's template is code from whoever made the
+/// file: without a bound, `{% for i in range(10**9) %}` would hold a request (and a core)
+/// forever. Real templates over a capped conversation (`server::caps::MAX_MESSAGES`) run well
+/// under a million.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+/// How deep macros, includes and nested blocks may recurse.
+pub const TEMPLATE_RECURSION: usize = 64;
+/// Bytes one rendering may write: far beyond any context window, far below the memory of
+/// the machine.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
 /// The template's environment, with Hugging Face's helpers (`raise_exception`, Python string
-/// methods).
+/// methods), and the bounds above.
 pub fn environment(template: &str) -> Result<minijinja::Environment<'_>, minijinja::Error> {
     let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
@@ -147,6 +160,53 @@ pub fn environment(template: &str) -> Result<minijinja::Environment<'_>, minijin
     );
     env.add_template("chat", template)?;
     Ok(env)
+}
+
+/// A writer that refuses to grow past `cap` bytes.
+struct Capped {
+    out: Vec<u8>,
+    cap: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + b.len() > self.cap {
+            self.overflowed = true;
+            return Err(std::io::Error::other("output cap"));
+        }
+        self.out.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders `template` over `ctx` within [`TEMPLATE_FUEL`], [`TEMPLATE_RECURSION`] and
+/// [`MAX_RENDERED_BYTES`]: a hostile or broken template is an error, never a hang or an
+/// unbounded string.
+pub fn render(template: &str, ctx: minijinja::Value) -> Result<String, minijinja::Error> {
+    let env = environment(template)?;
+    let mut w = Capped {
+        out: Vec::new(),
+        cap: MAX_RENDERED_BYTES,
+        overflowed: false,
+    };
+    let rendered = env.get_template("chat")?.render_captured_to(ctx, &mut w);
+    if w.overflowed {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("the rendered prompt exceeds {MAX_RENDERED_BYTES} bytes"),
+        ));
+    }
+    rendered?;
+    String::from_utf8(w.out).map_err(|e| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("the template wrote invalid UTF-8: {e}"),
+        )
+    })
 }
 
 /// Whether a template reads the `tools` variable.
@@ -165,6 +225,30 @@ pub fn reads_tools(template: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn hostile_templates_are_errors_not_hangs() {
+        let ctx = minijinja::context! { messages => Vec::<ChatMessage>::new() };
+        let endless =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let deep = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        let huge = "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}";
+        for (what, tpl, needle) in [
+            ("endless loop", endless, "fuel"),
+            ("unbounded recursion", deep, "recursion"),
+            ("unbounded output", huge, "exceeds"),
+        ] {
+            let started = std::time::Instant::now();
+            let err = render(tpl, ctx.clone()).expect_err(what).to_string();
+            assert!(err.contains(needle), "{what}: {err}");
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "{what} ran {:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(render("{{ 'a' ~ 'b' }}", ctx).unwrap(), "ab");
+    }
 
     #[test]
     fn tools_fold_into_the_system_message_and_results_into_user_turns() {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use crate::chat_template::{environment, reads_tools, render_tools_into_messages};
+use crate::chat_template::{reads_tools, render, render_tools_into_messages};
 use crate::error::ModelError;
 
 pub use crate::chat_template::{ChatMessage, ToolCallFormat};
@@ -254,8 +254,6 @@ impl Tokenizer {
         } else {
             (messages, None)
         };
-        let env =
-            environment(tpl).map_err(|e| tok_err(&self.path, format!("chat template: {e}")))?;
         let ctx = minijinja::context! {
             messages => messages,
             tools => tools_var,
@@ -263,9 +261,7 @@ impl Tokenizer {
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        env.get_template("chat")
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| tok_err(&self.path, format!("chat template: {e}")))
+        render(tpl, ctx).map_err(|e| tok_err(&self.path, format!("chat template: {e}")))
     }
 }
 

@@ -7,14 +7,16 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{json, Value as Json};
 
+use crate::api_responses::{
+    AssistantMessage, AssistantRole, ChatChoice, ChatCompletionResponse, ChatLogprobs, ErrorBody,
+};
 use crate::api_types::ChatRequest;
 use crate::error::ApiError;
 use crate::generation::{finish_str, Choice};
-use crate::handlers::{authorize, check_model, parse, respond, Body, Flavor, S};
+use crate::handlers::{check_model, parse, respond, Body, Flavor, S};
 use crate::structured::{self, Spec};
 use crate::tool_calls::{deltas, CallShape, ParsedMessage, ToolCallStream};
 use crate::tools::{self, parse_choice, parse_tools};
@@ -47,27 +49,36 @@ pub(crate) fn finish_with_calls(
 pub(crate) fn chat_choice(
     index: usize,
     c: &Choice,
-    logprobs: Json,
+    logprobs: Option<ChatLogprobs>,
     calls: Option<&CallShape>,
     response_id: &str,
-) -> Json {
-    let Some(shape) = calls else {
-        return json!({"index": index, "logprobs": logprobs, "finish_reason": c.finish,
-                       "message": {"role": "assistant", "content": c.text}});
+) -> ChatChoice {
+    let m = match calls {
+        Some(shape) => {
+            let mut parser = ToolCallStream::new(shape.clone(), call_id_prefix(response_id, index));
+            ParsedMessage::of(&mut parser, &c.text)
+        }
+        None => ParsedMessage {
+            content: c.text.clone(),
+            calls: vec![],
+        },
     };
-    let mut parser = ToolCallStream::new(shape.clone(), call_id_prefix(response_id, index));
-    let m = ParsedMessage::of(&mut parser, &c.text);
-    let content = if m.content.is_empty() && !m.calls.is_empty() {
-        Json::Null
+    let called = !m.calls.is_empty();
+    let content = if m.content.is_empty() && called {
+        None
     } else {
-        json!(m.content)
+        Some(m.content)
     };
-    let mut message = json!({"role": "assistant", "content": content});
-    if !m.calls.is_empty() {
-        message["tool_calls"] = json!(m.calls);
+    ChatChoice {
+        index,
+        logprobs,
+        message: AssistantMessage {
+            role: AssistantRole::Is,
+            content,
+            tool_calls: m.calls,
+        },
+        finish_reason: finish_with_calls(c.finish, called),
     }
-    json!({"index": index, "logprobs": logprobs, "message": message,
-           "finish_reason": finish_with_calls(c.finish, !m.calls.is_empty())})
 }
 
 /// The streamed choices of a chat response: each choice's tool-call parser and whether its
@@ -132,12 +143,30 @@ impl ChatChunks {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    summary = "Answers a conversation (server-sent events with `stream`).",
+    request_body = ChatRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The answer, or with `stream` its chunks as server-sent events (`data: {...}` lines, then `data: [DONE]`).", content(
+            (ChatCompletionResponse = "application/json"),
+            (crate::openapi::DataEvent = "text/event-stream"),
+        )),
+        (status = 400, description = "A field is invalid or out of range (`param` names it).", body = ErrorBody),
+        (status = 401, description = "The API key is missing or wrong.", body = ErrorBody),
+        (status = 404, description = "The model is not the one this server serves.", body = ErrorBody),
+        (status = 429, description = "The queue is full (`Retry-After` says when to retry).", body = ErrorBody),
+        (status = 500, description = "The engine failed while running the request.", body = ErrorBody),
+        (status = 503, description = "The engine has stopped.", body = ErrorBody),
+    ),
+)]
 pub async fn chat_completions(
     State(st): S,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
     let req: ChatRequest = parse(body)?;
     check_model(&req.model, &st)?;
     let mut params = sampling_params(

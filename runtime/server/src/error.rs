@@ -4,7 +4,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engine::{EngineError, InvalidRequest, SchedulerError};
-use serde_json::json;
+
+use crate::api_responses::{ErrorBody, ErrorDetail};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -86,6 +87,28 @@ impl ApiError {
             retry_after: None,
         }
     }
+    /// 404: no route has this path.
+    pub fn no_route(path: &str) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("there is no route {path} (GET /openapi.json lists them)"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("not_found"),
+            retry_after: None,
+        }
+    }
+    /// 405: the path exists, not with this method (axum adds the `Allow` header).
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("{path} does not take {method} (the Allow header says what it takes)"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("method_not_allowed"),
+            retry_after: None,
+        }
+    }
     /// 413: the body is over the size limit.
     pub fn too_large(limit: usize) -> Self {
         ApiError {
@@ -101,9 +124,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
-        }});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.message,
+                kind: self.kind.to_string(),
+                param: self.param,
+                code: self.code.map(str::to_string),
+            },
+        };
         let mut r = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after {
             r.headers_mut().insert("retry-after", s.into());

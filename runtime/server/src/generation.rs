@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
-use serde_json::{json, Value as Json_};
+use serde_json::Value as Json_;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -105,13 +105,18 @@ pub(crate) struct Usage {
     pub cached: usize,
 }
 
-pub(crate) fn usage_json(u: &Usage) -> Json_ {
-    json!({
-        "prompt_tokens": u.prompt,
-        "completion_tokens": u.completion,
-        "total_tokens": u.prompt + u.completion,
-        "prompt_tokens_details": {"cached_tokens": u.cached},
-    })
+impl Usage {
+    /// The completions and chat shape.
+    pub(crate) fn api(&self) -> crate::api_responses::Usage {
+        crate::api_responses::Usage {
+            prompt_tokens: self.prompt,
+            completion_tokens: self.completion,
+            total_tokens: self.prompt + self.completion,
+            prompt_tokens_details: crate::api_responses::PromptTokensDetails {
+                cached_tokens: self.cached,
+            },
+        }
+    }
 }
 
 /// Waits for every sample of every prompt.

@@ -8,17 +8,23 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value as Json_};
 
+use crate::api_responses::{
+    ChatCompletionObject, ChatCompletionResponse, CompletionChoice, CompletionResponse,
+    DetokenizeResponse, ErrorBody, ListObject, ModelCard, ModelList, ModelObject,
+    TextCompletionObject, TokenizeResponse,
+};
 use crate::api_types::{CompletionRequest, DetokenizeRequest, Prompt, Sampling, TokenizeRequest};
+use crate::caps;
 use crate::chat::{chat_choice, ChatChunks};
 use crate::error::ApiError;
 use crate::generation::{
-    collect, data, done_events, finish_str, last_error, sse_stream, submit_all, usage_json,
+    collect, data, done_events, finish_str, last_error, sse_stream, submit_all,
 };
 use crate::logprobs::{self, TokenLogprob};
 use crate::structured;
@@ -52,28 +58,6 @@ pub(crate) fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))
 }
 
-/// Constant-time comparison of the bearer token with the configured key.
-pub(crate) fn authorize(headers: &HeaderMap, st: &AppState) -> Result<(), ApiError> {
-    let Some(key) = &st.api_key else {
-        return Ok(());
-    };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let (a, b) = (given.as_bytes(), key.as_bytes());
-    let mut diff = (a.len() ^ b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    if diff == 0 {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
-}
-
 pub(crate) fn check_model(model: &str, st: &AppState) -> Result<(), ApiError> {
     if model == st.served_model_name {
         Ok(())
@@ -96,7 +80,10 @@ fn prompts_of(st: &AppState, p: Prompt) -> Result<Vec<Vec<u32>>, ApiError> {
                 Some("prompt"),
             ))
         }
-        Prompt::Texts(v) => v.iter().map(|s| enc(s)).collect::<Result<_, _>>()?,
+        Prompt::Texts(v) => {
+            caps::count("prompt", v.len(), caps::MAX_PROMPTS, "prompts")?;
+            v.iter().map(|s| enc(s)).collect::<Result<_, _>>()?
+        }
         Prompt::Tokens(t) => vec![t],
         Prompt::TokenLists(v) if v.is_empty() => {
             return Err(ApiError::bad_request(
@@ -104,7 +91,10 @@ fn prompts_of(st: &AppState, p: Prompt) -> Result<Vec<Vec<u32>>, ApiError> {
                 Some("prompt"),
             ))
         }
-        Prompt::TokenLists(v) => v,
+        Prompt::TokenLists(v) => {
+            caps::count("prompt", v.len(), caps::MAX_PROMPTS, "prompts")?;
+            v
+        }
     })
 }
 
@@ -122,19 +112,19 @@ impl Flavor {
             Flavor::Chat => "chatcmpl",
         }
     }
-    fn object(self, streaming: bool) -> &'static str {
-        match (self, streaming) {
-            (Flavor::Completion, _) => "text_completion",
-            (Flavor::Chat, false) => "chat.completion",
-            (Flavor::Chat, true) => "chat.completion.chunk",
+    /// The `object` of a streamed chunk.
+    fn chunk_object(self) -> &'static str {
+        match self {
+            Flavor::Completion => "text_completion",
+            Flavor::Chat => "chat.completion.chunk",
         }
     }
     /// The log-probabilities of `entries` in this flavor's shape (completion text offsets
     /// start at `offset`).
     fn logprobs(self, tok: &Tokenizer, entries: &[TokenLogprob], offset: usize) -> Json_ {
         match self {
-            Flavor::Completion => logprobs::completion_json(tok, entries, offset),
-            Flavor::Chat => logprobs::chat_json(tok, entries),
+            Flavor::Completion => json!(logprobs::completion_json(tok, entries, offset)),
+            Flavor::Chat => json!(logprobs::chat_json(tok, entries)),
         }
     }
 }
@@ -164,7 +154,7 @@ pub(crate) async fn respond(
     let want_logprobs = params.logprobs.is_some();
     if s.stream {
         let include = s.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let object = flavor.object(true);
+        let object = flavor.chunk_object();
         let (id2, model2) = (id.clone(), model.clone());
         let tok = st.tokenizer.clone();
         // Completion text offsets per choice, for streamed logprobs.
@@ -200,42 +190,80 @@ pub(crate) async fn respond(
             move |usage| {
                 done_events(include.then(|| {
                     json!({"id": id2, "object": object, "created": created, "model": model2,
-                           "choices": [], "usage": usage_json(&usage)})
+                           "choices": [], "usage": usage.api()})
                 }))
             },
         ));
     }
     let err = || last_error(st);
     let (choices, usage) = collect(rxs, n, prompt_tokens, started, &err).await?;
-    let choices: Vec<Json_> = choices
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let lp = if want_logprobs {
-                flavor.logprobs(&st.tokenizer, &c.logprobs, 0)
-            } else {
-                Json_::Null
-            };
-            match flavor {
-                Flavor::Completion => json!({"index": i, "text": c.text, "logprobs": lp,
-                                             "finish_reason": c.finish}),
-                Flavor::Chat => chat_choice(i, c, lp, calls.as_ref(), &id),
-            }
+    let usage = usage.api();
+    let tok = &st.tokenizer;
+    Ok(match flavor {
+        Flavor::Completion => Json(CompletionResponse {
+            id,
+            object: TextCompletionObject::Is,
+            created,
+            model,
+            choices: choices
+                .iter()
+                .enumerate()
+                .map(|(index, c)| CompletionChoice {
+                    index,
+                    text: c.text.clone(),
+                    logprobs: want_logprobs.then(|| logprobs::completion_json(tok, &c.logprobs, 0)),
+                    finish_reason: c.finish,
+                })
+                .collect(),
+            usage,
         })
-        .collect();
-    Ok(Json(
-        json!({"id": id, "object": flavor.object(false), "created": created,
-                   "model": model, "choices": choices, "usage": usage_json(&usage)}),
-    )
-    .into_response())
+        .into_response(),
+        Flavor::Chat => {
+            let choices = choices
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let lp = want_logprobs.then(|| logprobs::chat_json(tok, &c.logprobs));
+                    chat_choice(i, c, lp, calls.as_ref(), &id)
+                })
+                .collect();
+            Json(ChatCompletionResponse {
+                id,
+                object: ChatCompletionObject::Is,
+                created,
+                model,
+                choices,
+                usage,
+            })
+            .into_response()
+        }
+    })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "openai",
+    summary = "Completes prompts (server-sent events with `stream`).",
+    request_body = CompletionRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The completion, or with `stream` its chunks as server-sent events (`data: {...}` lines, then `data: [DONE]`).", content(
+            (CompletionResponse = "application/json"),
+            (crate::openapi::DataEvent = "text/event-stream"),
+        )),
+        (status = 400, description = "A field is invalid or out of range (`param` names it).", body = ErrorBody),
+        (status = 401, description = "The API key is missing or wrong.", body = ErrorBody),
+        (status = 404, description = "The model is not the one this server serves.", body = ErrorBody),
+        (status = 429, description = "The queue is full (`Retry-After` says when to retry).", body = ErrorBody),
+        (status = 500, description = "The engine failed while running the request.", body = ErrorBody),
+        (status = 503, description = "The engine has stopped.", body = ErrorBody),
+    ),
+)]
 pub async fn completions(
     State(st): S,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
     let req: CompletionRequest = parse(body)?;
     check_model(&req.model, &st)?;
     let params = sampling_params(&req.sampling, 16, st.limits.max_model_len)?;
@@ -254,17 +282,45 @@ pub async fn completions(
     .await
 }
 
-pub async fn models(State(st): S, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
-    Ok(Json(json!({"object": "list", "data": [{
-        "id": st.served_model_name, "object": "model", "created": now(), "owned_by": "pagedrt",
-        "max_model_len": st.limits.max_model_len,
-    }]}))
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    summary = "The served model.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The one model this server serves.", body = ModelList),
+        (status = 401, description = "The API key is missing or wrong.", body = ErrorBody),
+    ),
+)]
+pub async fn models(State(st): S) -> Result<Response, ApiError> {
+    Ok(Json(ModelList {
+        object: ListObject::Is,
+        data: vec![ModelCard {
+            id: st.served_model_name.clone(),
+            object: ModelObject::Is,
+            created: now(),
+            owned_by: "pagedrt".into(),
+            max_model_len: st.limits.max_model_len,
+        }],
+    })
     .into_response())
 }
 
-pub async fn tokenize(State(st): S, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
+#[utoipa::path(
+    post,
+    path = "/tokenize",
+    tag = "vllm",
+    summary = "Tokenizes a prompt, or messages through the chat template.",
+    request_body = TokenizeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token ids.", body = TokenizeResponse),
+        (status = 400, description = "The input cannot be tokenized (`param` names the field).", body = ErrorBody),
+        (status = 401, description = "The API key is missing or wrong.", body = ErrorBody),
+    ),
+)]
+pub async fn tokenize(State(st): S, body: Body) -> Result<Response, ApiError> {
     let req: TokenizeRequest = parse(body)?;
     let text = match (req.prompt, req.messages) {
         (Some(p), None) => p,
@@ -283,18 +339,31 @@ pub async fn tokenize(State(st): S, headers: HeaderMap, body: Body) -> Result<Re
         .tokenizer
         .encode(&text)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
-    Ok(Json(
-        json!({"count": tokens.len(), "max_model_len": st.limits.max_model_len, "tokens": tokens}),
-    )
+    Ok(Json(TokenizeResponse {
+        count: tokens.len(),
+        max_model_len: st.limits.max_model_len,
+        tokens,
+    })
     .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/detokenize",
+    tag = "vllm",
+    summary = "Turns token ids back into text.",
+    request_body = DetokenizeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The text.", body = DetokenizeResponse),
+        (status = 400, description = "A token id is outside the vocabulary (`param` names the field).", body = ErrorBody),
+        (status = 401, description = "The API key is missing or wrong.", body = ErrorBody),
+    ),
+)]
 pub async fn detokenize(
     State(st): S,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
     let req: DetokenizeRequest = parse(body)?;
     if let Some(&bad) = req
         .tokens
@@ -310,10 +379,20 @@ pub async fn detokenize(
         .tokenizer
         .decode(&req.tokens, false)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
-    Ok(Json(json!({"prompt": prompt})).into_response())
+    Ok(Json(DetokenizeResponse { prompt }).into_response())
 }
 
 /// Prometheus text format (open, like /health).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    summary = "Prometheus metrics (no API key).",
+    responses(
+        (status = 200, description = "The Prometheus text format.", content_type = "text/plain", body = String),
+
+    ),
+)]
 pub async fn metrics() -> Response {
     (
         [("content-type", "text/plain; version=0.0.4")],
@@ -322,10 +401,30 @@ pub async fn metrics() -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "meta",
+    summary = "Whether the engine runs (no API key).",
+    responses(
+        (status = 200, description = "The engine runs (empty body)."),
+        (status = 503, description = "The engine loop has stopped.", body = ErrorBody),
+    ),
+)]
 pub async fn health(State(st): S) -> Response {
     if st.engine.is_alive() {
         StatusCode::OK.into_response()
     } else {
         ApiError::unavailable("the engine loop has stopped").into_response()
     }
+}
+
+/// Any path no route has: a 404 with an OpenAI-style body (axum's own is empty).
+pub async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::no_route(uri.path())
+}
+
+/// A route's path with a method it does not take: 405, OpenAI-style.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
 }

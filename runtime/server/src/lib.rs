@@ -4,7 +4,10 @@
 //! error bodies, Prometheus metrics, auth and graceful shutdown. Knows nothing of: the CLI,
 //! the tools; of the engine it sees only `EngineHandle` and the types it exchanges.
 
+mod api_responses;
 mod api_types;
+pub mod auth;
+mod caps;
 mod chat;
 mod error;
 mod generation;
@@ -12,6 +15,7 @@ mod handlers;
 pub mod listener;
 mod logprobs;
 pub mod metrics;
+pub mod openapi;
 mod responses;
 mod structured;
 mod tool_calls;
@@ -70,19 +74,42 @@ pub struct ServerOptions {
 /// Request bodies above this size are refused (413).
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
+/// Declares the routes once: [`ROUTES`] (what the OpenAPI document must describe; its test
+/// checks it does) and the router's table are made from the same list.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route the server offers: (method, path).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        fn routes() -> Router<Arc<AppState>> {
+            Router::new()$(.route($path, $method($handler)))*
+                .fallback(handlers::no_route)
+                .method_not_allowed_fallback(handlers::method_not_allowed)
+        }
+    };
+}
+
+routes! {
+    post "/v1/completions" => handlers::completions,
+    post "/v1/chat/completions" => chat::chat_completions,
+    post "/v1/responses" => responses::create,
+    get "/v1/models" => handlers::models,
+    post "/tokenize" => handlers::tokenize,
+    post "/detokenize" => handlers::detokenize,
+    get "/health" => handlers::health,
+    get "/metrics" => handlers::metrics,
+    get "/openapi.json" => openapi::openapi_json,
+}
+
 /// The API's routes over `state`, with request logging and the body size limit (the
 /// listener adds the body timeout, [`serve_with`]).
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/completions", post(handlers::completions))
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/responses", post(responses::create))
-        .route("/v1/models", get(handlers::models))
-        .route("/tokenize", post(handlers::tokenize))
-        .route("/detokenize", post(handlers::detokenize))
-        .route("/health", get(handlers::health))
-        .route("/metrics", get(handlers::metrics))
+    routes()
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
 }

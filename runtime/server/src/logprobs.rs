@@ -1,7 +1,7 @@
 //! Log-probabilities in the two OpenAI shapes: the legacy completions object (parallel
 //! arrays) and the chat object (one entry per token, with its UTF-8 bytes).
 
-use serde_json::{json, Map, Value};
+use crate::api_responses::{ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs};
 
 use engine::TokenOutput;
 use models::tokenizer::Tokenizer;
@@ -29,49 +29,62 @@ fn piece(tok: &Tokenizer, id: u32) -> String {
     tok.decode(&[id], false).unwrap_or_default()
 }
 
-/// `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`; offsets start at `offset`.
-pub fn completion_json(tok: &Tokenizer, entries: &[TokenLogprob], offset: usize) -> Value {
-    let mut tokens = Vec::with_capacity(entries.len());
-    let mut offsets = Vec::with_capacity(entries.len());
+/// A log-probability as JSON can carry it: a token the sampler could not pick (masked by a
+/// structured output) has -inf, which JSON has no number for (serde_json would write
+/// `null`); OpenAI and vLLM write -9999 instead.
+fn finite(lp: f32) -> f32 {
+    if lp.is_finite() {
+        lp
+    } else {
+        -9999.0
+    }
+}
+
+/// The completions shape; text offsets start at `offset`.
+pub fn completion_json(
+    tok: &Tokenizer,
+    entries: &[TokenLogprob],
+    offset: usize,
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
     let mut at = offset;
     for e in entries {
         let p = piece(tok, e.token);
-        offsets.push(at);
+        out.text_offset.push(at);
         at += p.len();
-        tokens.push(p);
-    }
-    let top: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            let m: Map<String, Value> = e
-                .top
+        out.tokens.push(p);
+        out.token_logprobs.push(finite(e.logprob));
+        out.top_logprobs.push(
+            e.top
                 .iter()
-                .map(|&(id, lp)| (piece(tok, id), json!(lp)))
-                .collect();
-            Value::Object(m)
-        })
-        .collect();
-    json!({
-        "tokens": tokens,
-        "token_logprobs": entries.iter().map(|e| e.logprob).collect::<Vec<_>>(),
-        "top_logprobs": top,
-        "text_offset": offsets,
-    })
+                .map(|&(id, lp)| (piece(tok, id), finite(lp)))
+                .collect(),
+        );
+    }
+    out
 }
 
-/// `{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}`.
-pub fn chat_json(tok: &Tokenizer, entries: &[TokenLogprob]) -> Value {
+/// The chat shape: per token its text, log-probability, UTF-8 bytes and alternatives.
+pub fn chat_json(tok: &Tokenizer, entries: &[TokenLogprob]) -> ChatLogprobs {
     let one = |id: u32, lp: f32| {
         let p = piece(tok, id);
-        json!({"token": p, "logprob": lp, "bytes": p.as_bytes()})
+        ChatTopLogprob {
+            bytes: p.as_bytes().to_vec(),
+            token: p,
+            logprob: finite(lp),
+        }
     };
-    let content: Vec<Value> = entries
+    let content = entries
         .iter()
         .map(|e| {
-            let mut v = one(e.token, e.logprob);
-            v["top_logprobs"] = e.top.iter().map(|&(id, lp)| one(id, lp)).collect();
-            v
+            let t = one(e.token, e.logprob);
+            ChatTokenLogprob {
+                token: t.token,
+                logprob: t.logprob,
+                bytes: t.bytes,
+                top_logprobs: e.top.iter().map(|&(id, lp)| one(id, lp)).collect(),
+            }
         })
         .collect();
-    json!({ "content": content })
+    ChatLogprobs { content }
 }

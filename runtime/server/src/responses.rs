@@ -16,47 +16,114 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json as AxumJson;
 use serde_json::{json, Value as Json};
 
+use crate::api_responses::{
+    AssistantRole, ErrorBody, IncompleteDetails, InputTokensDetails, ItemStatus, OutputItem,
+    OutputText, OutputTokensDetails, ResponseEcho, ResponseError, ResponseObject,
+    ResponseObjectKind, ResponseStatus, ResponseUsage,
+};
 use crate::api_types::Sampling;
+use crate::caps;
 use crate::chat::{call_id_prefix, prepare, Prepared, ToolFields};
 use crate::error::ApiError;
 use crate::generation::{collect, last_error, sse_stream, submit_all, Usage};
-use crate::handlers::{authorize, check_model, now, parse, Body, S};
+use crate::handlers::{check_model, now, parse, Body, S};
 use crate::structured;
 use crate::tool_calls::{Piece, ToolCallStream};
 use crate::validate::{content_text, sampling_params};
 use models::tokenizer::ChatMessage;
+use utoipa::openapi::schema::{
+    ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
+};
+use utoipa::openapi::RefOr;
 
 fn bad(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::bad_request(message, Some(param))
 }
 
-/// The request fields this endpoint reads; the others are refused or ignored.
-#[derive(Debug, serde::Deserialize)]
-struct ResponsesRequest {
+/// The request fields `POST /v1/responses` reads; the others are refused or ignored.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub(crate) struct ResponsesRequest {
+    /// The served model's name (`GET /v1/models`).
     model: String,
+    /// A string (one user message), or a non-empty list of items: messages (`{"role",
+    /// "content"}`), `function_call` and `function_call_output` items.
+    #[schema(schema_with = input_schema)]
     input: Json,
+    /// A system message before the input.
     instructions: Option<String>,
+    #[schema(minimum = 1)]
     max_output_tokens: Option<i64>,
+    #[schema(minimum = 0, maximum = 2)]
     temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     top_p: Option<f64>,
     seed: Option<u64>,
+    /// Function tools in the flat shape: `[{"type": "function", "name", "parameters"}]`.
+    #[schema(value_type = Option<Vec<Object>>)]
     tools: Option<Json>,
+    /// `none`, `auto`, `required` or `{"type": "function", "name"}`.
+    #[schema(value_type = Option<Value>)]
     tool_choice: Option<Json>,
     parallel_tool_calls: Option<bool>,
+    /// `{"format": {"type": "text" | "json_object" | "json_schema", ...}}`.
+    #[schema(value_type = Option<Object>)]
     text: Option<Json>,
+    /// Answer with the API's server-sent events.
     #[serde(default)]
     stream: bool,
+    /// Refused unless null: the server stores nothing.
+    #[schema(schema_with = only_null)]
     previous_response_id: Option<String>,
+    /// `true` is refused.
+    #[schema(schema_with = only_false)]
     store: Option<bool>,
+    /// `true` is refused.
+    #[schema(schema_with = only_false)]
     background: Option<bool>,
+    /// Refused unless null.
+    #[schema(schema_with = only_null)]
     conversation: Option<Json>,
+    /// Echoed in the response.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Json>,
+}
+
+/// `input`: a string or a non-empty list.
+fn input_schema() -> impl Into<RefOr<Schema>> {
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::Object))
+                .min_items(Some(1)),
+        )
+}
+
+/// A field only a stateful server could honour: null or absent.
+fn only_null() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new().schema_type(Type::Null)
+}
+
+/// A flag whose `true` only a stateful server could honour.
+fn only_false() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Boolean, Type::Null]))
+        .enum_values(Some([json!(false), Json::Null]))
+}
+
+/// `text` and `metadata` are objects (both are echoed in the response as objects).
+fn objects_only(r: &ResponsesRequest) -> Result<(), ApiError> {
+    for (name, v) in [("text", &r.text), ("metadata", &r.metadata)] {
+        if v.as_ref().is_some_and(|v| !v.is_object()) {
+            return Err(bad(format!("{name} must be an object"), name));
+        }
+    }
+    Ok(())
 }
 
 /// What a stateless server cannot do.
@@ -100,7 +167,10 @@ fn input_messages(instructions: Option<&str>, input: &Json) -> Result<Vec<ChatMe
             msgs.push(ChatMessage::new("user", s.clone()));
             return Ok(msgs);
         }
-        Json::Array(items) if !items.is_empty() => items,
+        Json::Array(items) if !items.is_empty() => {
+            caps::count("input", items.len(), caps::MAX_MESSAGES, "input items")?;
+            items
+        }
         _ => {
             return Err(bad(
                 "input must be a string or a non-empty list of items",
@@ -168,14 +238,37 @@ fn input_messages(instructions: Option<&str>, input: &Json) -> Result<Vec<ChatMe
     Ok(msgs)
 }
 
+/// Every event a streamed response sends (the OpenAPI document lists them; `emit` checks
+/// it sends no other).
+pub(crate) const EVENTS: [&str; 13] = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.output_item.done",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+];
+
 /// The output items of a response as its text is parsed, and the events that build them.
 struct ResponseBuilder {
     id: String,
-    items: Vec<Json>,
+    items: Vec<OutputItem>,
     /// The item still growing (a message or a function call), by index into `items`.
     open: Option<usize>,
     seq: u64,
     events: Vec<(String, Json)>,
+}
+
+/// An item as an event carries it.
+fn item_json(item: &OutputItem) -> Json {
+    json!(item)
 }
 
 impl ResponseBuilder {
@@ -190,6 +283,7 @@ impl ResponseBuilder {
     }
 
     fn emit(&mut self, kind: &str, mut body: Json) {
+        debug_assert!(EVENTS.contains(&kind), "{kind} is not in EVENTS");
         body["type"] = json!(kind);
         body["sequence_number"] = json!(self.seq);
         self.seq += 1;
@@ -199,45 +293,79 @@ impl ResponseBuilder {
     /// Ends the growing item (its `done` events).
     fn close(&mut self) {
         let Some(i) = self.open.take() else { return };
-        let item_id = self.items[i]["id"].clone();
-        self.items[i]["status"] = json!("completed");
-        if self.items[i]["type"] == "message" {
-            let part = self.items[i]["content"][0].clone();
-            let text = part["text"].clone();
-            self.emit(
-                "response.output_text.done",
-                json!({"item_id": item_id,
-                "output_index": i, "content_index": 0, "text": text, "logprobs": []}),
-            );
-            self.emit(
-                "response.content_part.done",
-                json!({"item_id": item_id,
-                "output_index": i, "content_index": 0, "part": part}),
-            );
-        } else {
-            let args = self.items[i]["arguments"].clone();
-            self.emit(
-                "response.function_call_arguments.done",
-                json!({"item_id": item_id,
-                "output_index": i, "arguments": args}),
-            );
+        let item_id = self.items[i].id().to_string();
+        let done = match &mut self.items[i] {
+            OutputItem::Message {
+                status, content, ..
+            } => {
+                *status = ItemStatus::Completed;
+                let part = content.first().cloned().unwrap_or_else(OutputText::empty);
+                [
+                    (
+                        "response.output_text.done",
+                        json!({"item_id": item_id, "output_index": i, "content_index": 0,
+                               "text": part.text, "logprobs": []}),
+                    ),
+                    (
+                        "response.content_part.done",
+                        json!({"item_id": item_id, "output_index": i, "content_index": 0,
+                               "part": part}),
+                    ),
+                ]
+                .to_vec()
+            }
+            OutputItem::FunctionCall {
+                status, arguments, ..
+            } => {
+                *status = ItemStatus::Completed;
+                vec![(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": item_id, "output_index": i, "arguments": arguments}),
+                )]
+            }
+        };
+        for (kind, body) in done {
+            self.emit(kind, body);
         }
-        let item = self.items[i].clone();
+        let item = item_json(&self.items[i]);
         self.emit(
             "response.output_item.done",
             json!({"output_index": i, "item": item}),
         );
     }
 
-    fn open_item(&mut self, item: Json) -> usize {
+    fn open_item(&mut self, item: OutputItem) -> usize {
         self.close();
         let i = self.items.len();
-        self.items.push(item.clone());
+        let body = json!({"output_index": i, "item": item_json(&item)});
+        self.items.push(item);
         self.open = Some(i);
+        self.emit("response.output_item.added", body);
+        i
+    }
+
+    /// The open message's index, opening one (and its text part) if none is open.
+    fn open_message(&mut self) -> usize {
+        if let Some(i) = self.open {
+            if matches!(self.items[i], OutputItem::Message { .. }) {
+                return i;
+            }
+        }
+        let item_id = format!("msg_{}_{}", self.id, self.items.len());
+        let i = self.open_item(OutputItem::Message {
+            id: item_id.clone(),
+            status: ItemStatus::InProgress,
+            role: AssistantRole::Is,
+            content: vec![],
+        });
+        let part = OutputText::empty();
         self.emit(
-            "response.output_item.added",
-            json!({"output_index": i, "item": item}),
+            "response.content_part.added",
+            json!({"item_id": item_id, "output_index": i, "content_index": 0, "part": part}),
         );
+        if let OutputItem::Message { content, .. } = &mut self.items[i] {
+            content.push(part);
+        }
         i
     }
 
@@ -246,27 +374,13 @@ impl ResponseBuilder {
             match p {
                 Piece::Content(s) if s.is_empty() => {}
                 Piece::Content(s) => {
-                    let i = match self.open {
-                        Some(i) if self.items[i]["type"] == "message" => i,
-                        _ => {
-                            let item_id = format!("msg_{}_{}", self.id, self.items.len());
-                            let i = self.open_item(json!({"type": "message", "id": item_id,
-                                "status": "in_progress", "role": "assistant", "content": []}));
-                            let part =
-                                json!({"type": "output_text", "text": "", "annotations": []});
-                            self.items[i]["content"] = json!([part]);
-                            self.emit(
-                                "response.content_part.added",
-                                json!({"item_id": item_id,
-                                "output_index": i, "content_index": 0, "part": part}),
-                            );
-                            i
+                    let i = self.open_message();
+                    if let OutputItem::Message { content, .. } = &mut self.items[i] {
+                        if let Some(part) = content.first_mut() {
+                            part.text.push_str(s);
                         }
-                    };
-                    if let Some(Json::String(t)) = self.items[i].pointer_mut("/content/0/text") {
-                        t.push_str(s);
                     }
-                    let item_id = self.items[i]["id"].clone();
+                    let item_id = self.items[i].id().to_string();
                     self.emit(
                         "response.output_text.delta",
                         json!({"item_id": item_id,
@@ -274,22 +388,21 @@ impl ResponseBuilder {
                     );
                 }
                 Piece::Call { id, name, .. } => {
-                    self.open_item(json!({"type": "function_call",
-                        "id": format!("fc_{}_{}", self.id, self.items.len()),
-                        "call_id": id, "name": name, "arguments": "",
-                        "status": "in_progress"}));
+                    self.open_item(OutputItem::FunctionCall {
+                        id: format!("fc_{}_{}", self.id, self.items.len()),
+                        call_id: id.clone(),
+                        name: name.clone(),
+                        arguments: String::new(),
+                        status: ItemStatus::InProgress,
+                    });
                 }
                 Piece::Args { args, .. } => {
-                    let Some(i) = self
-                        .open
-                        .filter(|&i| self.items[i]["type"] == "function_call")
-                    else {
+                    let Some(i) = self.open else { continue };
+                    let OutputItem::FunctionCall { id, arguments, .. } = &mut self.items[i] else {
                         continue;
                     };
-                    if let Some(Json::String(a)) = self.items[i].get_mut("arguments") {
-                        a.push_str(args);
-                    }
-                    let item_id = self.items[i]["id"].clone();
+                    arguments.push_str(args);
+                    let item_id = id.clone();
                     self.emit(
                         "response.function_call_arguments.delta",
                         json!({"item_id": item_id,
@@ -306,29 +419,38 @@ struct ResponseHead {
     id: String,
     created_at: u64,
     model: String,
-    echo: Json,
+    echo: ResponseEcho,
 }
 
 impl ResponseHead {
-    fn object(&self, status: &str, output: &[Json], usage: Option<&Usage>) -> Json {
-        let mut r = json!({
-            "id": self.id, "object": "response", "created_at": self.created_at,
-            "status": status, "model": self.model, "output": output, "error": null,
-            "incomplete_details": if status == "incomplete" {
-                json!({"reason": "max_output_tokens"})
-            } else {
-                Json::Null
-            },
-            "usage": usage.map(|u| json!({
-                "input_tokens": u.prompt, "input_tokens_details": {"cached_tokens": u.cached},
-                "output_tokens": u.completion, "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": u.prompt + u.completion,
-            })),
-        });
-        if let (Json::Object(r), Json::Object(echo)) = (&mut r, &self.echo) {
-            r.extend(echo.clone());
+    fn object(
+        &self,
+        status: ResponseStatus,
+        output: &[OutputItem],
+        usage: Option<&Usage>,
+    ) -> ResponseObject {
+        ResponseObject {
+            id: self.id.clone(),
+            object: ResponseObjectKind::Is,
+            created_at: self.created_at,
+            status,
+            model: self.model.clone(),
+            output: output.to_vec(),
+            error: None,
+            incomplete_details: (status == ResponseStatus::Incomplete).then(|| IncompleteDetails {
+                reason: "max_output_tokens".into(),
+            }),
+            usage: usage.map(|u| ResponseUsage {
+                input_tokens: u.prompt,
+                input_tokens_details: InputTokensDetails {
+                    cached_tokens: u.cached,
+                },
+                output_tokens: u.completion,
+                output_tokens_details: OutputTokensDetails::default(),
+                total_tokens: u.prompt + u.completion,
+            }),
+            echo: self.echo.clone(),
         }
-        r
     }
 }
 
@@ -336,11 +458,31 @@ fn sse(kind: &str, body: &Json) -> Event {
     Event::default().event(kind).data(body.to_string())
 }
 
-pub async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    authorize(&headers, &st)?;
+#[utoipa::path(
+    post,
+    path = "/v1/responses",
+    tag = "openai",
+    summary = "OpenAI's Responses API, stateless (its events with `stream`).",
+    request_body = ResponsesRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The response, or with `stream` the API's named server-sent events (`response.created` ... `response.completed`).", content(
+            (ResponseObject = "application/json"),
+            (crate::openapi::ResponseEvent = "text/event-stream"),
+        )),
+        (status = 400, description = "A field is invalid or out of range (`param` names it).", body = ErrorBody),
+        (status = 401, description = "The API key is missing or wrong.", body = ErrorBody),
+        (status = 404, description = "The model is not the one this server serves.", body = ErrorBody),
+        (status = 429, description = "The queue is full (`Retry-After` says when to retry).", body = ErrorBody),
+        (status = 500, description = "The engine failed while running the request.", body = ErrorBody),
+        (status = 503, description = "The engine has stopped.", body = ErrorBody),
+    ),
+)]
+pub async fn create(State(st): S, body: Body) -> Result<Response, ApiError> {
     let req: ResponsesRequest = parse(body)?;
     check_model(&req.model, &st)?;
     refuse_state(&req)?;
+    objects_only(&req)?;
     let sampling: Sampling = serde_json::from_value(json!({
         "max_tokens": req.max_output_tokens, "temperature": req.temperature,
         "top_p": req.top_p, "seed": req.seed, "stream": req.stream,
@@ -380,16 +522,23 @@ pub async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Resp
         id: id.clone(),
         created_at: now(),
         model: st.served_model_name.clone(),
-        echo: json!({
-            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
-            "temperature": params.temperature, "top_p": params.top_p,
-            "parallel_tool_calls": req.parallel_tool_calls.unwrap_or(true),
-            "tool_choice": req.tool_choice.clone().unwrap_or(json!("auto")),
-            "tools": req.tools.clone().unwrap_or(json!([])),
-            "text": req.text.clone().unwrap_or(json!({"format": {"type": "text"}})),
-            "previous_response_id": null, "store": false, "truncation": "disabled",
-            "metadata": req.metadata.clone().unwrap_or(json!({})),
-        }),
+        echo: ResponseEcho {
+            instructions: req.instructions.clone(),
+            max_output_tokens: req.max_output_tokens,
+            temperature: params.temperature,
+            top_p: params.top_p,
+            parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
+            tool_choice: req.tool_choice.clone().unwrap_or(json!("auto")),
+            tools: req.tools.clone().unwrap_or(json!([])),
+            text: req
+                .text
+                .clone()
+                .unwrap_or(json!({"format": {"type": "text"}})),
+            previous_response_id: None,
+            store: false,
+            truncation: "disabled".into(),
+            metadata: req.metadata.clone().unwrap_or(json!({})),
+        },
     };
     let parser = |id: &str| {
         shape
@@ -414,7 +563,7 @@ pub async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Resp
         b.add(&pieces);
     };
     if req.stream {
-        let created = head.object("in_progress", &[], None);
+        let created = json!(head.object(ResponseStatus::InProgress, &[], None));
         builder.emit("response.created", json!({"response": created.clone()}));
         builder.emit("response.in_progress", json!({"response": created}));
         let shared = std::sync::Arc::new(parking_lot::Mutex::new((builder, None::<&'static str>)));
@@ -439,14 +588,16 @@ pub async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Resp
                 let (b, finish) = &mut *g;
                 b.close();
                 let (status, kind) = match finish {
-                    Some("length") => ("incomplete", "response.incomplete"),
-                    Some(_) => ("completed", "response.completed"),
-                    None => ("failed", "response.failed"),
+                    Some("length") => (ResponseStatus::Incomplete, "response.incomplete"),
+                    Some(_) => (ResponseStatus::Completed, "response.completed"),
+                    None => (ResponseStatus::Failed, "response.failed"),
                 };
                 let mut r = head.object(status, &b.items, Some(&usage));
                 if finish.is_none() {
-                    r["error"] = json!({"code": "server_error",
-                        "message": "the engine stopped before the response finished"});
+                    r.error = Some(ResponseError {
+                        code: "server_error".into(),
+                        message: "the engine stopped before the response finished".into(),
+                    });
                 }
                 b.emit(kind, json!({"response": r}));
                 b.events.drain(..).map(|(k, v)| sse(&k, &v)).collect()
@@ -459,9 +610,9 @@ pub async fn create(State(st): S, headers: HeaderMap, body: Body) -> Result<Resp
     feed(&mut builder, &c.text, true);
     builder.close();
     let status = if c.finish == Some("length") {
-        "incomplete"
+        ResponseStatus::Incomplete
     } else {
-        "completed"
+        ResponseStatus::Completed
     };
     Ok(AxumJson(head.object(status, &builder.items, Some(&usage))).into_response())
 }

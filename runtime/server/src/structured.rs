@@ -9,8 +9,11 @@ use std::sync::Arc;
 use engine::structured::{GrammarCompiler, StructuredOutput};
 use engine::Constraint;
 use serde_json::Value as Json;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::RefOr;
 
 use crate::api_types::StructuredFields;
+use crate::caps;
 use crate::error::ApiError;
 
 /// A spec and the request field it came from (errors name it).
@@ -22,6 +25,24 @@ pub struct Spec {
 
 fn bad(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::bad_request(message, Some(param))
+}
+
+/// The document's schema of `response_format` (and of the Responses API's `text.format`):
+/// an object whose `type` is one of the three [`response_format`] reads.
+pub fn response_format_schema() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property(
+            "type",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["text", "json_object", "json_schema"])),
+        )
+        .required("type")
+        .description(Some(
+            "`{\"type\": \"text\"}`, `{\"type\": \"json_object\"}` or `{\"type\": \"json_schema\", \
+             \"json_schema\": {\"name\", \"schema\", \"strict\"}}`.",
+        ))
 }
 
 /// `response_format` as OpenAI defines it (`None` for `text`).
@@ -55,7 +76,19 @@ pub fn response_format(v: &Json, param: &'static str) -> Result<Option<Spec>, Ap
             ))
         }
     };
-    Ok(Some(Spec { output, param }))
+    sized(Spec { output, param }).map(Some)
+}
+
+/// `spec`, if its schema, regex, grammar or choices are within [`caps::MAX_SCHEMA_BYTES`].
+fn sized(spec: Spec) -> Result<Spec, ApiError> {
+    let bytes = match &spec.output {
+        StructuredOutput::JsonSchema { schema, .. } => caps::json_bytes(schema),
+        StructuredOutput::Regex(r) | StructuredOutput::Lark(r) => r.len(),
+        StructuredOutput::Choice(c) => c.iter().map(String::len).sum(),
+        StructuredOutput::JsonObject { .. } => 0,
+    };
+    caps::schema_size(spec.param, bytes)?;
+    Ok(spec)
 }
 
 /// vLLM's `structured_outputs` object (or the `guided_*` fields gathered into one).
@@ -105,7 +138,10 @@ fn vllm_params(v: &Json, param: &'static str) -> Result<Option<Spec>, ApiError> 
     }
     match kinds.len() {
         0 => Ok(None),
-        1 => Ok(kinds.pop().map(|output| Spec { output, param })),
+        1 => kinds
+            .pop()
+            .map(|output| sized(Spec { output, param }))
+            .transpose(),
         _ => Err(bad(
             format!(
                 "give one kind of structured output in {param}, not {}",

@@ -14,6 +14,8 @@
 
 use serde_json::{json, Value};
 
+use crate::api_responses::{FunctionCall, FunctionType, ToolCall};
+
 /// What a piece of generated text turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
@@ -227,7 +229,7 @@ fn parse_call(text: &str, args_key: &str) -> Option<(String, String)> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ParsedMessage {
     pub content: String,
-    pub calls: Vec<Value>,
+    pub calls: Vec<ToolCall>,
 }
 
 impl ParsedMessage {
@@ -235,17 +237,17 @@ impl ParsedMessage {
         for p in pieces {
             match p {
                 Piece::Content(s) => self.content.push_str(s),
-                Piece::Call { id, name, .. } => self.calls.push(json!({
-                    "id": id, "type": "function",
-                    "function": {"name": name, "arguments": ""},
-                })),
+                Piece::Call { id, name, .. } => self.calls.push(ToolCall {
+                    id: id.clone(),
+                    kind: FunctionType::Is,
+                    function: FunctionCall {
+                        name: name.clone(),
+                        arguments: String::new(),
+                    },
+                }),
                 Piece::Args { index, args } => {
-                    if let Some(Value::String(a)) = self
-                        .calls
-                        .get_mut(*index)
-                        .and_then(|c| c.pointer_mut("/function/arguments"))
-                    {
-                        a.push_str(args);
+                    if let Some(c) = self.calls.get_mut(*index) {
+                        c.function.arguments.push_str(args);
                     }
                 }
             }
@@ -312,12 +314,9 @@ mod tests {
             "Let me check.<tool_call>{\"name\": \"nope\"}</tool_call> <tool"
         );
         assert_eq!(whole.calls.len(), 1);
-        assert_eq!(whole.calls[0]["function"]["name"], "get_weather");
-        assert_eq!(
-            whole.calls[0]["function"]["arguments"],
-            "{\"city\":\"Paris\"}"
-        );
-        assert_eq!(whole.calls[0]["id"], "call_0");
+        assert_eq!(whole.calls[0].function.name, "get_weather");
+        assert_eq!(whole.calls[0].function.arguments, "{\"city\":\"Paris\"}");
+        assert_eq!(whole.calls[0].id, "call_0");
         assert_eq!(streamed(hermes(), text), whole);
         let open = ParsedMessage::of(&mut hermes(), "<tool_call>{\"name\"");
         assert_eq!(open.content, "<tool_call>{\"name\"");
@@ -330,12 +329,12 @@ mod tests {
         let s = ToolCallStream::new(CallShape::Array, "c".into());
         let m = streamed(s.clone(), text);
         assert_eq!(m.calls.len(), 2);
-        assert_eq!(m.calls[0]["function"]["arguments"], r#"{"s":"x]}\"{"}"#);
-        assert_eq!(m.calls[1]["function"]["name"], "b");
+        assert_eq!(m.calls[0].function.arguments, r#"{"s":"x]}\"{"}"#);
+        assert_eq!(m.calls[1].function.name, "b");
         assert_eq!(m, ParsedMessage::of(&mut s.clone(), text));
         let named = ToolCallStream::new(CallShape::Named("f".into()), "c".into());
         let m = streamed(named, r#"{"x": 1}"#);
-        assert_eq!(m.calls[0]["function"]["arguments"], r#"{"x": 1}"#);
+        assert_eq!(m.calls[0].function.arguments, r#"{"x": 1}"#);
         assert_eq!(m.content, "");
     }
 }

@@ -15,6 +15,7 @@ use engine::structured::StructuredOutput;
 use models::tokenizer::ToolCallFormat;
 use serde_json::{json, Value as Json};
 
+use crate::caps;
 use crate::error::ApiError;
 use crate::tool_calls::CallShape;
 
@@ -71,6 +72,7 @@ pub fn parse_tools(v: &Json, flat: bool) -> Result<Vec<FunctionTool>, ApiError> 
     let Json::Array(items) = v else {
         return Err(bad("tools must be a list", "tools"));
     };
+    caps::count("tools", items.len(), caps::MAX_TOOLS, "tools")?;
     let mut out: Vec<FunctionTool> = Vec::with_capacity(items.len());
     for (i, t) in items.iter().enumerate() {
         let kind = t.get("type").and_then(Json::as_str).unwrap_or("");
@@ -104,7 +106,10 @@ pub fn parse_tools(v: &Json, flat: bool) -> Result<Vec<FunctionTool>, ApiError> 
         }
         let parameters = match f.get("parameters") {
             None | Some(Json::Null) => json!({"type": "object", "properties": {}}),
-            Some(p @ Json::Object(_)) => p.clone(),
+            Some(p @ Json::Object(_)) => {
+                caps::schema_size("tools", caps::json_bytes(p))?;
+                p.clone()
+            }
             Some(_) => {
                 return Err(bad(
                     format!("tools[{i}]: parameters must be a JSON schema object"),

@@ -1,15 +1,11 @@
 //! Turning request fields into engine parameters, refusing what is out of range with a 400
 //! that names the field.
 
-use crate::api_types::{ChatMessageIn, Sampling, Stop};
+use crate::api_types::{ChatMessageIn, Logprobs, Sampling, Stop};
+use crate::caps::{self, MAX_LOGPROBS, MAX_N, MAX_STOPS, MAX_STOP_BYTES};
 use crate::error::ApiError;
 use engine::sampler::SamplingParams;
 use models::tokenizer::ChatMessage;
-
-/// Most stop strings one request may give.
-const MAX_STOPS: usize = 16;
-/// Most samples per prompt.
-const MAX_N: i64 = 64;
 
 pub fn sampling_params(
     s: &Sampling,
@@ -17,22 +13,27 @@ pub fn sampling_params(
     max_len: usize,
 ) -> Result<SamplingParams, ApiError> {
     let bad = |m: String, p: &str| Err(ApiError::bad_request(m, Some(p)));
-    let max_tokens = match s.max_completion_tokens.or(s.max_tokens) {
-        None => default_max as i64,
-        Some(m) if m < 1 => {
-            return bad(
-                format!("max_tokens must be at least 1, got {m}"),
-                "max_tokens",
-            )
+    // Both are checked, though max_completion_tokens wins: a bad max_tokens is an error
+    // even beside a good max_completion_tokens.
+    for (name, v) in [
+        ("max_tokens", s.max_tokens),
+        ("max_completion_tokens", s.max_completion_tokens),
+    ] {
+        match v {
+            Some(m) if m < 1 => return bad(format!("{name} must be at least 1, got {m}"), name),
+            Some(m) if m as u64 > max_len as u64 => {
+                return bad(
+                    format!("{name} {m} exceeds the maximum model length {max_len}"),
+                    name,
+                )
+            }
+            _ => {}
         }
-        Some(m) if m as u64 > max_len as u64 => {
-            return bad(
-                format!("max_tokens {m} exceeds the maximum model length {max_len}"),
-                "max_tokens",
-            )
-        }
-        Some(m) => m,
-    };
+    }
+    let max_tokens = s
+        .max_completion_tokens
+        .or(s.max_tokens)
+        .unwrap_or(default_max as i64);
     let temperature = s.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return bad(
@@ -47,6 +48,21 @@ pub fn sampling_params(
     let n = s.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
         return bad(format!("n must be in 1..={MAX_N}, got {n}"), "n");
+    }
+    // pagedrt returns every sample it draws: best_of may only repeat n.
+    if let Some(b) = s.best_of {
+        if !(1..=MAX_N).contains(&b) {
+            return bad(
+                format!("best_of must be in 1..={MAX_N}, got {b}"),
+                "best_of",
+            );
+        }
+        if b != n {
+            return bad(
+                format!("best_of {b} differs from n {n}: ranking extra samples is not supported"),
+                "best_of",
+            );
+        }
     }
     let top_k = s.top_k.unwrap_or(0);
     if top_k < -1 {
@@ -90,13 +106,33 @@ pub fn sampling_params(
     if stop.iter().any(String::is_empty) {
         return bad("stop strings must not be empty".into(), "stop");
     }
-    let logprobs = match (&s.logprobs, s.top_logprobs) {
-        (Some(serde_json::Value::Number(k)), _) => k.as_u64().map(|k| k as usize),
-        (Some(serde_json::Value::Bool(true)), k) => Some(k.unwrap_or(0).max(0) as usize),
-        _ => None,
+    if let Some(long) = stop.iter().find(|x| x.len() > MAX_STOP_BYTES) {
+        return bad(
+            format!(
+                "a stop string is {} bytes; at most {MAX_STOP_BYTES} are accepted",
+                long.len()
+            ),
+            "stop",
+        );
+    }
+    if let Some(k) = s.top_logprobs {
+        if !(0..=MAX_LOGPROBS).contains(&k) {
+            return bad(
+                format!("top_logprobs must be in 0..={MAX_LOGPROBS}, got {k}"),
+                "top_logprobs",
+            );
+        }
+    }
+    let logprobs = match s.logprobs {
+        Some(Logprobs::Count(k)) => Some(k as usize),
+        Some(Logprobs::Flag(true)) => Some(s.top_logprobs.unwrap_or(0) as usize),
+        Some(Logprobs::Flag(false)) | None => None,
     };
-    if logprobs.is_some_and(|k| k > 20) {
-        return bad("at most 20 logprobs".into(), "logprobs");
+    if let Some(k) = logprobs.filter(|&k| k > MAX_LOGPROBS as usize) {
+        return bad(
+            format!("logprobs must be at most {MAX_LOGPROBS}, got {k}"),
+            "logprobs",
+        );
     }
     Ok(SamplingParams {
         temperature: temperature as f32,
@@ -180,6 +216,7 @@ pub fn chat_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiErro
             Some("messages"),
         ));
     }
+    caps::count("messages", msgs.len(), caps::MAX_MESSAGES, "messages")?;
     msgs.iter()
         .map(|m| {
             let role = if m.role == "developer" {

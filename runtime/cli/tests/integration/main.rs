@@ -22,6 +22,8 @@ mod hub_pull;
 mod loadgen;
 mod no_kv_cache;
 mod openai_client;
+mod openapi;
+mod request_caps;
 mod server;
 mod server_shutdown;
 mod structured_tools;
