@@ -118,10 +118,15 @@ offline_round() {
     local bw pp tg s t p d
     bw=$("$ROOF" --ceilings 2>/dev/null | awk '/read bandwidth, [2-9]/ {print $(NF-3)}')
     record "read GB/s" machine "$bw"
-    # Weight bytes a decode step streams in bf16: the checkpoint is bf16 (tied embeddings
-    # are the LM head, read once per token).
+    # Weight bytes a decode step streams in bf16: 2 bytes per parameter of the checkpoint,
+    # whatever dtype the file stores (SmolLM2's is f32, so its size is twice the stream;
+    # tied embeddings are the LM head, read once per token).
     local wbytes
-    wbytes=$(stat -c %s "$MODEL/model.safetensors")
+    wbytes=$(python3 -c 'import json, math, struct, sys
+f = open(sys.argv[1], "rb")
+h = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+print(2 * sum(math.prod(t["shape"]) for k, t in h.items() if k != "__metadata__"))' \
+        "$MODEL/model.safetensors")
     record "bf16 weight-stream bound tok/s" machine "$(python3 -c "print(f'{$bw * 1e9 / $wbytes:.1f}')")"
     read -r pp tg s <<<"$(llama_bench F16 64)"
     record "64x256 total tok/s" llama.cpp-F16 "$s"
