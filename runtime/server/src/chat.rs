@@ -163,10 +163,7 @@ impl ChatChunks {
         (status = 503, description = "The engine has stopped.", body = ErrorBody),
     ),
 )]
-pub async fn chat_completions(
-    State(st): S,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn chat_completions(State(st): S, body: Body) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(body)?;
     check_model(&req.model, &st)?;
     let mut params = sampling_params(

@@ -260,10 +260,7 @@ pub(crate) async fn respond(
         (status = 503, description = "The engine has stopped.", body = ErrorBody),
     ),
 )]
-pub async fn completions(
-    State(st): S,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn completions(State(st): S, body: Body) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(body)?;
     check_model(&req.model, &st)?;
     let params = sampling_params(&req.sampling, 16, st.limits.max_model_len)?;
@@ -360,10 +357,7 @@ pub async fn tokenize(State(st): S, body: Body) -> Result<Response, ApiError> {
         (status = 401, description = "The API key is missing or wrong.", body = ErrorBody),
     ),
 )]
-pub async fn detokenize(
-    State(st): S,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn detokenize(State(st): S, body: Body) -> Result<Response, ApiError> {
     let req: DetokenizeRequest = parse(body)?;
     if let Some(&bad) = req
         .tokens

@@ -20,12 +20,19 @@ fn words(n: usize, len: usize) -> Vec<String> {
     (0..n).map(|i| format!("{i:0len$}")).collect()
 }
 
-/// A JSON schema of about `bytes` bytes: an object with that many bytes of property names.
+/// A JSON schema of `bytes` bytes or a little more (serialized): an object whose property
+/// names fill it.
 fn big_schema(bytes: usize) -> Value {
-    let props: serde_json::Map<String, Value> = (0..bytes / 40)
-        .map(|i| (format!("property_{i:030}"), json!({"type": "integer"})))
-        .collect();
-    json!({"type": "object", "properties": props})
+    let mut props = serde_json::Map::new();
+    let mut schema = json!({"type": "object", "properties": {}});
+    while schema.to_string().len() < bytes {
+        for _ in 0..64 {
+            let name = format!("property_{:030}", props.len());
+            props.insert(name, json!({"type": "integer"}));
+        }
+        schema = json!({"type": "object", "properties": props.clone()});
+    }
+    schema
 }
 
 fn tool(name: &str, parameters: Value) -> Value {
@@ -199,7 +206,7 @@ fn one_past_each_cap_is_a_400_naming_it_and_the_caps_themselves_are_served() {
         "/v1/chat/completions",
         &chat(json!({"logprobs": true, "top_logprobs": 20,
                      "response_format": {"type": "json_schema",
-                                         "json_schema": {"name": "x", "schema": big_schema(60_000)}}})),
+                                         "json_schema": {"name": "x", "schema": big_schema(56_000)}}})),
     );
     assert_eq!(st, 200, "{v}");
     let top = &v["choices"][0]["logprobs"]["content"][0]["top_logprobs"];
