@@ -27,6 +27,13 @@ fn run(group: Group) {
         checks.len(),
         started.elapsed().as_secs_f64()
     );
+    for c in &checks {
+        assert!(
+            selftest::KERNELS.contains(&c.kernel.as_str()),
+            "{}: missing from selftest::KERNELS (what doctor --kernel accepts)",
+            c.kernel
+        );
+    }
     let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).collect();
     assert!(
         failed.is_empty(),

@@ -6,7 +6,9 @@
 //!   print each kernel's status with its `ptxas` resource usage; exit 0 when all compile.
 //! - `--selftest [--full]`: run every CUDA kernel against its CPU twin or a float64
 //!   reference on device 0; exit 0 when every case passes. With `--emulated`, on the
-//!   CUDA-on-CPU emulator instead (no GPU needed).
+//!   CUDA-on-CPU emulator instead (no GPU needed); `--kernel NAME` keeps to one kernel's
+//!   cases, and `--emulated-kernel FILE.cu` runs a kernel file of the user's (a deliberately
+//!   broken copy, an edit under test) in place of the built-in one of the same name.
 
 use std::path::PathBuf;
 
@@ -32,6 +34,14 @@ pub struct DoctorArgs {
     /// With --selftest: run the kernels on the CUDA-on-CPU emulator instead of a GPU.
     #[arg(long, requires = "selftest")]
     pub emulated: bool,
+    /// With --selftest: only the cases of this kernel (e.g. argmax, paged_attention_decode);
+    /// repeat for more.
+    #[arg(long = "kernel", value_name = "NAME", requires = "selftest")]
+    pub kernels: Vec<String>,
+    /// With --emulated: compile this .cu file with the host C++ compiler and run it in place
+    /// of the built-in kernel file of the same name (e.g. a copy of sampling.cu); repeatable.
+    #[arg(long = "emulated-kernel", value_name = "FILE", requires = "emulated")]
+    pub emulated_kernels: Vec<PathBuf>,
     /// Greedy parity of the CUDA engine with the CPU engine on --model's weights (default
     /// dummy:smollm2-135m): same tokens except at near-ties, matching log-probabilities.
     #[arg(long)]
@@ -80,16 +90,13 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         ok &= compile_all(&args, &mut report)?;
     }
     if args.selftest {
+        check_kernel_names(&args.kernels)?;
         ok &= if args.emulated {
-            println!("Self-test on the {}:", Emu::new().describe());
-            report_selftest(
-                &Emu::new(),
-                args.full,
-                std::time::Instant::now(),
-                &mut report,
-            )
+            let emu = emulated_device(&args.emulated_kernels)?;
+            println!("Self-test on the {}:", emu.describe());
+            report_selftest(&emu, &args, std::time::Instant::now(), &mut report)
         } else {
-            run_selftest(args.full, &mut report)
+            run_selftest(&args, &mut report)
         };
     }
     if args.engine_check {
@@ -184,7 +191,49 @@ fn compile_all(args: &DoctorArgs, report: &mut Value) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-fn run_selftest(full: bool, report: &mut Value) -> bool {
+/// Refuses a `--kernel` the self-test has no cases for (it would run nothing and fail).
+fn check_kernel_names(names: &[String]) -> anyhow::Result<()> {
+    match names
+        .iter()
+        .find(|n| !selftest::KERNELS.contains(&n.as_str()))
+    {
+        Some(n) => Err(anyhow::anyhow!(
+            "--kernel {n:?}: the self-test has no such kernel (one of {})",
+            selftest::KERNELS.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The emulator, with each of `files` compiled and run in place of the built-in kernel file
+/// of the same name.
+fn emulated_device(files: &[PathBuf]) -> anyhow::Result<Emu> {
+    let mut emu = Emu::new();
+    for file in files {
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let src = source::ALL.iter().find(|s| s.name == stem).ok_or_else(|| {
+            let names: Vec<String> = source::ALL.iter().map(|s| s.file_name()).collect();
+            anyhow::anyhow!(
+                "--emulated-kernel {}: not named like a kernel file ({})",
+                file.display(),
+                names.join(", ")
+            )
+        })?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("--emulated-kernel {}: {e}", file.display()))?;
+        let module = cuda::emu::compile_module(src.name, &text, &src.entry_points())
+            .map_err(|e| anyhow::anyhow!("--emulated-kernel {}: {e}", file.display()))?;
+        println!(
+            "Kernel file {} runs in place of the built-in {}",
+            file.display(),
+            src.file_name()
+        );
+        emu = emu.with_module(module);
+    }
+    Ok(emu)
+}
+
+fn run_selftest(args: &DoctorArgs, report: &mut Value) -> bool {
     let gpu = match Gpu::open(0) {
         Ok(g) => g,
         Err(e) => {
@@ -202,17 +251,20 @@ fn run_selftest(full: bool, report: &mut Value) -> bool {
         ),
         Err(e) => println!("  FAILED to compile or load the kernels: {e}"),
     }
-    report_selftest(&gpu, full, started, report)
+    report_selftest(&gpu, args, started, report)
 }
 
 /// Runs the self-test on `dev`, printing each case; true when every case passed.
 fn report_selftest<D: Device>(
     dev: &D,
-    full: bool,
+    args: &DoctorArgs,
     started: std::time::Instant,
     report: &mut Value,
 ) -> bool {
-    let checks = selftest::run_all(dev, !full, |c| {
+    let want = |kernel: &str, _: &str, _: &str| {
+        args.kernels.is_empty() || args.kernels.iter().any(|k| k == kernel)
+    };
+    let checks = selftest::run_selected(dev, !args.full, &want, |c| {
         let status = if c.passed() { "ok" } else { "FAILED" };
         let extra = match (&c.error, c.deterministic) {
             (Some(e), _) => format!(" error: {e}"),

@@ -52,6 +52,26 @@ impl Group {
     ];
 }
 
+/// The kernels the self-test has cases for, as [`Check::kernel`] names them (what
+/// `pagedrt doctor --selftest --kernel NAME` selects by). `paged_attention` is the step-level
+/// entry that routes a batch to the decode and prefill kernels.
+pub const KERNELS: [&str; 14] = [
+    "write_kv",
+    "copy_blocks",
+    "qkv_rope_write_kv",
+    "rms_norm",
+    "fused_add_rms_norm",
+    "rope",
+    "silu_and_mul",
+    "embedding",
+    "add_inplace",
+    "add_bias",
+    "argmax",
+    "paged_attention",
+    "paged_attention_decode",
+    "paged_attention_prefill",
+];
+
 /// Runs every case; `quick` keeps to a few shapes per kernel.
 pub fn run_all<D: Device>(dev: &D, quick: bool, on_check: impl FnMut(&Check)) -> Vec<Check> {
     run_selected(dev, quick, &|_, _, _| true, on_check)

@@ -90,3 +90,67 @@ fn doctor_reports_the_cpu_kernel_path_and_honours_a_forced_one() {
         );
     }
 }
+
+/// A kernel broken on purpose fails `pagedrt doctor --selftest --emulated` itself: argmax's
+/// reduction tree without its barrier is a shared-memory race the emulator reports on the
+/// first run, while the same file intact passes the same command.
+#[test]
+fn a_kernel_broken_on_purpose_fails_the_emulated_selftest() {
+    let src = kernels::cuda::source::SAMPLING;
+    let dir = tmp("doctor-emulated-kernel");
+    let run = |text: &str| {
+        let file = dir.join("sampling.cu");
+        std::fs::write(&file, text).unwrap();
+        let out = pagedrt()
+            .args(["doctor", "--selftest", "--emulated", "--kernel", "argmax"])
+            .arg("--emulated-kernel")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), format!("{stdout}\n{stderr}"))
+    };
+    let (code, log) = run(src.text());
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("runs in place of the built-in sampling.cu"),
+        "{log}"
+    );
+    assert!(log.contains(" 0 failed"), "{log}");
+    assert!(
+        !log.contains("rms_norm"),
+        "--kernel argmax ran other kernels: {log}"
+    );
+
+    let anchor = "        }\n        sync_threads();\n    }";
+    assert_eq!(
+        src.text().matches(anchor).count(),
+        1,
+        "the mutation's anchor moved"
+    );
+    let (code, log) = run(&src.text().replacen(anchor, "        }\n    }", 1));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("FAILED"), "{log}");
+    assert!(log.contains("shared-memory race on `best_"), "{log}");
+}
+
+#[test]
+fn an_unknown_selftest_kernel_is_a_clear_error() {
+    let out = pagedrt()
+        .args([
+            "doctor",
+            "--selftest",
+            "--emulated",
+            "--kernel",
+            "flash_attn",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--kernel \"flash_attn\": the self-test has no such kernel"),
+        "{err}"
+    );
+}
