@@ -21,7 +21,11 @@ if [ $# -gt 0 ]; then
 else
     mapfile -t TARGETS < <(sed -n 's/^name = "\(.*\)"$/\1/p' "$FUZZ/Cargo.toml" | grep -v '^pagedrt-fuzz$')
 fi
-cargo fuzz build --fuzz-dir "$FUZZ" -O "${TARGETS[@]}" 2>&1 | tail -3
+if [ $# -gt 0 ]; then
+    for t in "${TARGETS[@]}"; do cargo fuzz build --fuzz-dir "$FUZZ" -O "$t"; done
+else
+    cargo fuzz build --fuzz-dir "$FUZZ" -O
+fi
 BIN="$FUZZ/target/x86_64-unknown-linux-gnu/release"
 mkdir -p target/fuzz-corpus target/fuzz-artifacts
 
