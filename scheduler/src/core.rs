@@ -186,6 +186,12 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Ends a sequence outside a step's [`StepResult`] (the engine ends the first sample of
+    /// an `n > 1` request this way once its siblings have forked from it); frees its pages.
+    pub fn finish(&mut self, id: SeqId, reason: FinishReason) -> Result<(), SchedulerError> {
+        self.remove(id, reason)
+    }
+
     /// Removes a request in any state and frees its pages at once.
     pub fn abort(&mut self, id: SeqId) -> Result<(), SchedulerError> {
         self.remove(id, FinishReason::Abort)

@@ -373,6 +373,7 @@ impl<B: Backend> EngineCore<B> {
         let mut result = StepResult::default();
         let mut outputs = Vec::new();
         let mut forks: Vec<(SeqId, Vec<f32>)> = Vec::new();
+        let mut ended_parents = Vec::new();
         let mut drawn = draw_samples(
             &self.backend,
             &plan,
@@ -401,11 +402,17 @@ impl<B: Backend> EngineCore<B> {
                 failed,
             )?;
             result.sampled.push((sc.seq, s.token));
-            if let Some(reason) = out.finish {
-                result.finished.push((sc.seq, reason));
-            }
-            if let (Some(raw), None) = (raw, out.finish) {
-                forks.push((sc.seq, raw));
+            match (out.finish, raw) {
+                // The first sample of an `n > 1` request ended on its first token (EOS, a
+                // stop, `max_tokens: 1`): its siblings still start from its prompt, so it
+                // leaves the scheduler only after they have forked from it.
+                (Some(reason), Some(raw)) => {
+                    forks.push((sc.seq, raw));
+                    ended_parents.push((sc.seq, reason));
+                }
+                (Some(reason), None) => result.finished.push((sc.seq, reason)),
+                (None, Some(raw)) => forks.push((sc.seq, raw)),
+                (None, None) => {}
             }
             outputs.push(out);
         }
@@ -415,6 +422,10 @@ impl<B: Backend> EngineCore<B> {
         }
         for (parent, raw) in forks {
             self.fork_samples(parent, raw, &mut outputs)?;
+        }
+        for (parent, reason) in ended_parents {
+            self.scheduler.finish(parent, reason)?;
+            self.samples.remove(&parent);
         }
         self.requests.retain(|_, seqs| {
             seqs.retain(|s| self.samples.contains_key(s));

@@ -56,3 +56,42 @@ async fn streams_complete_and_a_dropped_stream_frees_its_pages() {
     assert_eq!(last, (0, 0), "pages or sequences left behind");
     h.shutdown();
 }
+
+/// `n > 1` whose first sample ends on its first token (here `max_tokens: 1`; EOS or a stop
+/// string do the same): every sibling still forks from the prompt and ends, and nothing is
+/// held afterwards. (The fuzzer found this: the siblings were never started, so their
+/// choices never finished and the server answered 500.)
+#[tokio::test(flavor = "current_thread")]
+async fn parallel_samples_whose_first_ends_at_once_all_finish() {
+    let core = cpu_dummy_engine("smollm2-135m", EngineConfig::default(), 1)
+        .unwrap()
+        .0;
+    let used = Arc::new(Mutex::new(Vec::new()));
+    let u = used.clone();
+    let h = EngineHandle::spawn(core, move |c, _| {
+        let s = c.scheduler().kv_stats();
+        u.lock()
+            .unwrap()
+            .push((s.device.used_blocks, c.scheduler().num_running()));
+    });
+    for max_tokens in [1, 2] {
+        let params = SamplingParams {
+            n: 3,
+            ignore_eos: true,
+            ..SamplingParams::greedy(max_tokens)
+        };
+        let r = common::request(10 + max_tokens as u64, vec![1, 72, 105, 33, 10], params);
+        let mut rx = h.submit(r).await.unwrap();
+        let mut per_sample = [0usize; 3];
+        let mut finished = [false; 3];
+        while let Some(t) = rx.recv().await {
+            per_sample[t.index] += 1;
+            finished[t.index] |= t.finish.is_some();
+        }
+        assert_eq!(per_sample, [max_tokens; 3], "tokens per sample");
+        assert_eq!(finished, [true; 3], "every sample finishes");
+    }
+    let last = *used.lock().unwrap().last().unwrap();
+    assert_eq!(last, (0, 0), "pages or sequences left behind");
+    h.shutdown();
+}
