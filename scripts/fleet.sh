@@ -3,6 +3,8 @@
 #
 #   scripts/fleet.sh N [-- extra arguments for every `pagedrt serve`]
 #
+# In the extra arguments `{i}` becomes the replica's index (`--step-log steps{i}.jsonl`).
+#
 # Replica i (0-based) serves on 127.0.0.1:$((REPLICA_PORT + i)) and publishes its KV-cache
 # events on tcp://127.0.0.1:$((EVENTS_PORT + i)); the router listens on 127.0.0.1:$PORT and
 # routes by POLICY. Everything runs in the foreground until Ctrl-C (or SIGTERM), then stops;
@@ -71,7 +73,7 @@ for i in $(seq 0 $((N - 1))); do
     events="tcp://127.0.0.1:$((EVENTS_PORT + i))"
     RAYON_NUM_THREADS=$THREADS "$PAGEDRT" serve --port "$port" --served-model-name "$NAME" \
         "${MODEL_ARGS[@]}" --block-size "$BLOCK_SIZE" --kv-events-endpoint "$events" \
-        "$@" >"$LOG_DIR/replica$i.log" 2>&1 &
+        "${@//\{i\}/$i}" >"$LOG_DIR/replica$i.log" 2>&1 &
     PIDS+=($!)
     URLS+=("http://127.0.0.1:$port")
     SOURCES+=(--kv-event-source "http://127.0.0.1:$port=$events")

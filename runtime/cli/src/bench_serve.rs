@@ -232,13 +232,17 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The completed requests as simulator trace lines (JSONL).
+/// The completed requests as simulator trace lines (JSONL), with each prompt's shared-prefix
+/// group where the dataset has them (`simulate --prefix-len` then gives the prefix's length).
 fn write_trace(path: &PathBuf, outcomes: &[Outcome]) -> anyhow::Result<()> {
     let mut text = String::new();
     for o in outcomes.iter().filter(|o| o.ok()) {
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "arrival_s": o.sent_s, "prompt_len": o.prompt_tokens, "output_len": o.output_tokens,
         });
+        if let Some(g) = o.prefix_group {
+            line["prefix_group"] = g.into();
+        }
         text += &format!("{line}\n");
     }
     std::fs::write(path, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))

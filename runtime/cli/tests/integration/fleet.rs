@@ -247,6 +247,7 @@ fn kv_aware_routing_follows_the_replicas_caches_and_round_robin_spreads_the_grou
     // 100 requests through the kv-aware router from the load generator, some at once, of
     // completions and chat: none fails.
     let out = common::tmp("fleet-bench").join("out.json");
+    let trace = out.with_file_name("trace.jsonl");
     for (endpoint, n) in [("/v1/completions", 80), ("/v1/chat/completions", 20)] {
         pagedrt()
             .args(["bench", "serve", "--base-url"])
@@ -271,12 +272,22 @@ fn kv_aware_routing_follows_the_replicas_caches_and_round_robin_spreads_the_grou
             ])
             .arg("--save-result")
             .arg(&out)
+            .arg("--save-trace")
+            .arg(&trace)
             .run_ok();
         let v = read_json(&out);
         assert_eq!(
             (v["completed"].as_u64(), v["failed"].as_u64()),
             (Some(n), Some(0))
         );
+        // The trace keeps each prompt's prefix group, so the fleet simulator replays the
+        // same sharing (every group drawn, none outside 0..4).
+        let groups: std::collections::BTreeSet<u64> = std::fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["prefix_group"].as_u64().unwrap())
+            .collect();
+        assert_eq!(groups.into_iter().collect::<Vec<_>>(), [0, 1, 2, 3]);
     }
 }
 

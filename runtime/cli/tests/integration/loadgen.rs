@@ -99,6 +99,7 @@ fn req(output_len: usize) -> BenchRequest {
         prompt: " hello world".into(),
         prompt_len: 2,
         output_len,
+        prefix_group: None,
     }
 }
 

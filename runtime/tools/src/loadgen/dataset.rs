@@ -20,6 +20,9 @@ pub struct BenchRequest {
     /// Prompt length in words (≈ tokens).
     pub prompt_len: usize,
     pub output_len: usize,
+    /// `prefix-sharing`: which shared prefix the prompt starts with (kept in the saved
+    /// trace, so the simulator replays the same sharing).
+    pub prefix_group: Option<u32>,
 }
 
 const WORDS: [&str; 48] = [
@@ -65,17 +68,18 @@ pub fn build(spec: &DatasetSpec) -> Result<Vec<BenchRequest>, ToolError> {
     let mut synth = |input: &LenDist, output: &LenDist, prefixes: &[String]| {
         (0..spec.num_prompts)
             .map(|_| {
-                let (prefix, plen) = if prefixes.is_empty() {
-                    (String::new(), 0)
+                let (prefix, plen, group) = if prefixes.is_empty() {
+                    (String::new(), 0, None)
                 } else {
-                    let p = &prefixes[rng.random_range(0..prefixes.len())];
-                    (p.clone(), spec.prefix_len)
+                    let g = rng.random_range(0..prefixes.len());
+                    (prefixes[g].clone(), spec.prefix_len, Some(g as u32))
                 };
                 let own = sample(input, &mut rng).max(1);
                 BenchRequest {
                     prompt: prefix + &words(&mut rng, own),
                     prompt_len: plen + own,
                     output_len: sample(output, &mut rng).max(1),
+                    prefix_group: group,
                 }
             })
             .collect::<Vec<_>>()
@@ -119,6 +123,7 @@ fn from_file(path: &Path, spec: &DatasetSpec) -> Result<Vec<BenchRequest>, ToolE
                 prompt: words(&mut rng, r.prompt_len),
                 prompt_len: r.prompt_len,
                 output_len: r.output_len,
+                prefix_group: None,
             })
             .collect()
     };
@@ -156,6 +161,7 @@ fn sharegpt(path: &Path) -> Result<Vec<BenchRequest>, ToolError> {
                 prompt: q.to_string(),
                 prompt_len: ql,
                 output_len: al,
+                prefix_group: None,
             });
         }
     }

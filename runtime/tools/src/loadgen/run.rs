@@ -64,6 +64,8 @@ pub struct Outcome {
     pub counted_by: TokenCount,
     pub prompt_tokens: usize,
     pub text: String,
+    /// The request's shared prefix, if it had one ([`BenchRequest::prefix_group`]).
+    pub prefix_group: Option<u32>,
 }
 
 /// Where an outcome's output-token count came from.
@@ -129,6 +131,7 @@ pub async fn send_one(target: &Target, r: &BenchRequest, run_start: Instant) -> 
     let mut o = Outcome {
         sent_s: (started - run_start).as_secs_f64(),
         prompt_tokens: r.prompt_len,
+        prefix_group: r.prefix_group,
         ..Outcome::default()
     };
     let body = target.body(r).to_string().into_bytes();
