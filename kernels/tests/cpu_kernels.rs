@@ -334,6 +334,45 @@ fn fused_matches<E: AttentionElem + PartialEq + std::fmt::Debug>() {
     }
 }
 
+/// Two tokens with one slot would race on the parallel path: refused in every build.
+#[test]
+fn fused_qkv_rope_write_refuses_a_shared_slot() {
+    let (heads, kv_heads, hd) = (2usize, 1usize, 8usize);
+    let layout = KvLayout {
+        num_blocks: 8,
+        num_kv_heads: kv_heads,
+        block_size: 4,
+        head_dim: hd,
+    };
+    let rope = cpu::Rope::new(hd, 10000.0, 64, None);
+    let t = 20;
+    let qkv = vec![0.25f32; t * (heads + 2 * kv_heads) * hd];
+    let positions: Vec<usize> = (0..t).collect();
+    // Distinct but unordered slots pass (padding anywhere); one repeat panics.
+    let ok: Vec<i64> = (0..t as i64)
+        .map(|i| {
+            if i == 3 {
+                -1
+            } else {
+                15 - i % 16 + 16 * (i / 16)
+            }
+        })
+        .collect();
+    let mut bad = ok.clone();
+    bad[19] = bad[2];
+    for (slots, refused) in [(ok, false), (bad, true)] {
+        let r = std::panic::catch_unwind(|| {
+            let mut q = vec![0f32; t * heads * hd];
+            let mut kc = vec![0f32; layout.elems()];
+            let mut vc = kc.clone();
+            cpu::qkv_rope_write_kv(
+                &mut q, &qkv, &rope, &positions, heads, &layout, &mut kc, &mut vc, &slots,
+            );
+        });
+        assert_eq!(r.is_err(), refused, "{slots:?}");
+    }
+}
+
 #[test]
 fn cache_ops_copy_pages_and_skip_padding() {
     let layout = KvLayout {
