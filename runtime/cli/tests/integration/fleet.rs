@@ -285,7 +285,11 @@ fn kv_aware_routing_follows_the_replicas_caches_and_round_robin_spreads_the_grou
         let groups: std::collections::BTreeSet<u64> = std::fs::read_to_string(&trace)
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["prefix_group"].as_u64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["prefix_group"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(groups.into_iter().collect::<Vec<_>>(), [0, 1, 2, 3]);
     }
