@@ -25,6 +25,7 @@ pub mod model;
 mod report;
 pub mod request;
 mod run;
+mod sample_state;
 pub mod sampler;
 pub mod stop;
 pub mod structured;
