@@ -40,18 +40,13 @@ mkdir -p target
 WORK=$(mktemp -d "$PWD/target/schemathesis.XXXXXX")
 REPORT=${SCHEMATHESIS_REPORT_DIR:-$WORK/report}
 
-# A Llama of 2 layers, hidden size 64, byte-level vocabulary: any text is a prompt, and a
-# whole generation takes milliseconds. A 256-token context bounds what a request can ask.
-cat > "$WORK/config.json" <<'EOF'
-{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
- "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 259, "rms_norm_eps": 1e-5,
- "rope_theta": 10000.0, "max_position_embeddings": 2048, "tie_word_embeddings": true,
- "hidden_act": "silu"}
-EOF
+# `dummy:tiny`: a Llama of 2 layers, hidden size 64, byte-level vocabulary: any text is a
+# prompt, and a whole generation takes milliseconds. A 256-token context bounds what a
+# request can ask.
 PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 BASE="http://127.0.0.1:$PORT"
 
-"$BIN" serve --model "dummy:$WORK/config.json" --served-model-name tiny --host 127.0.0.1 \
+"$BIN" serve --model dummy:tiny --served-model-name tiny --host 127.0.0.1 \
     --port "$PORT" --api-key "$KEY" --max-model-len 256 --num-blocks 128 \
     --shutdown-grace-s 1 >"$WORK/server.log" 2>&1 &
 SERVER=$!

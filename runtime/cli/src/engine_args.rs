@@ -21,7 +21,7 @@ use tools::engines::engine_over;
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// A model directory, a pulled model name, dummy:<preset> (random weights of a real
-    /// model's shape: llama-3-8b, llama-3.2-1b, qwen2-0.5b, smollm2-135m, or a config.json
+    /// model's shape: llama-3-8b, llama-3.2-1b, qwen2-0.5b, smollm2-135m, tiny (2 layers, 64 wide), or a config.json
     /// path), or nothing for the default model.
     #[arg(long)]
     pub model: Option<String>,

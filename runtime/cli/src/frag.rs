@@ -24,7 +24,7 @@ pub struct FragArgs {
     #[arg(long, default_value = "200000")]
     memory: String,
     /// Model preset whose K/V shape converts bytes to tokens (llama-3-8b, llama-3.2-1b,
-    /// qwen2-0.5b, smollm2-135m, or a config.json).
+    /// qwen2-0.5b, smollm2-135m, tiny, or a config.json).
     #[arg(long, default_value = "llama-3-8b")]
     model: String,
     /// Bytes per K/V element: f32, bf16 or f16.

@@ -28,24 +28,15 @@ const PATHS: [&str; 5] = [
 
 static PORT: OnceLock<u16> = OnceLock::new();
 
-/// Serves a 2-layer, 64-wide Llama with random weights and the byte-level tokenizer.
+/// Serves `dummy:tiny` (a 2-layer, 64-wide Llama with random weights and the byte-level
+/// tokenizer).
 fn start() -> u16 {
-    let dir = std::env::temp_dir().join(format!("pagedrt-fuzz-requests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    let config = dir.join("config.json");
-    let cfg = serde_json::json!({
-        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "vocab_size": 259, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "max_position_embeddings": 512, "tie_word_embeddings": true, "hidden_act": "silu",
-    });
-    std::fs::write(&config, cfg.to_string()).expect("the config is written");
     let engine_cfg = engine::EngineConfig {
         num_blocks: 256,
         ..engine::EngineConfig::default()
     };
-    let (core, tok) = tools::engines::cpu_dummy_engine(config.to_str().unwrap_or(""), engine_cfg, 1)
-        .expect("the tiny engine builds");
+    let (core, tok) =
+        tools::engines::cpu_dummy_engine("tiny", engine_cfg, 1).expect("the tiny engine builds");
     let state = server::state_for(core, None, tok, MODEL.into(), None);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let port = listener.local_addr().expect("an address").port();

@@ -46,6 +46,9 @@ pub fn preset(name: &str) -> Option<Json> {
             c
         }
         "smollm2-135m" => llama(576, 1536, 30, 9, 3, 49_152, 100_000.0, true),
+        // Two layers, 64 wide, over the byte-level vocabulary itself: a whole generation
+        // takes milliseconds (Schemathesis, the request fuzzer, quick experiments).
+        "tiny" => llama(64, 128, 2, 4, 2, 259, 10_000.0, true),
         "qwen2-0.5b" => json!({
             "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
             "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
@@ -56,7 +59,13 @@ pub fn preset(name: &str) -> Option<Json> {
     })
 }
 
-pub const PRESETS: [&str; 4] = ["llama-3-8b", "llama-3.2-1b", "qwen2-0.5b", "smollm2-135m"];
+pub const PRESETS: [&str; 5] = [
+    "llama-3-8b",
+    "llama-3.2-1b",
+    "qwen2-0.5b",
+    "smollm2-135m",
+    "tiny",
+];
 
 /// The config of `dummy:<spec>`: a preset name or a path to a config.json.
 pub fn dummy_config(spec: &str) -> Result<ModelConfig, ModelError> {
