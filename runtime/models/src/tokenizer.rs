@@ -23,6 +23,9 @@ pub struct Tokenizer {
     bos_token: Option<String>,
     eos_token: Option<String>,
     chat_template: Option<String>,
+    /// Whether `chat_template` reads `tools`: found once when the tokenizer loads (it takes
+    /// compiling the template) instead of on every chat request.
+    template_reads_tools: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -88,15 +91,17 @@ impl Tokenizer {
         if eos_ids.is_empty() {
             eos_ids.extend(eos_token.as_deref().and_then(|t| inner.token_to_id(t)));
         }
+        let chat_template = cfg
+            .get("chat_template")
+            .and_then(Json::as_str)
+            .map(str::to_string);
         Ok(Tokenizer {
             add_bos: cfg
                 .get("add_bos_token")
                 .and_then(Json::as_bool)
                 .unwrap_or(false),
-            chat_template: cfg
-                .get("chat_template")
-                .and_then(Json::as_str)
-                .map(str::to_string),
+            template_reads_tools: chat_template.as_deref().is_some_and(reads_tools),
+            chat_template,
             inner,
             path,
             json: None,
@@ -126,6 +131,7 @@ impl Tokenizer {
             bos_token: Some("<|im_start|>".into()),
             eos_token: Some("<|im_end|>".into()),
             chat_template: Some(template.into()),
+            template_reads_tools: reads_tools(template),
         })
     }
 
@@ -217,7 +223,7 @@ impl Tokenizer {
     /// Whether the chat template reads the `tools` variable (otherwise tools reach the model
     /// through the system-message rendering, `chat_template`).
     pub fn template_reads_tools(&self) -> bool {
-        self.chat_template.as_deref().is_some_and(reads_tools)
+        self.template_reads_tools
     }
 
     /// The tool-call format this model's template says it writes, if pagedrt parses it.
@@ -246,7 +252,7 @@ impl Tokenizer {
             .iter()
             .any(|m| m.role == "tool" || m.tool_calls.is_some());
         let folded;
-        let (messages, tools_var) = if reads_tools(tpl) {
+        let (messages, tools_var) = if self.template_reads_tools {
             (messages, (!tools.is_empty()).then_some(tools))
         } else if !tools.is_empty() || has_tool_turns {
             folded = render_tools_into_messages(messages, tools);
