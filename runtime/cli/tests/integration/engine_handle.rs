@@ -21,8 +21,12 @@ fn req(id: u64, max_tokens: usize) -> GenerateRequest {
     )
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn streams_complete_and_a_dropped_stream_frees_its_pages() {
+/// (pages in use, sequences running) after each step.
+type StepUsage = Arc<Mutex<Vec<(usize, usize)>>>;
+
+/// The dummy SmolLM2 engine on its thread, and after every step (pages in use, sequences
+/// running), so a test can check that nothing is held at the end.
+fn spawn_tracked() -> (EngineHandle, StepUsage) {
     let core = cpu_dummy_engine("smollm2-135m", EngineConfig::default(), 1)
         .unwrap()
         .0;
@@ -34,6 +38,12 @@ async fn streams_complete_and_a_dropped_stream_frees_its_pages() {
             .unwrap()
             .push((s.device.used_blocks, c.scheduler().num_running()));
     });
+    (h, used)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn streams_complete_and_a_dropped_stream_frees_its_pages() {
+    let (h, used) = spawn_tracked();
     assert!(h.is_alive());
     let mut a = h.submit(req(1, 6)).await.unwrap();
     let mut b = h.submit(req(2, 400)).await.unwrap();
@@ -63,17 +73,7 @@ async fn streams_complete_and_a_dropped_stream_frees_its_pages() {
 /// choices never finished and the server answered 500.)
 #[tokio::test(flavor = "current_thread")]
 async fn parallel_samples_whose_first_ends_at_once_all_finish() {
-    let core = cpu_dummy_engine("smollm2-135m", EngineConfig::default(), 1)
-        .unwrap()
-        .0;
-    let used = Arc::new(Mutex::new(Vec::new()));
-    let u = used.clone();
-    let h = EngineHandle::spawn(core, move |c, _| {
-        let s = c.scheduler().kv_stats();
-        u.lock()
-            .unwrap()
-            .push((s.device.used_blocks, c.scheduler().num_running()));
-    });
+    let (h, used) = spawn_tracked();
     for max_tokens in [1, 2] {
         let params = SamplingParams {
             n: 3,
