@@ -1,4 +1,6 @@
-//! One GPU: its context and stream, and its kernels compiled for its architecture.
+//! One GPU: its context, its own stream (created, not the legacy NULL stream, which would
+//! serialise against every other stream of the process), its cuBLAS handle, and its kernels
+//! compiled for its architecture.
 //!
 //! Modules are compiled on first use (NVRTC, to machine code for the device's own `sm_XY`)
 //! and the CUBIN is loaded as it is: no second JIT of PTX by the driver. Modules and their
@@ -14,7 +16,13 @@ use cudarc::driver::{
 };
 use parking_lot::Mutex;
 
-use super::launch::{DevElem, Device, DeviceBuf, DeviceBufMut, KernelArg, LaunchCfg};
+use cudarc::cublas::CudaBlas;
+
+use super::elem::GpuElem;
+use super::gemm::{cublas_gemm_nt, GemmShape};
+use super::launch::{
+    check_copy, DevElem, Device, DeviceBuf, DeviceBufMut, DeviceMemory, KernelArg, LaunchCfg,
+};
 use super::libs::{locate, CudaLib};
 use super::source::KernelSource;
 use super::{compile, Arch, CudaError};
@@ -68,6 +76,8 @@ pub struct Gpu {
     info: DeviceInfo,
     modules: Mutex<HashMap<&'static str, Arc<Module>>>,
     functions: Mutex<HashMap<(&'static str, String), Function>>,
+    /// Made on the first GEMM, so a machine without cuBLAS can still run the kernels.
+    blas: Mutex<Option<Arc<CudaBlas>>>,
 }
 
 pub(crate) fn driver_err(e: cudarc::driver::DriverError) -> CudaError {
@@ -109,13 +119,14 @@ impl Gpu {
                 Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )?,
         };
-        let stream = ctx.default_stream();
+        let stream = ctx.new_stream().map_err(driver_err)?;
         Ok(Gpu {
             ctx,
             stream,
             info,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            blas: Mutex::new(None),
         })
     }
 
@@ -129,6 +140,18 @@ impl Gpu {
 
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// The cuBLAS handle on this GPU's stream, made on first use.
+    fn blas(&self) -> Result<Arc<CudaBlas>, CudaError> {
+        let mut slot = self.blas.lock();
+        if let Some(b) = slot.as_ref() {
+            return Ok(b.clone());
+        }
+        locate(CudaLib::Cublas)?;
+        let b = Arc::new(CudaBlas::new(self.stream.clone()).map_err(CudaError::Blas)?);
+        *slot = Some(b.clone());
+        Ok(b)
     }
 
     /// Waits for all queued work; surfaces any asynchronous launch failure.
@@ -279,15 +302,75 @@ impl Device for Gpu {
 
     fn download<T: DevElem>(&self, buf: &impl DeviceBuf<Self, T>) -> Result<Vec<T>, CudaError> {
         let mut out = vec![T::default(); buf.len()];
-        self.ctx.bind_to_thread().map_err(driver_err)?;
-        // SAFETY: `buf` is a live buffer of `len` elements on this device; the copy is waited
-        // for before `out` is returned.
-        unsafe {
-            result::memcpy_dtoh_async(&mut out, buf.device_addr(self), self.stream.cu_stream())
-        }
-        .map_err(driver_err)?;
-        self.sync()?;
+        self.copy_dtoh(buf, &mut out)?;
         Ok(out)
+    }
+
+    fn copy_htod<T: DevElem>(
+        &self,
+        host: &[T],
+        dst: &mut impl DeviceBufMut<Self, T>,
+    ) -> Result<(), CudaError> {
+        check_copy("copy_htod", host.len(), dst.len())?;
+        if host.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(driver_err)?;
+        // SAFETY: `dst` holds at least host.len() elements (checked). A copy from pageable
+        // memory returns once the driver has staged `host`, so it may be reused at once.
+        unsafe {
+            result::memcpy_htod_async(dst.device_addr_mut(self), host, self.stream.cu_stream())
+        }
+        .map_err(driver_err)
+    }
+
+    fn copy_dtoh<T: DevElem>(
+        &self,
+        src: &impl DeviceBuf<Self, T>,
+        host: &mut [T],
+    ) -> Result<(), CudaError> {
+        check_copy("copy_dtoh", host.len(), src.len())?;
+        if host.is_empty() {
+            return self.sync();
+        }
+        self.ctx.bind_to_thread().map_err(driver_err)?;
+        // SAFETY: `src` holds at least host.len() elements (checked); the copy is waited for
+        // before `host` is given back.
+        unsafe { result::memcpy_dtoh_async(host, src.device_addr(self), self.stream.cu_stream()) }
+            .map_err(driver_err)?;
+        self.sync()
+    }
+
+    fn gemm_nt<E: GpuElem>(
+        &self,
+        out: &mut impl DeviceBufMut<Self, E>,
+        x: &impl DeviceBuf<Self, E>,
+        w: &impl DeviceBuf<Self, E>,
+        shape: GemmShape,
+    ) -> Result<(), CudaError> {
+        shape.check(out.len(), x.len(), w.len())?;
+        if shape.m == 0 || shape.n == 0 {
+            return Ok(());
+        }
+        let blas = self.blas()?;
+        // cuBLAS runs in the calling thread's current context: make it this GPU's.
+        self.ctx.bind_to_thread().map_err(driver_err)?;
+        // SAFETY: sizes checked above; all three are buffers of this GPU.
+        unsafe {
+            cublas_gemm_nt::<E>(
+                *blas.handle(),
+                out.device_addr_mut(self),
+                x.device_addr(self),
+                w.device_addr(self),
+                shape,
+            )
+        }
+    }
+
+    fn memory(&self) -> Result<DeviceMemory, CudaError> {
+        self.ctx.bind_to_thread().map_err(driver_err)?;
+        let (free, total) = result::mem_get_info().map_err(driver_err)?;
+        Ok(DeviceMemory { free, total })
     }
 
     fn sync(&self) -> Result<(), CudaError> {

@@ -9,6 +9,8 @@
 //! launcher lets the kernel write through it), which the emulator checks against the kernel's
 //! signature before it runs anything.
 
+use super::elem::GpuElem;
+use super::gemm::GemmShape;
 use super::source::KernelSource;
 use super::CudaError;
 
@@ -134,10 +136,17 @@ pub fn arg_mut<D: ?Sized, T: DevElem>(dev: &D, buf: &mut impl DeviceBufMut<D, T>
     }
 }
 
-/// What the launchers need of a device.
+/// A device's memory, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub free: usize,
+    pub total: usize,
+}
+
+/// What the launchers and the CUDA backend need of a device.
 pub trait Device {
     /// An owned buffer of `T` on this device.
-    type Buf<T: DevElem>: DeviceBufMut<Self, T>;
+    type Buf<T: DevElem>: DeviceBufMut<Self, T> + Send + Sync;
 
     /// "NVIDIA H100 (sm_90, 132 SMs)", "CUDA emulator (sm_80 limits, 108 SMs)".
     fn describe(&self) -> String;
@@ -148,6 +157,30 @@ pub trait Device {
     fn alloc_zeros<T: DevElem>(&self, n: usize) -> Result<Self::Buf<T>, CudaError>;
     fn upload<T: DevElem>(&self, host: &[T]) -> Result<Self::Buf<T>, CudaError>;
     fn download<T: DevElem>(&self, buf: &impl DeviceBuf<Self, T>) -> Result<Vec<T>, CudaError>;
+    /// Copies all of `host` into the first `host.len()` elements of `dst`. The host memory
+    /// may be reused as soon as this returns.
+    fn copy_htod<T: DevElem>(
+        &self,
+        host: &[T],
+        dst: &mut impl DeviceBufMut<Self, T>,
+    ) -> Result<(), CudaError>;
+    /// Fills all of `host` from the first `host.len()` elements of `src`, after the work
+    /// queued before it (so a fault of that work surfaces here).
+    fn copy_dtoh<T: DevElem>(
+        &self,
+        src: &impl DeviceBuf<Self, T>,
+        host: &mut [T],
+    ) -> Result<(), CudaError>;
+    /// Queues `out[m, n] = x[m, k] · w[n, k]ᵀ`, f32 accumulation (module `gemm`).
+    fn gemm_nt<E: GpuElem>(
+        &self,
+        out: &mut impl DeviceBufMut<Self, E>,
+        x: &impl DeviceBuf<Self, E>,
+        w: &impl DeviceBuf<Self, E>,
+        shape: GemmShape,
+    ) -> Result<(), CudaError>;
+    /// Free and total memory now.
+    fn memory(&self) -> Result<DeviceMemory, CudaError>;
     /// Waits for all queued work; surfaces any asynchronous failure.
     fn sync(&self) -> Result<(), CudaError>;
 
@@ -179,6 +212,13 @@ pub trait Device {
     /// to its other schedule (blocks and threads in reverse order), so a result that depends
     /// on the order differs. A GPU varies its schedule by itself.
     fn vary_schedule(&self) {}
+}
+
+/// Fails unless `dev_len` elements hold `host_len` (a copy's bounds).
+pub fn check_copy(op: &str, host_len: usize, dev_len: usize) -> Result<(), CudaError> {
+    check(op, host_len <= dev_len, || {
+        format!("{host_len} elements to or from a device buffer of {dev_len}")
+    })
 }
 
 /// Fails with `problem` for `kernel` unless `ok`.

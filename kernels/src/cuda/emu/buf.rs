@@ -6,6 +6,8 @@ use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::Emu;
 use crate::cuda::launch::{DevElem, DeviceBuf, DeviceBufMut};
@@ -13,11 +15,40 @@ use crate::cuda::CudaError;
 
 const ALIGN: usize = 256;
 
+/// What one emulated device has allocated and not yet freed: the leak check of a run
+/// (every buffer counts from its allocation to its drop).
+#[derive(Debug, Default)]
+pub struct EmuMemory {
+    buffers: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl EmuMemory {
+    /// Live buffers and their bytes.
+    pub fn live(&self) -> (usize, usize) {
+        (
+            self.buffers.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn add(&self, bytes: usize) {
+        self.buffers.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn remove(&self, bytes: usize) {
+        self.buffers.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 /// `n` elements of `T` in the emulator's device memory.
 pub struct EmuBuf<T> {
     ptr: NonNull<T>,
     len: usize,
     layout: Layout,
+    memory: Arc<EmuMemory>,
 }
 
 // SAFETY: the buffer owns its allocation; access goes through &/&mut self or a kernel launch.
@@ -31,16 +62,22 @@ impl<T: DevElem> EmuBuf<T> {
             .map_err(|_| CudaError::EmulatorHost(format!("cannot allocate {len} elements")))
     }
 
-    pub(super) fn zeroed(len: usize) -> Result<Self, CudaError> {
+    pub(super) fn zeroed(len: usize, memory: &Arc<EmuMemory>) -> Result<Self, CudaError> {
         let layout = Self::layout(len)?;
         // SAFETY: a non-zero-sized layout; zero bits are a valid T (DevElem: ValidAsZeroBits).
         let ptr = unsafe { alloc_zeroed(layout) } as *mut T;
         let ptr =
             NonNull::new(ptr).ok_or_else(|| CudaError::EmulatorHost("out of memory".into()))?;
-        Ok(EmuBuf { ptr, len, layout })
+        memory.add(layout.size());
+        Ok(EmuBuf {
+            ptr,
+            len,
+            layout,
+            memory: memory.clone(),
+        })
     }
 
-    pub(super) fn from_host(host: &[T]) -> Result<Self, CudaError> {
+    pub(super) fn from_host(host: &[T], memory: &Arc<EmuMemory>) -> Result<Self, CudaError> {
         let layout = Self::layout(host.len())?;
         // SAFETY: a non-zero-sized layout; every element is written before the buffer is used.
         let ptr = unsafe { alloc(layout) } as *mut T;
@@ -48,10 +85,12 @@ impl<T: DevElem> EmuBuf<T> {
             NonNull::new(ptr).ok_or_else(|| CudaError::EmulatorHost("out of memory".into()))?;
         // SAFETY: `ptr` has room for host.len() elements and does not overlap `host`.
         unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), ptr.as_ptr(), host.len()) };
+        memory.add(layout.size());
         Ok(EmuBuf {
             ptr,
             len: host.len(),
             layout,
+            memory: memory.clone(),
         })
     }
 
@@ -105,7 +144,8 @@ impl<T: DevElem> EmuBuf<T> {
 impl<T> Drop for EmuBuf<T> {
     fn drop(&mut self) {
         // SAFETY: allocated with this layout, freed once.
-        unsafe { dealloc(self.ptr.as_ptr() as *mut u8, self.layout) }
+        unsafe { dealloc(self.ptr.as_ptr() as *mut u8, self.layout) };
+        self.memory.remove(self.layout.size());
     }
 }
 

@@ -27,10 +27,14 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-pub use buf::{EmuBuf, EmuView, EmuViewMut};
+pub use buf::{EmuBuf, EmuMemory, EmuView, EmuViewMut};
 pub use compile::compile_module;
 
-use super::launch::{DevElem, Device, DeviceBuf, KernelArg, LaunchCfg};
+use super::elem::GpuElem;
+use super::gemm::{reference_gemm_nt, GemmShape};
+use super::launch::{
+    check_copy, DevElem, Device, DeviceBuf, DeviceBufMut, DeviceMemory, KernelArg, LaunchCfg,
+};
 use super::source::KernelSource;
 use super::CudaError;
 
@@ -42,6 +46,9 @@ const EMU_SHARED_PER_SM: usize = 164 * 1024;
 const EMU_SHARED_RESERVED_PER_BLOCK: usize = 1024;
 const EMU_THREADS_PER_SM: usize = 2048;
 const EMU_BLOCKS_PER_SM: usize = 32;
+/// Memory of the emulated device unless set (`Emu::with_capacity`): 8 GiB, a small GPU, so
+/// that a KV cache sized from free memory stays within what the host can give.
+pub const EMU_DEFAULT_CAPACITY: usize = 8 << 30;
 
 /// One kernel file's entry points, from this binary or from a library compiled at run time.
 pub struct Module {
@@ -111,6 +118,8 @@ pub struct Emu {
     modules: Mutex<HashMap<String, Arc<Module>>>,
     /// Bit 0 reverses the order of blocks and threads; flipped by `vary_schedule`.
     schedule: AtomicU32,
+    memory: Arc<EmuMemory>,
+    capacity: usize,
 }
 
 impl Default for Emu {
@@ -125,7 +134,21 @@ impl Emu {
         Emu {
             modules: Mutex::new(HashMap::new()),
             schedule: AtomicU32::new(0),
+            memory: Arc::new(EmuMemory::default()),
+            capacity: EMU_DEFAULT_CAPACITY,
         }
+    }
+
+    /// The device reports `bytes` of memory in all (`Device::memory`); allocations beyond
+    /// it still succeed while the host has memory (the emulator is a test device).
+    pub fn with_capacity(mut self, bytes: usize) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// What this device has allocated and not freed.
+    pub fn allocations(&self) -> &Arc<EmuMemory> {
+        &self.memory
     }
 
     /// Replaces the module of the same name (a kernel file compiled at run time, for example a
@@ -170,11 +193,11 @@ impl Device for Emu {
     }
 
     fn alloc_zeros<T: DevElem>(&self, n: usize) -> Result<EmuBuf<T>, CudaError> {
-        EmuBuf::zeroed(n)
+        EmuBuf::zeroed(n, &self.memory)
     }
 
     fn upload<T: DevElem>(&self, host: &[T]) -> Result<EmuBuf<T>, CudaError> {
-        EmuBuf::from_host(host)
+        EmuBuf::from_host(host, &self.memory)
     }
 
     fn download<T: DevElem>(&self, buf: &impl DeviceBuf<Self, T>) -> Result<Vec<T>, CudaError> {
@@ -183,6 +206,75 @@ impl Device for Emu {
         // SAFETY: emulator addresses are host pointers to `len` live elements, and no kernel
         // runs concurrently (launches are synchronous).
         Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
+    }
+
+    fn copy_htod<T: DevElem>(
+        &self,
+        host: &[T],
+        dst: &mut impl DeviceBufMut<Self, T>,
+    ) -> Result<(), CudaError> {
+        check_copy("copy_htod", host.len(), dst.len())?;
+        let p = dst.device_addr_mut(self) as *mut T;
+        // SAFETY: emulator addresses are host pointers; `dst` holds host.len() elements
+        // (checked) and is borrowed mutably, so nothing else touches them.
+        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), p, host.len()) };
+        Ok(())
+    }
+
+    fn copy_dtoh<T: DevElem>(
+        &self,
+        src: &impl DeviceBuf<Self, T>,
+        host: &mut [T],
+    ) -> Result<(), CudaError> {
+        check_copy("copy_dtoh", host.len(), src.len())?;
+        let p = src.device_addr(self) as *const T;
+        // SAFETY: as in `copy_htod`; launches are synchronous, so no kernel writes `src` now.
+        unsafe { std::ptr::copy_nonoverlapping(p, host.as_mut_ptr(), host.len()) };
+        Ok(())
+    }
+
+    fn gemm_nt<E: GpuElem>(
+        &self,
+        out: &mut impl DeviceBufMut<Self, E>,
+        x: &impl DeviceBuf<Self, E>,
+        w: &impl DeviceBuf<Self, E>,
+        shape: GemmShape,
+    ) -> Result<(), CudaError> {
+        shape.check(out.len(), x.len(), w.len())?;
+        let (o, xp, wp) = (
+            out.device_addr_mut(self) as *mut E,
+            x.device_addr(self) as *const E,
+            w.device_addr(self) as *const E,
+        );
+        let GemmShape { m, k, n } = shape;
+        // The output must not overlap an input: a GEMM on a GPU would race on it.
+        let (ob, oe) = (o as usize, o as usize + m * n * std::mem::size_of::<E>());
+        let overlaps = |p: usize, len: usize| p < oe && ob < p + len * std::mem::size_of::<E>();
+        if m * n > 0 && (overlaps(xp as usize, m * k) || overlaps(wp as usize, n * k)) {
+            return Err(CudaError::Unsupported {
+                kernel: "gemm".into(),
+                problem: "the output overlaps an input".into(),
+            });
+        }
+        // SAFETY: emulator addresses are host pointers to at least the shape's elements
+        // (checked), the output disjoint from the inputs (checked), no kernel running.
+        let (o, xs, ws) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(o, m * n),
+                std::slice::from_raw_parts(xp, m * k),
+                std::slice::from_raw_parts(wp, n * k),
+            )
+        };
+        reference_gemm_nt(o, xs, ws, shape);
+        Ok(())
+    }
+
+    fn memory(&self) -> Result<DeviceMemory, CudaError> {
+        let used = self.memory.live().1;
+        Ok(DeviceMemory {
+            free: self.capacity.saturating_sub(used),
+            total: self.capacity,
+        })
     }
 
     fn sync(&self) -> Result<(), CudaError> {
