@@ -13,6 +13,9 @@ pub enum Device {
     Cuda,
     /// CUDA when a GPU and its libraries are present, else the CPU.
     Auto,
+    /// A testing device: the CUDA backend on the CUDA-on-CPU emulator (every kernel, launch
+    /// and copy of `cuda`, run on the host; correct and slow, for CI and debugging).
+    CudaEmu,
 }
 
 /// `--dtype`: how the weight matrices are stored.

@@ -9,7 +9,7 @@ use crate::choices::{Device, Dtype, Policy, Preemption};
 use std::sync::Arc;
 
 use engine::backend::cpu::CpuBackend;
-use engine::backend::cuda::CudaBackend;
+use engine::backend::cuda::{CudaBackend, EmulatedCudaBackend};
 use engine::backend::WeightDtype;
 use engine::model::KvSpec;
 use engine::{EngineConfig, EngineCore};
@@ -49,8 +49,9 @@ pub struct EngineArgs {
     pub preemption_mode: Preemption,
     #[arg(long)]
     pub no_prefix_caching: bool,
-    /// Where the model runs: cpu, cuda (GPU 0, f32 weights), or auto (cuda when a GPU and
-    /// its libraries are present, else cpu).
+    /// Where the model runs: cpu, cuda (GPU 0, f32 weights), auto (cuda when a GPU and
+    /// its libraries are present, else cpu), or cuda-emu (a testing device: the CUDA backend
+    /// on the CUDA-on-CPU emulator, slow).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Storage of the weight matrices: f32, or bf16 (half the memory; on the CPU, decode
@@ -100,20 +101,23 @@ impl EngineArgs {
     /// Resolves the model (pulling it if needed) and builds an engine on `--device`; the
     /// tokenizer comes with it (the engine decodes with it, callers encode with it).
     pub fn build(&self) -> anyhow::Result<(AnyEngine, Arc<Tokenizer>)> {
+        let on_cuda = matches!(self.device, Device::Cuda | Device::CudaEmu);
+        if on_cuda && self.dtype.weights() != WeightDtype::F32 {
+            anyhow::bail!("--device cuda takes --dtype f32 for now (bf16 weights are CPU-only)")
+        }
+        if on_cuda && self.kv_cache_dtype.is_some_and(|d| d != KvDtype::F32) {
+            anyhow::bail!(
+                "--device cuda takes --kv-cache-dtype f32 for now (an f16 cache is CPU-only)"
+            )
+        }
         let cuda = match self.device {
             Device::Cpu => None,
-            Device::Cuda if self.dtype.weights() != WeightDtype::F32 => {
-                anyhow::bail!("--device cuda takes --dtype f32 for now (bf16 weights are CPU-only)")
-            }
-            Device::Cuda if self.kv_cache_dtype.is_some_and(|d| d != KvDtype::F32) => {
-                anyhow::bail!(
-                    "--device cuda takes --kv-cache-dtype f32 for now (an f16 cache is CPU-only)"
-                )
-            }
+            Device::CudaEmu => Some(Cuda::Emulated(Box::new(EmulatedCudaBackend::emulated()))),
             Device::Cuda => {
-                Some(CudaBackend::new(0).map_err(|e| {
+                let b = CudaBackend::new(0).map_err(|e| {
                     anyhow::anyhow!("--device cuda: {e} (pagedrt doctor says more)")
-                })?)
+                })?;
+                Some(Cuda::Gpu(Box::new(b)))
             }
             Device::Auto
                 if self.dtype.weights() != WeightDtype::F32
@@ -122,7 +126,7 @@ impl EngineArgs {
                 None
             }
             Device::Auto => match CudaBackend::new(0) {
-                Ok(b) => Some(b),
+                Ok(b) => Some(Cuda::Gpu(Box::new(b))),
                 Err(e) => {
                     eprintln!("--device auto: using the CPU ({e})");
                     None
@@ -176,20 +180,36 @@ impl EngineArgs {
                 let e = engine_over(CpuBackend, model, &tok, cfg)?;
                 Ok((AnyEngine::Cpu(Box::new(e)), tok))
             }
-            Some(b) => {
+            Some(Cuda::Gpu(b)) => {
                 eprintln!("device: {} ({})", b.gpu().info().name, b.gpu().info().arch);
-                let (model, tok) = models::load_model(&b, &source, 0, self.dtype.weights())?;
-                let e = engine_over(b, model, &tok, cfg)?;
+                let (model, tok) = models::load_model(&*b, &source, 0, self.dtype.weights())?;
+                let e = engine_over(*b, model, &tok, cfg)?;
                 Ok((AnyEngine::Cuda(Box::new(e)), tok))
+            }
+            Some(Cuda::Emulated(b)) => {
+                eprintln!(
+                    "device: {} (a testing device: every kernel runs on the host, slowly)",
+                    kernels::cuda::Device::describe(b.device())
+                );
+                let (model, tok) = models::load_model(&*b, &source, 0, self.dtype.weights())?;
+                let e = engine_over(*b, model, &tok, cfg)?;
+                Ok((AnyEngine::CudaEmu(Box::new(e)), tok))
             }
         }
     }
+}
+
+/// The CUDA backend on the device `--device` chose.
+enum Cuda {
+    Gpu(Box<CudaBackend>),
+    Emulated(Box<EmulatedCudaBackend>),
 }
 
 /// An engine on whichever device `--device` chose (boxed: engines are large and moved).
 pub enum AnyEngine {
     Cpu(Box<EngineCore<CpuBackend>>),
     Cuda(Box<EngineCore<CudaBackend>>),
+    CudaEmu(Box<EngineCore<EmulatedCudaBackend>>),
 }
 
 impl AnyEngine {
@@ -199,6 +219,7 @@ impl AnyEngine {
         let any: Box<dyn std::any::Any> = match self {
             AnyEngine::Cpu(e) => e,
             AnyEngine::Cuda(e) => e,
+            AnyEngine::CudaEmu(e) => e,
         };
         any.downcast::<EngineCore<B>>().ok().map(|e| *e)
     }
@@ -214,6 +235,10 @@ macro_rules! with_engine {
                 $body
             }
             $crate::engine_args::AnyEngine::Cuda($e) => {
+                let $e = *$e;
+                $body
+            }
+            $crate::engine_args::AnyEngine::CudaEmu($e) => {
                 let $e = *$e;
                 $body
             }

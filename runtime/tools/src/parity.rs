@@ -23,15 +23,29 @@ pub fn parity_engine<B: Backend + 'static>(
     source: &ModelSource,
     seed: u64,
 ) -> Result<EngineCore<B>, BuildError> {
-    let (model, tok) = models::load_model(&backend, source, seed, WeightDtype::F32)?;
-    let cfg = EngineConfig {
+    parity_engine_with(backend, source, seed, parity_config())
+}
+
+/// The engine configuration of [`parity_engine`]: 512 pages, a 64-token step budget.
+pub fn parity_config() -> EngineConfig {
+    EngineConfig {
         num_blocks: 512,
         scheduler: scheduler::SchedulerConfig {
             max_num_batched_tokens: 64,
             ..scheduler::SchedulerConfig::default()
         },
         ..EngineConfig::default()
-    };
+    }
+}
+
+/// [`parity_engine`] with another configuration (few pages, to force preemption; swap).
+pub fn parity_engine_with<B: Backend + 'static>(
+    backend: B,
+    source: &ModelSource,
+    seed: u64,
+    cfg: EngineConfig,
+) -> Result<EngineCore<B>, BuildError> {
+    let (model, tok) = models::load_model(&backend, source, seed, WeightDtype::F32)?;
     Ok(engine_over(backend, model, &tok, cfg)?)
 }
 
@@ -58,14 +72,17 @@ impl ParityReport {
     }
 }
 
-/// Per request: each step's (token, logprob, top-2 margin).
-type Trace = BTreeMap<u64, Vec<(u32, f32, f32)>>;
+/// Per (request, sample): each step's (token, logprob, top-2 margin).
+type Trace = BTreeMap<(u64, usize), Vec<(u32, f32, f32)>>;
 
-/// Runs `prompts` (greedy, `max_tokens` each, all at once) on an engine; its per-step trace.
+/// Runs `prompts` (greedy, `max_tokens` each, `n` samples each, all at once) on an engine;
+/// its per-step trace. With `n > 1` the samples share their prompt's pages and part by
+/// copy-on-write at the first partly filled page.
 pub fn greedy_trace<B: Backend>(
     engine: &mut EngineCore<B>,
     prompts: &[Vec<u32>],
     max_tokens: usize,
+    n: usize,
 ) -> Result<Trace, EngineError> {
     let limits = engine.request_limits();
     for (i, p) in prompts.iter().enumerate() {
@@ -74,6 +91,7 @@ pub fn greedy_trace<B: Backend>(
             max_tokens,
             ignore_eos: true,
             logprobs: Some(2),
+            n,
             ..SamplingParams::default()
         };
         engine.add_request(GenerateRequest {
@@ -84,7 +102,10 @@ pub fn greedy_trace<B: Backend>(
     let mut trace = Trace::new();
     while engine.has_unfinished() {
         for t in engine.step()?.outputs {
-            trace.entry(t.request).or_default().push(step_of(&t));
+            trace
+                .entry((t.request, t.index))
+                .or_default()
+                .push(step_of(&t));
         }
     }
     Ok(trace)
@@ -98,7 +119,7 @@ fn step_of(t: &TokenOutput) -> (u32, f32, f32) {
     (t.token, t.logprob, margin)
 }
 
-/// Compares `candidate` against `reference` on the same prompts.
+/// Compares `candidate` against `reference` on the same prompts, one sample each.
 pub fn compare<A: Backend, B: Backend>(
     reference: &mut EngineCore<A>,
     candidate: &mut EngineCore<B>,
@@ -107,15 +128,30 @@ pub fn compare<A: Backend, B: Backend>(
     margin_tol: f32,
     logprob_tol: f32,
 ) -> Result<ParityReport, EngineError> {
-    let want = greedy_trace(reference, prompts, max_tokens)?;
-    let got = greedy_trace(candidate, prompts, max_tokens)?;
+    let tol = (margin_tol, logprob_tol);
+    compare_samples(reference, candidate, prompts, max_tokens, 1, tol)
+}
+
+/// [`compare`] with `n` samples per prompt, each compared with the reference's same sample;
+/// `(margin_tol, logprob_tol)` as there.
+pub fn compare_samples<A: Backend, B: Backend>(
+    reference: &mut EngineCore<A>,
+    candidate: &mut EngineCore<B>,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    n: usize,
+    (margin_tol, logprob_tol): (f32, f32),
+) -> Result<ParityReport, EngineError> {
+    let want = greedy_trace(reference, prompts, max_tokens, n)?;
+    let got = greedy_trace(candidate, prompts, max_tokens, n)?;
     let mut r = ParityReport {
         requests: prompts.len(),
         logprob_tol,
         ..ParityReport::default()
     };
-    for (id, w) in &want {
-        let g = got.get(id).map(Vec::as_slice).unwrap_or(&[]);
+    for (key, w) in &want {
+        let id = &key.0;
+        let g = got.get(key).map(Vec::as_slice).unwrap_or(&[]);
         for (step, &(wt, wlp, margin)) in w.iter().enumerate() {
             r.steps_compared += 1;
             match g.get(step) {

@@ -15,6 +15,7 @@ mod cli_simulate;
 mod engine_golden;
 mod engine_handle;
 mod engine_parity;
+mod engine_parity_emulated;
 mod fleet;
 mod gguf_convert;
 mod golden_logits;

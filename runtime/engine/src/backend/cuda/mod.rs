@@ -1,65 +1,103 @@
-//! The CUDA backend: buffers are f32 device memory, weight GEMMs go through cuBLAS (f32, no
-//! TF32: the CPU backend is the reference), everything else through the NVRTC kernels of
-//! `kernels::cuda`, all on one stream.
+//! The CUDA backend, written once against the device layer (`kernels::cuda::Device`) and run
+//! on either of its implementations: a GPU through cudarc and cuBLAS (`--device cuda`), or the
+//! CUDA-on-CPU emulator with host memory as device memory (`--device cuda-emu`, a testing
+//! device: the very same backend code, kernels, launch shapes and copies run end to end on a
+//! machine without a GPU, slowly).
+//!
+//! Buffers are f32 device memory; weight GEMMs go through the device's GEMM (f32 without
+//! TF32 on a GPU: the CPU backend is the reference); everything else through the kernels of
+//! `kernels::cuda`, all on the device's one created stream.
 //!
 //! Every operation returns the CUDA error that stopped it, with the operation's name. A
 //! kernel's asynchronous fault (an illegal address) surfaces at the next synchronisation:
 //! the logits' download at the end of the forward pass, so the step fails with the CUDA
 //! message instead of hanging or returning garbage.
 
+mod device_batch;
+
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-use cudarc::cublas::sys::cublasOperation_t as Op;
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use kernels::cpu::{KvStore, Rope};
-use kernels::cuda::attention::{
-    self, AttentionBatch, AttentionMeta, AttentionShape, AttentionWorkspace, Route,
-};
+use kernels::cuda::attention::{self, AttentionBatch, AttentionShape, AttentionWorkspace, Route};
 use kernels::cuda::libs::{locate, CudaLib};
-use kernels::cuda::{ops, source, CudaError, Gpu};
+use kernels::cuda::{
+    ops, region, region_mut, source, CudaError, Device, Emu, GemmShape, Gpu, Region, RegionMut,
+};
 use kernels::KvDtype;
 use kernels::KvLayout;
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 
-use super::{Backend, BackendError, Batch, BatchSeq, WeightDtype};
+use super::{Backend, BackendError, Batch, WeightDtype};
+use device_batch::DeviceBatch;
 
-pub struct CudaBackend {
-    gpu: Gpu,
-    blas: CudaBlas,
-    /// Each RoPE's cos/sin table on the device, by the table's identity.
-    rope_tables: Mutex<HashMap<RopeKey, CudaSlice<f32>>>,
-    attention_ws: Mutex<AttentionWorkspace<Gpu>>,
-    /// The current step's batch metadata on the device (see [`DeviceBatch`]).
-    batch: Mutex<Option<DeviceBatch>>,
+/// A device the CUDA backend runs on.
+pub trait CudaDevice: Device + Send + Sync + 'static {
+    /// The backend's name on this device (`--device`).
+    const BACKEND_NAME: &'static str;
 }
+
+impl CudaDevice for Gpu {
+    const BACKEND_NAME: &'static str = "cuda";
+}
+
+impl CudaDevice for Emu {
+    const BACKEND_NAME: &'static str = "cuda-emu";
+}
+
+pub struct CudaBackend<D: CudaDevice = Gpu> {
+    dev: D,
+    /// Each RoPE's cos/sin table on the device, by the table's identity.
+    rope_tables: Mutex<HashMap<RopeKey, D::Buf<f32>>>,
+    attention_ws: Mutex<AttentionWorkspace<D>>,
+    /// The current step's batch metadata on the device (see [`DeviceBatch`]).
+    batch: Mutex<Option<DeviceBatch<D>>>,
+}
+
+/// The CUDA backend on the emulated device.
+pub type EmulatedCudaBackend = CudaBackend<Emu>;
 
 /// Identifies a `Rope` without building its table: its address (the model that owns it lives
 /// as long as the engine) and its length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct RopeKey(usize, usize);
 
-impl CudaBackend {
-    /// Opens device `ordinal`; fails with what is missing (library, device) if it cannot.
+impl CudaBackend<Gpu> {
+    /// Opens GPU `ordinal`; fails with what is missing (library, device) if it cannot.
     pub fn new(ordinal: usize) -> Result<Self, CudaError> {
         for lib in CudaLib::ALL {
             locate(lib)?;
         }
         let gpu = Gpu::open(ordinal)?;
         gpu.preload(&source::ALL)?;
-        let blas = CudaBlas::new(gpu.stream().clone()).map_err(CudaError::Blas)?;
-        Ok(CudaBackend {
-            gpu,
-            blas,
-            rope_tables: Mutex::new(HashMap::new()),
-            attention_ws: Mutex::new(AttentionWorkspace::default()),
-            batch: Mutex::new(None),
-        })
+        Ok(Self::on(gpu))
     }
 
     pub fn gpu(&self) -> &Gpu {
-        &self.gpu
+        &self.dev
+    }
+}
+
+impl CudaBackend<Emu> {
+    /// The backend on a fresh emulated device (the kernels built into this binary).
+    pub fn emulated() -> Self {
+        Self::on(Emu::new())
+    }
+}
+
+impl<D: CudaDevice> CudaBackend<D> {
+    /// The backend on `dev`.
+    pub fn on(dev: D) -> Self {
+        CudaBackend {
+            dev,
+            rope_tables: Mutex::new(HashMap::new()),
+            attention_ws: Mutex::new(AttentionWorkspace::default()),
+            batch: Mutex::new(None),
+        }
+    }
+
+    pub fn device(&self) -> &D {
+        &self.dev
     }
 
     /// Refuses a KV cache dtype this backend has no kernels for.
@@ -68,7 +106,7 @@ impl CudaBackend {
             return Ok(());
         }
         Err(BackendError::Unsupported {
-            backend: "cuda",
+            backend: D::BACKEND_NAME,
             what: format!("a {dtype} KV cache is not supported yet; use f32"),
         })
     }
@@ -91,60 +129,70 @@ impl CudaBackend {
         f().map_err(|source| BackendError::Cuda { op, source })
     }
 
-    fn upload_vec<T: cudarc::driver::DeviceRepr>(
+    /// The first `n` elements of `b`.
+    fn prefix<'a>(&self, b: &'a D::Buf<f32>, n: usize) -> Result<Region<'a, f32>, CudaError> {
+        region(&self.dev, "prefix", b, 0..n)
+    }
+
+    fn prefix_mut<'a>(
         &self,
-        v: &[T],
-    ) -> Result<CudaSlice<T>, CudaError> {
-        self.gpu.stream().memcpy_stod(v).map_err(CudaError::Driver)
+        b: &'a mut D::Buf<f32>,
+        n: usize,
+    ) -> Result<RegionMut<'a, f32>, CudaError> {
+        region_mut(&self.dev, "prefix", b, 0..n)
     }
 
     /// `batch`'s metadata on the device, uploaded by the first layer that asks for it; the
     /// other layers of the step find it already there.
-    fn device_batch(&self, batch: &Batch) -> Result<MappedMutexGuard<'_, DeviceBatch>, CudaError> {
+    fn device_batch(
+        &self,
+        batch: &Batch,
+    ) -> Result<MappedMutexGuard<'_, DeviceBatch<D>>, CudaError> {
         let mut slot = self.batch.lock();
         if !slot.as_ref().is_some_and(|d| d.is_for(batch)) {
-            *slot = Some(DeviceBatch::upload(self, batch)?);
+            *slot = Some(DeviceBatch::upload(&self.dev, batch)?);
         }
         Ok(MutexGuard::map(slot, |d| {
             d.as_mut().expect("filled just above")
         }))
     }
 
-    fn rope_table(&self, rope: &Rope) -> Result<CudaView<'_, f32>, CudaError> {
+    fn rope_table(&self, rope: &Rope) -> Result<Region<'_, f32>, CudaError> {
         let key = RopeKey(rope as *const Rope as usize, rope.max_pos());
         let mut tables = self.rope_tables.lock();
-        let slice = match tables.entry(key) {
+        let buf = match tables.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => v.insert(self.upload_vec(&rope.cos_sin_table())?),
+            Entry::Vacant(v) => v.insert(self.dev.upload(&rope.cos_sin_table())?),
         };
-        // SAFETY: tables are only ever added, never removed or replaced, so the slice lives
+        // SAFETY: tables are only ever added, never removed or replaced, so the buffer lives
         // as long as self; the lock only guards the map's structure.
-        let slice: &CudaSlice<f32> = unsafe { &*(slice as *const CudaSlice<f32>) };
-        Ok(slice.as_view())
+        let buf: &D::Buf<f32> = unsafe { &*(buf as *const D::Buf<f32>) };
+        let n = kernels::cuda::launch::DeviceBuf::len(buf);
+        region(&self.dev, "rope table", buf, 0..n)
+    }
+
+    /// Each swap pair as element ranges of one page: (source page, destination page).
+    fn page_pairs<'a>(
+        layout: &KvLayout,
+        pairs: &'a [(u32, u32)],
+    ) -> impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> + 'a {
+        let n = layout.block_elems();
+        pairs.iter().map(move |&(s, d)| {
+            let (s, d) = (s as usize * n, d as usize * n);
+            (s..s + n, d..d + n)
+        })
     }
 }
 
-fn prefix(b: &CudaSlice<f32>, n: usize) -> CudaView<'_, f32> {
-    b.slice(..n)
-}
-
-fn prefix_mut(b: &mut CudaSlice<f32>, n: usize) -> CudaViewMut<'_, f32> {
-    b.slice_mut(..n)
-}
-
-fn drv(e: cudarc::driver::DriverError) -> CudaError {
-    CudaError::Driver(e)
-}
-
-impl Backend for CudaBackend {
-    type Buf = CudaSlice<f32>;
+impl<D: CudaDevice> Backend for CudaBackend<D> {
+    type Buf = D::Buf<f32>;
     /// f32 for now: `--dtype bf16` on CUDA is refused (see `upload_weight`).
-    type Weight = CudaSlice<f32>;
+    type Weight = D::Buf<f32>;
     /// f32 for now: `--kv-cache-dtype f16` on CUDA is refused (see `kv_zeros`).
-    type KvBuf = CudaSlice<f32>;
+    type KvBuf = D::Buf<f32>;
 
     fn name(&self) -> &str {
-        "cuda"
+        D::BACKEND_NAME
     }
 
     /// Sampling runs on the host: on the CPU kernels' thread team, as with the CPU backend.
@@ -152,22 +200,26 @@ impl Backend for CudaBackend {
         kernels::cpu::team::for_each_chunk_mut(items, 1, |_, c| f(&mut c[0]));
     }
 
-    fn zeros(&self, n: usize) -> Result<CudaSlice<f32>, BackendError> {
-        self.run("alloc", || {
-            self.gpu.stream().alloc_zeros::<f32>(n.max(1)).map_err(drv)
-        })
+    /// Every kernel and the GEMM write all of their output, so a step's activation buffers
+    /// are the previous step's, not new allocations.
+    fn reuse_scratch(&self) -> bool {
+        true
     }
 
-    fn upload(&self, data: Vec<f32>) -> Result<CudaSlice<f32>, BackendError> {
-        self.run("upload", || self.upload_vec(&data))
+    fn zeros(&self, n: usize) -> Result<D::Buf<f32>, BackendError> {
+        self.run("alloc", || self.dev.alloc_zeros::<f32>(n.max(1)))
     }
 
-    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> Result<CudaSlice<f32>, BackendError> {
+    fn upload(&self, data: Vec<f32>) -> Result<D::Buf<f32>, BackendError> {
+        self.run("upload", || self.dev.upload(&data))
+    }
+
+    fn kv_zeros(&self, n: usize, dtype: KvDtype) -> Result<D::Buf<f32>, BackendError> {
         self.check_kv_dtype(dtype)?;
         self.zeros(n)
     }
 
-    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> Result<CudaSlice<f32>, BackendError> {
+    fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> Result<D::Buf<f32>, BackendError> {
         self.check_kv_dtype(dtype)?;
         self.upload(data)
     }
@@ -177,10 +229,10 @@ impl Backend for CudaBackend {
         data: Vec<f32>,
         _cols: usize,
         dtype: WeightDtype,
-    ) -> Result<CudaSlice<f32>, BackendError> {
+    ) -> Result<D::Buf<f32>, BackendError> {
         if dtype != WeightDtype::F32 {
             return Err(BackendError::Unsupported {
-                backend: "cuda",
+                backend: D::BACKEND_NAME,
                 what: format!("{dtype:?} weights are not supported yet; use f32"),
             });
         }
@@ -188,62 +240,47 @@ impl Backend for CudaBackend {
     }
 
     /// Synchronous: a fault of any kernel queued before it surfaces here.
-    fn download(&self, buf: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>, BackendError> {
-        if n > buf.len() {
-            return Err(BackendError::Mismatch {
-                op: "download",
-                problem: format!("{n} elements from a buffer of {}", buf.len()),
-            });
-        }
+    fn download(&self, buf: &D::Buf<f32>, n: usize) -> Result<Vec<f32>, BackendError> {
         let mut out = vec![0.0; n];
-        self.run("download", || {
-            self.gpu
-                .stream()
-                .memcpy_dtoh(&prefix(buf, n), &mut out)
-                .map_err(drv)
-        })?;
+        self.run("download", || self.dev.copy_dtoh(buf, &mut out))?;
         Ok(out)
     }
 
     fn embedding(
         &self,
-        out: &mut CudaSlice<f32>,
-        table: &CudaSlice<f32>,
+        out: &mut D::Buf<f32>,
+        table: &D::Buf<f32>,
         ids: &[u32],
         dim: usize,
     ) -> Result<(), BackendError> {
         self.run("embedding", || {
             let ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-            let d = self.upload_vec(&ids)?;
-            ops::embedding(
-                &self.gpu,
-                &mut prefix_mut(out, ids.len() * dim),
-                table,
-                &d,
-                dim,
-            )
+            let d = self.dev.upload(&ids)?;
+            let mut o = self.prefix_mut(out, ids.len() * dim)?;
+            ops::embedding(&self.dev, &mut o, table, &d, dim)
         })
     }
 
     fn rms_norm(
         &self,
-        out: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
+        out: &mut D::Buf<f32>,
+        x: &D::Buf<f32>,
+        w: &D::Buf<f32>,
         eps: f32,
         n: usize,
     ) -> Result<(), BackendError> {
         self.run("rms_norm", || {
-            ops::rms_norm(&self.gpu, &mut prefix_mut(out, n), &prefix(x, n), w, eps)
+            let x = self.prefix(x, n)?;
+            ops::rms_norm(&self.dev, &mut self.prefix_mut(out, n)?, &x, w, eps)
         })
     }
 
     fn linear(
         &self,
-        out: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
-        bias: Option<&CudaSlice<f32>>,
+        out: &mut D::Buf<f32>,
+        x: &D::Buf<f32>,
+        w: &D::Buf<f32>,
+        bias: Option<&D::Buf<f32>>,
         m: usize,
         k: usize,
         n: usize,
@@ -252,37 +289,16 @@ impl Backend for CudaBackend {
             if m == 0 {
                 return Ok(());
             }
-            if x.len() < m * k || w.len() < n * k || out.len() < m * n {
-                return Err(CudaError::Unsupported {
-                    kernel: "linear".into(),
-                    problem: format!("buffers too small for [{m}, {k}] x [{n}, {k}]ᵀ"),
-                });
-            }
-            // cuBLAS runs in the calling thread's current context: make it this GPU's.
-            self.gpu.context().bind_to_thread().map_err(drv)?;
-            // Row-major out[m, n] = x[m, k] · w[n, k]ᵀ is column-major outᵀ = w · xᵀ:
-            // A = w (stored as k x n column-major, transposed), B = xᵀ (k x m).
-            let cfg = GemmConfig {
-                transa: Op::CUBLAS_OP_T,
-                transb: Op::CUBLAS_OP_N,
-                m: n as i32,
-                n: m as i32,
-                k: k as i32,
-                alpha: 1.0f32,
-                lda: k as i32,
-                ldb: k as i32,
-                beta: 0.0f32,
-                ldc: n as i32,
-            };
-            let mut o = prefix_mut(out, m * n);
-            // SAFETY: sizes checked above against the GEMM's shapes and leading dimensions.
-            unsafe {
-                self.blas
-                    .gemm(cfg, &prefix(w, n * k), &prefix(x, m * k), &mut o)
-            }
-            .map_err(CudaError::Blas)?;
+            let mut o = self.prefix_mut(out, m * n)?;
+            let shape = GemmShape { m, k, n };
+            self.dev.gemm_nt(
+                &mut o,
+                &self.prefix(x, m * k)?,
+                &self.prefix(w, n * k)?,
+                shape,
+            )?;
             if let Some(b) = bias {
-                ops::add_bias(&self.gpu, &mut o, b)?;
+                ops::add_bias(&self.dev, &mut o, b)?;
             }
             Ok(())
         })
@@ -290,14 +306,14 @@ impl Backend for CudaBackend {
 
     fn qkv_rope_write_kv(
         &self,
-        q: &mut CudaSlice<f32>,
-        qkv: &CudaSlice<f32>,
+        q: &mut D::Buf<f32>,
+        qkv: &D::Buf<f32>,
         rope: &Rope,
         batch: &Batch,
         num_heads: usize,
         layout: &KvLayout,
-        k_cache: &mut CudaSlice<f32>,
-        v_cache: &mut CudaSlice<f32>,
+        k_cache: &mut D::Buf<f32>,
+        v_cache: &mut D::Buf<f32>,
     ) -> Result<(), BackendError> {
         self.run("qkv_rope_write_kv", || {
             let t = batch.num_tokens();
@@ -305,9 +321,9 @@ impl Backend for CudaBackend {
             let table = self.rope_table(rope)?;
             let row = (num_heads + 2 * layout.num_kv_heads) * layout.head_dim;
             ops::qkv_rope_write_kv(
-                &self.gpu,
-                &mut prefix_mut(q, t * num_heads * layout.head_dim),
-                &prefix(qkv, t * row),
+                &self.dev,
+                &mut self.prefix_mut(q, t * num_heads * layout.head_dim)?,
+                &self.prefix(qkv, t * row)?,
                 &db.positions,
                 &table,
                 k_cache,
@@ -324,10 +340,10 @@ impl Backend for CudaBackend {
 
     fn paged_attention(
         &self,
-        out: &mut CudaSlice<f32>,
-        q: &CudaSlice<f32>,
-        k_cache: &CudaSlice<f32>,
-        v_cache: &CudaSlice<f32>,
+        out: &mut D::Buf<f32>,
+        q: &D::Buf<f32>,
+        k_cache: &D::Buf<f32>,
+        v_cache: &D::Buf<f32>,
         layout: &KvLayout,
         num_heads: usize,
         batch: &Batch,
@@ -344,14 +360,14 @@ impl Backend for CudaBackend {
             };
             // Every layer of a step has the same shape: the device metadata is built once.
             if db.attention.as_ref().is_none_or(|a| *a.shape() != shape) {
-                let a = AttentionBatch::new::<f32>(&self.gpu, &db.meta, shape, Route::Split)?;
+                let a = AttentionBatch::new::<f32>(&self.dev, &db.meta, shape, Route::Split)?;
                 db.attention = Some(a);
             }
             let step = db.attention.as_ref().expect("built just above");
             attention::paged_attention(
-                &self.gpu,
-                &mut prefix_mut(out, n),
-                &prefix(q, n),
+                &self.dev,
+                &mut self.prefix_mut(out, n)?,
+                &self.prefix(q, n)?,
                 k_cache,
                 v_cache,
                 step,
@@ -362,16 +378,17 @@ impl Backend for CudaBackend {
 
     fn silu_and_mul(
         &self,
-        out: &mut CudaSlice<f32>,
-        gate_up: &CudaSlice<f32>,
+        out: &mut D::Buf<f32>,
+        gate_up: &D::Buf<f32>,
         inter: usize,
         tokens: usize,
     ) -> Result<(), BackendError> {
         self.run("silu_and_mul", || {
+            let gu = self.prefix(gate_up, tokens * 2 * inter)?;
             ops::silu_and_mul(
-                &self.gpu,
-                &mut prefix_mut(out, tokens * inter),
-                &prefix(gate_up, tokens * 2 * inter),
+                &self.dev,
+                &mut self.prefix_mut(out, tokens * inter)?,
+                &gu,
                 inter,
             )
         })
@@ -379,66 +396,62 @@ impl Backend for CudaBackend {
 
     fn add_inplace(
         &self,
-        x: &mut CudaSlice<f32>,
-        y: &CudaSlice<f32>,
+        x: &mut D::Buf<f32>,
+        y: &D::Buf<f32>,
         n: usize,
     ) -> Result<(), BackendError> {
         self.run("add_inplace", || {
-            ops::add_inplace(&self.gpu, &mut prefix_mut(x, n), &prefix(y, n))
+            let y = self.prefix(y, n)?;
+            ops::add_inplace(&self.dev, &mut self.prefix_mut(x, n)?, &y)
         })
     }
 
     fn gather_rows(
         &self,
-        out: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
+        out: &mut D::Buf<f32>,
+        x: &D::Buf<f32>,
         rows: &[usize],
         dim: usize,
     ) -> Result<(), BackendError> {
         // A gather of rows is an embedding lookup with `x` as the table.
         self.run("gather_rows", || {
             let ids: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
-            let d = self.upload_vec(&ids)?;
-            let table = prefix(x, x.len() / dim * dim);
-            ops::embedding(
-                &self.gpu,
-                &mut prefix_mut(out, rows.len() * dim),
-                &table,
-                &d,
-                dim,
-            )
+            let d = self.dev.upload(&ids)?;
+            let len = kernels::cuda::launch::DeviceBuf::len(x);
+            let table = self.prefix(x, len / dim * dim)?;
+            let mut o = self.prefix_mut(out, rows.len() * dim)?;
+            ops::embedding(&self.dev, &mut o, &table, &d, dim)
         })
     }
 
     fn copy_blocks(
         &self,
-        cache: &mut CudaSlice<f32>,
+        cache: &mut D::Buf<f32>,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
     ) -> Result<(), BackendError> {
         self.run("copy_blocks", || {
-            ops::copy_blocks(&self.gpu, &mut [cache], layout, pairs)
+            ops::copy_blocks(&self.dev, &mut [cache], layout, pairs)
         })
     }
 
     fn copy_to_host(
         &self,
         host: &mut KvStore,
-        dev: &CudaSlice<f32>,
+        dev: &D::Buf<f32>,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
     ) -> Result<(), BackendError> {
-        let n = layout.block_elems();
         let KvStore::F32(host) = host else {
             return Err(Self::swap_dtype_error(host.dtype()));
         };
         self.run("swap out", || {
-            for &(s, d) in pairs {
-                let (s, d) = (s as usize * n, d as usize * n);
-                self.gpu
-                    .stream()
-                    .memcpy_dtoh(&dev.slice(s..s + n), &mut host[d..d + n])
-                    .map_err(drv)?;
+            for (s, d) in Self::page_pairs(layout, pairs) {
+                let page = region(&self.dev, "swap out", dev, s)?;
+                let dst = host
+                    .get_mut(d)
+                    .ok_or_else(|| out_of_host_store("swap out"))?;
+                self.dev.copy_dtoh(&page, dst)?;
             }
             Ok(())
         })
@@ -446,60 +459,29 @@ impl Backend for CudaBackend {
 
     fn copy_from_host(
         &self,
-        dev: &mut CudaSlice<f32>,
+        dev: &mut D::Buf<f32>,
         host: &KvStore,
         layout: &KvLayout,
         pairs: &[(u32, u32)],
     ) -> Result<(), BackendError> {
-        let n = layout.block_elems();
         let KvStore::F32(host) = host else {
             return Err(Self::swap_dtype_error(host.dtype()));
         };
         self.run("swap in", || {
-            for &(s, d) in pairs {
-                let (s, d) = (s as usize * n, d as usize * n);
-                self.gpu
-                    .stream()
-                    .memcpy_htod(&host[s..s + n], &mut dev.slice_mut(d..d + n))
-                    .map_err(drv)?;
+            for (s, d) in Self::page_pairs(layout, pairs) {
+                let src = host.get(s).ok_or_else(|| out_of_host_store("swap in"))?;
+                let mut page = region_mut(&self.dev, "swap in", dev, d)?;
+                self.dev.copy_htod(src, &mut page)?;
             }
             Ok(())
         })
     }
 }
 
-/// One step's batch metadata on the device. Every layer of a step sees the same batch, so it
-/// is uploaded once per step instead of four times per layer (each upload from pageable
-/// memory also waits for the stream). `host` is what it was built from, to recognise the
-/// batch again.
-struct DeviceBatch {
-    host: (Vec<usize>, Vec<i64>, Vec<u32>, Vec<BatchSeq>),
-    positions: CudaSlice<i32>,
-    slots: CudaSlice<i64>,
-    meta: AttentionMeta,
-    /// The attention kernels' view of the batch, built by the step's first attention call.
-    attention: Option<AttentionBatch<Gpu>>,
-}
-
-impl DeviceBatch {
-    fn is_for(&self, b: &Batch) -> bool {
-        let (p, s, t, q) = &self.host;
-        *p == b.positions && *s == b.slot_mapping && *t == b.block_tables && *q == b.seqs
-    }
-
-    fn upload(be: &CudaBackend, b: &Batch) -> Result<Self, CudaError> {
-        let positions: Vec<i32> = b.positions.iter().map(|&p| p as i32).collect();
-        Ok(DeviceBatch {
-            positions: be.upload_vec(&positions)?,
-            slots: be.upload_vec(&b.slot_mapping)?,
-            meta: AttentionMeta::new(&b.chunks())?,
-            attention: None,
-            host: (
-                b.positions.clone(),
-                b.slot_mapping.clone(),
-                b.block_tables.clone(),
-                b.seqs.clone(),
-            ),
-        })
+/// A swap pair naming a host page the swap space does not have (a bug upstream).
+fn out_of_host_store(op: &str) -> CudaError {
+    CudaError::Unsupported {
+        kernel: op.to_string(),
+        problem: "a host page beyond the swap space".into(),
     }
 }
