@@ -173,6 +173,21 @@ pub trait Backend: Sync {
         tokens: usize,
     ) -> Result<(), BackendError>;
     fn add_inplace(&self, x: &mut Self::Buf, y: &Self::Buf, n: usize) -> Result<(), BackendError>;
+    /// `residual += delta; delta = rms_norm(residual) * w` over the first `n` elements: the
+    /// residual add that ends a block and the norm that starts the next, which a device
+    /// backend runs as one kernel (one read of each row instead of three). The default is
+    /// the two operations, in that order, so results do not change.
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Buf,
+        delta: &mut Self::Buf,
+        w: &Self::Buf,
+        eps: f32,
+        n: usize,
+    ) -> Result<(), BackendError> {
+        self.add_inplace(residual, delta, n)?;
+        self.rms_norm(delta, residual, w, eps, n)
+    }
     /// `out[i] = x[rows[i]]` for rows of `dim`.
     fn gather_rows(
         &self,

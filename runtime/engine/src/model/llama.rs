@@ -156,8 +156,14 @@ impl<B: Backend> LlamaModel<B> {
         ];
         b.embedding(&mut x, &self.embed, &batch.input_ids, e)?;
         let layout = cache.layout;
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            b.rms_norm(&mut h, &x, &layer.input_norm, c.rms_norm_eps, t * e)?;
+        let eps = c.rms_norm_eps;
+        // `h` holds the normed input of the next matrix. Each block's closing residual add
+        // and the next norm are one `add_rms_norm`, which leaves the normed rows in `proj`;
+        // `h` and `proj` (both `t * e`) then trade places.
+        if let Some(first) = self.layers.first() {
+            b.rms_norm(&mut h, &x, &first.input_norm, eps, t * e)?;
+        }
+        for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             b.linear(
                 &mut qkv,
                 &h,
@@ -179,12 +185,18 @@ impl<B: Backend> LlamaModel<B> {
             )?;
             b.paged_attention(&mut attn, &q, &lc.k, &lc.v, &layout, c.num_heads, batch)?;
             b.linear(&mut proj, &attn, &layer.o, None, t, qd, e)?;
-            b.add_inplace(&mut x, &proj, t * e)?;
-            b.rms_norm(&mut h, &x, &layer.post_norm, c.rms_norm_eps, t * e)?;
+            b.add_rms_norm(&mut x, &mut proj, &layer.post_norm, eps, t * e)?;
+            std::mem::swap(&mut h, &mut proj);
             b.linear(&mut gu, &h, &layer.gate_up, None, t, e, 2 * inter)?;
             b.silu_and_mul(&mut act, &gu, inter, t)?;
             b.linear(&mut proj, &act, &layer.down, None, t, inter, e)?;
-            b.add_inplace(&mut x, &proj, t * e)?;
+            match self.layers.get(i + 1) {
+                Some(next) => {
+                    b.add_rms_norm(&mut x, &mut proj, &next.input_norm, eps, t * e)?;
+                    std::mem::swap(&mut h, &mut proj);
+                }
+                None => b.add_inplace(&mut x, &proj, t * e)?,
+            }
         }
         let rows = batch.logit_rows.len();
         let mut logits = Vec::new();
@@ -192,7 +204,7 @@ impl<B: Backend> LlamaModel<B> {
             let mut last = self.scratch.take(b, rows * e)?;
             b.gather_rows(&mut last, &x, &batch.logit_rows, e)?;
             let mut normed = self.scratch.take(b, rows * e)?;
-            b.rms_norm(&mut normed, &last, &self.norm, c.rms_norm_eps, rows * e)?;
+            b.rms_norm(&mut normed, &last, &self.norm, eps, rows * e)?;
             let head = self.lm_head.as_ref().unwrap_or(&self.embed);
             let mut out = self.scratch.take(b, rows * c.vocab_size)?;
             b.linear(&mut out, &normed, head, None, rows, e, c.vocab_size)?;

@@ -406,6 +406,20 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
         })
     }
 
+    fn add_rms_norm(
+        &self,
+        residual: &mut D::Buf<f32>,
+        delta: &mut D::Buf<f32>,
+        w: &D::Buf<f32>,
+        eps: f32,
+        n: usize,
+    ) -> Result<(), BackendError> {
+        self.run("add_rms_norm", || {
+            let mut r = self.prefix_mut(residual, n)?;
+            ops::fused_add_rms_norm(&self.dev, &mut self.prefix_mut(delta, n)?, &mut r, w, eps)
+        })
+    }
+
     fn gather_rows(
         &self,
         out: &mut D::Buf<f32>,
