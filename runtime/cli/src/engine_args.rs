@@ -9,7 +9,8 @@ use crate::choices::{Device, Dtype, Policy, Preemption};
 use std::sync::Arc;
 
 use engine::backend::cpu::CpuBackend;
-use engine::backend::cuda::{CudaBackend, EmulatedCudaBackend};
+use engine::backend::cuda::memory_plan::{describe as describe_plan, plan_kv_cache, ProfileShape};
+use engine::backend::cuda::{CudaBackend, CudaDevice, EmulatedCudaBackend};
 use engine::backend::WeightDtype;
 use engine::model::KvSpec;
 use engine::{EngineConfig, EngineCore};
@@ -28,9 +29,16 @@ pub struct EngineArgs {
     /// Tokens per KV page.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
-    /// KV cache size in bytes (e.g. 2GiB, 512MiB).
-    #[arg(long, default_value = "2GiB")]
-    pub kv_cache_memory: String,
+    /// KV cache size in bytes (e.g. 2GiB, 512MiB). Default: 2GiB on the CPU; on a CUDA
+    /// device, what --gpu-memory-utilization leaves after the weights and a profiling pass.
+    #[arg(long)]
+    pub kv_cache_memory: Option<String>,
+    /// On a CUDA device without --num-blocks or --kv-cache-memory: the share of the device's
+    /// memory this process may use. The weights are loaded, one forward pass runs at the
+    /// largest step (--max-num-batched-tokens over --max-num-seqs), and the KV cache gets
+    /// what is left of this share after the weights and twice that pass's activations.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
     /// KV pages (overrides --kv-cache-memory).
     #[arg(long)]
     pub num_blocks: Option<usize>,
@@ -142,18 +150,27 @@ impl EngineArgs {
             ModelSource::Dir(dir) => models::config::from_file(&models::config::config_path(dir)),
             ModelSource::Dummy(spec) => dummy_config(spec),
         }?;
-        let num_blocks = match self.num_blocks {
-            Some(n) => n,
-            None => {
-                let bytes = parse_bytes(&self.kv_cache_memory).map_err(anyhow::Error::msg)?;
-                bytes / KvSpec::of(&mc, kv_dtype).bytes_per_block(self.block_size)
+        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
+            anyhow::bail!(
+                "--gpu-memory-utilization {} is not in (0, 1]",
+                self.gpu_memory_utilization
+            );
+        }
+        let spec = KvSpec::of(&mc, kv_dtype);
+        // Pages by flag; on a CUDA device without a flag, measured below (0 until then).
+        let num_blocks = match (self.num_blocks, &self.kv_cache_memory, &cuda) {
+            (Some(n), _, _) => n,
+            (None, None, Some(_)) => 0,
+            (None, mem, _) => {
+                let bytes =
+                    parse_bytes(mem.as_deref().unwrap_or("2GiB")).map_err(anyhow::Error::msg)?;
+                let n = bytes / spec.bytes_per_block(self.block_size);
+                if n == 0 {
+                    anyhow::bail!("the KV cache holds no page: raise --kv-cache-memory");
+                }
+                n
             }
         };
-        if num_blocks == 0 {
-            return Err(anyhow::anyhow!(
-                "the KV cache holds no page: raise --kv-cache-memory"
-            ));
-        }
         let cfg = EngineConfig {
             block_size: self.block_size,
             num_blocks,
@@ -182,8 +199,7 @@ impl EngineArgs {
             }
             Some(Cuda::Gpu(b)) => {
                 eprintln!("device: {} ({})", b.gpu().info().name, b.gpu().info().arch);
-                let (model, tok) = models::load_model(&*b, &source, 0, self.dtype.weights())?;
-                let e = engine_over(*b, model, &tok, cfg)?;
+                let (e, tok) = self.cuda_engine(*b, &source, &spec, cfg)?;
                 Ok((AnyEngine::Cuda(Box::new(e)), tok))
             }
             Some(Cuda::Emulated(b)) => {
@@ -191,11 +207,43 @@ impl EngineArgs {
                     "device: {} (a testing device: every kernel runs on the host, slowly)",
                     kernels::cuda::Device::describe(b.device())
                 );
-                let (model, tok) = models::load_model(&*b, &source, 0, self.dtype.weights())?;
-                let e = engine_over(*b, model, &tok, cfg)?;
+                let (e, tok) = self.cuda_engine(*b, &source, &spec, cfg)?;
                 Ok((AnyEngine::CudaEmu(Box::new(e)), tok))
             }
         }
+    }
+
+    /// Loads the model onto a CUDA device and builds the engine; without a page count from
+    /// the flags, sizes the KV cache from the device's memory after a profiling pass.
+    fn cuda_engine<D: CudaDevice>(
+        &self,
+        b: CudaBackend<D>,
+        source: &ModelSource,
+        spec: &KvSpec,
+        mut cfg: EngineConfig,
+    ) -> anyhow::Result<(EngineCore<CudaBackend<D>>, Arc<Tokenizer>)> {
+        let (model, tok) = models::load_model(&b, source, 0, self.dtype.weights())?;
+        if cfg.num_blocks == 0 {
+            let shape = ProfileShape {
+                max_num_batched_tokens: self.max_num_batched_tokens,
+                max_num_seqs: self.max_num_seqs,
+                block_size: self.block_size,
+                utilization: self.gpu_memory_utilization,
+            };
+            let plan = plan_kv_cache(&b, &model, spec, shape)?;
+            let max_len = self
+                .max_model_len
+                .unwrap_or(model.config.max_position_embeddings);
+            eprintln!("{}", describe_plan(&plan, self.block_size, max_len));
+            if plan.num_blocks == 0 {
+                anyhow::bail!(
+                    "the KV cache holds no page after the weights and activations: raise \
+                     --gpu-memory-utilization or lower --max-num-batched-tokens"
+                );
+            }
+            cfg.num_blocks = plan.num_blocks;
+        }
+        Ok((engine_over(b, model, &tok, cfg)?, tok))
     }
 }
 

@@ -21,6 +21,7 @@ const ALIGN: usize = 256;
 pub struct EmuMemory {
     buffers: AtomicUsize,
     bytes: AtomicUsize,
+    peak_bytes: AtomicUsize,
 }
 
 impl EmuMemory {
@@ -32,9 +33,15 @@ impl EmuMemory {
         )
     }
 
+    /// The most bytes that were allocated at once.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak_bytes.load(Ordering::Relaxed)
+    }
+
     fn add(&self, bytes: usize) {
         self.buffers.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let now = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak_bytes.fetch_max(now, Ordering::Relaxed);
     }
 
     fn remove(&self, bytes: usize) {

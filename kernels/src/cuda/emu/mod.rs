@@ -46,9 +46,9 @@ const EMU_SHARED_PER_SM: usize = 164 * 1024;
 const EMU_SHARED_RESERVED_PER_BLOCK: usize = 1024;
 const EMU_THREADS_PER_SM: usize = 2048;
 const EMU_BLOCKS_PER_SM: usize = 32;
-/// Memory of the emulated device unless set (`Emu::with_capacity`): 8 GiB, a small GPU, so
+/// Memory of the emulated device unless set (`Emu::with_capacity`): 2 GiB, a small GPU, so
 /// that a KV cache sized from free memory stays within what the host can give.
-pub const EMU_DEFAULT_CAPACITY: usize = 8 << 30;
+pub const EMU_DEFAULT_CAPACITY: usize = 2 << 30;
 
 /// One kernel file's entry points, from this binary or from a library compiled at run time.
 pub struct Module {

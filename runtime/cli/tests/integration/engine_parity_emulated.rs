@@ -3,7 +3,7 @@
 //! tokens (`engine::parity`) on every path a step can take: prefix-cache hits and chunked
 //! prefill (the parity prompts), preemption by recompute and by swap (a cache too small for
 //! the batch), and `n > 1` with copy-on-write; and afterwards no page in use and no device
-//! buffer left allocated.
+//! buffer left allocated. Also the KV cache sized from the device's memory.
 
 use crate::common;
 
@@ -92,4 +92,66 @@ fn preemption_by_swap_on_the_emulated_device_matches_the_cpu() {
 #[test]
 fn parallel_samples_with_copy_on_write_on_the_emulated_device_match_the_cpu() {
     emulated_parity("emu-cow", parity_config(), 3);
+}
+
+/// `--gpu-memory-utilization` on the emulated device (64 MiB): the profiling pass measures the
+/// weights and the activations of the largest step, the KV cache takes what is left of half
+/// the device, and a run of full-size steps afterwards never holds more than that half.
+#[test]
+fn the_kv_cache_takes_what_the_utilization_leaves_and_a_full_run_stays_within_it() {
+    use engine::backend::cuda::memory_plan::{plan_kv_cache, ProfileShape};
+    use engine::backend::cuda::CudaBackend;
+    use engine::backend::WeightDtype;
+    use engine::model::KvSpec;
+    use kernels::cuda::Emu;
+    use kernels::KvDtype;
+
+    let spec = small_llama_config("emu-plan", 128, 2, 1);
+    let source = ModelSource::Dummy(spec.to_str().unwrap().into());
+    let capacity = 64usize << 20;
+    let b = CudaBackend::on(Emu::new().with_capacity(capacity));
+    let memory = b.device().allocations().clone();
+    let (model, tok) = models::load_model(&b, &source, 5, WeightDtype::F32).unwrap();
+    let kv = KvSpec::of(&model.config, KvDtype::F32);
+    let shape = |utilization| ProfileShape {
+        max_num_batched_tokens: 256,
+        max_num_seqs: 16,
+        block_size: 16,
+        utilization,
+    };
+    let half = plan_kv_cache(&b, &model, &kv, shape(0.5)).unwrap();
+    let more = plan_kv_cache(&b, &model, &kv, shape(0.9)).unwrap();
+    assert!(
+        half.weights_bytes > 0 && half.activation_bytes > 0,
+        "{half:?}"
+    );
+    assert!(
+        half.num_blocks > 0 && more.num_blocks > half.num_blocks,
+        "{half:?} {more:?}"
+    );
+    let budget = capacity / 2;
+    // Everything left of the budget goes to the cache, in whole pages.
+    let used = half.weights_bytes + 2 * half.activation_bytes + half.kv_bytes;
+    assert_eq!(used, budget, "{half:?}");
+    assert_eq!(
+        half.num_blocks,
+        half.kv_bytes / kv.bytes_per_block(16),
+        "{half:?}"
+    );
+
+    let mut cfg = parity_config();
+    cfg.num_blocks = half.num_blocks;
+    cfg.scheduler.max_num_batched_tokens = 256;
+    cfg.scheduler.max_num_seqs = 16;
+    let mut engine = tools::engines::engine_over(b, model, &tok, cfg).unwrap();
+    let prompts: Vec<Vec<u32>> = (0..40u32)
+        .map(|i| (0..30 + i).map(|t| 100 + (t * 7 + i) % 150).collect())
+        .collect();
+    let trace = tools::parity::greedy_trace(&mut engine, &prompts, 8, 1).unwrap();
+    assert_eq!(trace.len(), prompts.len());
+    assert!(
+        memory.peak_bytes() <= budget,
+        "peak {} bytes over the budget of {budget}: {half:?}",
+        memory.peak_bytes()
+    );
 }

@@ -14,6 +14,7 @@
 //! message instead of hanging or returning garbage.
 
 mod device_batch;
+pub mod memory_plan;
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
