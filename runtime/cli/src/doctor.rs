@@ -9,6 +9,8 @@
 //!   CUDA-on-CPU emulator instead (no GPU needed); `--kernel NAME` keeps to one kernel's
 //!   cases, and `--emulated-kernel FILE.cu` runs a kernel file of the user's (a deliberately
 //!   broken copy, an edit under test) in place of the built-in one of the same name.
+//! - `--engine-check [--model M]`: the CUDA engine's greedy tokens against the CPU engine's on
+//!   the same weights; with `--emulated`, the CUDA engine on the emulated device.
 
 use std::path::PathBuf;
 
@@ -31,8 +33,8 @@ pub struct DoctorArgs {
     /// With --selftest: more and larger shapes (contexts up to 32k).
     #[arg(long)]
     pub full: bool,
-    /// With --selftest: run the kernels on the CUDA-on-CPU emulator instead of a GPU.
-    #[arg(long, requires = "selftest")]
+    /// With --selftest or --engine-check: run on the CUDA-on-CPU emulator instead of a GPU.
+    #[arg(long)]
     pub emulated: bool,
     /// With --selftest: only the cases of this kernel (e.g. argmax, paged_attention_decode);
     /// repeat for more.
@@ -80,6 +82,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     }
     let devices = list_devices(&mut report);
     let gpu_ready = devices > 0 && CudaLib::ALL.iter().all(|l| locate(*l).is_ok());
+    if args.emulated && !args.selftest && !args.engine_check {
+        anyhow::bail!("--emulated goes with --selftest or --engine-check");
+    }
     if !args.compile_kernels && !args.selftest && !args.engine_check {
         ok = gpu_ready;
         if !gpu_ready {
@@ -100,7 +105,13 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         };
     }
     if args.engine_check {
-        ok &= engine_check(&args.model, &mut report);
+        ok &= if args.emulated {
+            let emu = emulated_device(&args.emulated_kernels)?;
+            let backend = engine::backend::cuda::CudaBackend::on(emu);
+            engine_check_on(backend, &args.model, &mut report)
+        } else {
+            engine_check(&args.model, &mut report)
+        };
     }
     report["ok"] = json!(ok);
     if let Some(path) = &args.json {
@@ -302,19 +313,28 @@ fn short(e: &cuda::CudaError) -> String {
     }
 }
 
-/// CPU vs CUDA greedy parity on `model` (see runtime::engine::parity).
+/// CPU vs CUDA greedy parity on `model` on GPU 0 (see runtime::engine::parity).
 fn engine_check(model: &str, report: &mut Value) -> bool {
-    use engine::backend::cpu::CpuBackend;
     use engine::backend::cuda::CudaBackend;
-    use tools::parity::{compare, parity_engine, test_prompts};
-    let cuda = match CudaBackend::new(0) {
-        Ok(b) => b,
+    match CudaBackend::new(0) {
+        Ok(b) => engine_check_on(b, model, report),
         Err(e) => {
             println!("engine check SKIPPED: no usable GPU ({})", short(&e));
             report["engine_check"] = json!({"skipped": e.to_string()});
-            return false;
+            false
         }
-    };
+    }
+}
+
+/// CPU vs `cuda` greedy parity on `model`.
+fn engine_check_on<B: engine::backend::Backend + 'static>(
+    cuda: B,
+    model: &str,
+    report: &mut Value,
+) -> bool {
+    use engine::backend::cpu::CpuBackend;
+    use tools::parity::{compare, parity_engine, test_prompts};
+    let device = cuda.name().to_string();
     let source = match models::resolve::resolve_source(Some(model), &mut |l| eprintln!("{l}")) {
         Ok(s) => s,
         Err(e) => {
@@ -335,7 +355,7 @@ fn engine_check(model: &str, report: &mut Value) -> bool {
         Ok((r, leaked)) => {
             let ok = r.ok() && leaked == 0;
             println!(
-                "Engine check ({model}, CPU vs CUDA, f32): {} requests, {} steps compared, \
+                "Engine check ({model}, CPU vs {device}, f32): {} requests, {} steps compared, \
                  {} divergences ({} not at a near-tie), max |logprob diff| {:.2e}, \
                  {leaked} pages left in use, {:.1} s: {}",
                 r.requests,
@@ -346,7 +366,8 @@ fn engine_check(model: &str, report: &mut Value) -> bool {
                 started.elapsed().as_secs_f64(),
                 if ok { "ok" } else { "FAILED" }
             );
-            report["engine_check"] = json!({"model": model, "requests": r.requests,
+            report["engine_check"] = json!({"model": model, "device": device,
+                "requests": r.requests,
                 "steps_compared": r.steps_compared, "divergences": r.divergences,
                 "bad_divergences": r.bad_divergences, "max_logprob_diff": r.max_logprob_diff,
                 "pages_in_use_after": leaked, "ok": ok});

@@ -154,3 +154,49 @@ fn an_unknown_selftest_kernel_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `pagedrt doctor --engine-check --emulated`: the CUDA engine on the emulated device against
+/// the CPU engine, from the command line, with its JSON report; a layer-norm kernel broken on
+/// purpose (epsilon ignored, so rows come out scaled wrong) makes the same command fail.
+#[test]
+fn the_emulated_engine_check_passes_and_a_broken_norm_kernel_fails_it() {
+    let spec = common::http::small_llama_config("doctor-engine-emu", 128, 2, 1);
+    let dir = tmp("doctor-engine-emu-out");
+    let json = dir.join("report.json");
+    let run = |extra: &[&std::ffi::OsStr]| {
+        let out = pagedrt()
+            .args(["doctor", "--engine-check", "--emulated", "--model"])
+            .arg(format!("dummy:{}", spec.display()))
+            .arg("--json")
+            .arg(&json)
+            .args(extra)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), log)
+    };
+    let (code, log) = run(&[]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("CPU vs cuda-emu"), "{log}");
+    let report = read_json(&json);
+    assert_eq!(report["engine_check"]["ok"], true, "{report}");
+    assert_eq!(report["engine_check"]["device"], "cuda-emu", "{report}");
+
+    let src = kernels::cuda::source::LAYER_OPS.text();
+    let anchor = "rsqrtf(block_sum(ss, scratch) / dim + eps)";
+    assert_eq!(
+        src.matches(anchor).count(),
+        2,
+        "the mutation's anchor moved"
+    );
+    let broken = dir.join("layer_ops.cu");
+    std::fs::write(
+        &broken,
+        src.replace(anchor, "rsqrtf(block_sum(ss, scratch) + eps)"),
+    )
+    .unwrap();
+    let (code, log) = run(&["--emulated-kernel".as_ref(), broken.as_os_str()]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("FAILED"), "{log}");
+}
