@@ -1,12 +1,14 @@
 //! A step's attention metadata on the device, uploaded once per step and used by every
 //! layer: block tables, context lengths, query offsets, and the split of the batch between
 //! the kernels (decode rows to the decode kernel, prefill chunks to the prefill kernel's
-//! tiles).
+//! tiles). All of it is packed into one buffer and sent with one copy: each host-to-device
+//! copy from pageable memory costs a driver call and a wait, and a step had six of them.
 
 use super::meta::AttentionMeta;
 use super::{decode, prefill};
 use crate::cuda::elem::GpuElem;
 use crate::cuda::launch::{check, Device};
+use crate::cuda::region::{region, Region};
 use crate::cuda::CudaError;
 use crate::layout::KvLayout;
 
@@ -36,17 +38,43 @@ pub enum Route {
     PrefillOnly,
 }
 
+/// Where one array lies in the step's packed metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Span {
+    start: usize,
+    len: usize,
+}
+
+/// Builds the packed metadata on the host; each array starts 64 bytes after the previous
+/// one's start at least, aligned as a buffer of its own would be for vector loads.
+#[derive(Default)]
+struct Packer(Vec<i32>);
+
+impl Packer {
+    const ALIGN: usize = 16;
+
+    fn push(&mut self, v: &[i32]) -> Span {
+        let start = self.0.len().div_ceil(Self::ALIGN) * Self::ALIGN;
+        self.0.resize(start, 0);
+        self.0.extend_from_slice(v);
+        Span {
+            start,
+            len: v.len(),
+        }
+    }
+}
+
 /// Decode rows: which sequences, and the longest of their contexts (it sizes split-K).
-pub(super) struct DecodeRows<D: Device> {
-    pub seq_ids: D::Buf<i32>,
+pub(super) struct DecodeRows {
+    pub seq_ids: Span,
     pub rows: usize,
     pub max_context: usize,
 }
 
 /// The prefill kernel's work list: one tile per (sequence, first query row).
-pub(super) struct PrefillTiles<D: Device> {
-    pub tile_seq: D::Buf<i32>,
-    pub tile_first: D::Buf<i32>,
+pub(super) struct PrefillTiles {
+    pub tile_seq: Span,
+    pub tile_first: Span,
     pub tiles: usize,
     pub tokens_per_tile: usize,
 }
@@ -57,11 +85,13 @@ pub struct AttentionBatch<D: Device> {
     pub(super) dtype: &'static str,
     pub(super) num_tokens: usize,
     pub(super) max_blocks: usize,
-    pub(super) tables: D::Buf<i32>,
-    pub(super) context_lens: D::Buf<i32>,
-    pub(super) cu_query: D::Buf<i32>,
-    pub(super) decode: Option<DecodeRows<D>>,
-    pub(super) prefill: Option<PrefillTiles<D>>,
+    /// Every array below, in one device buffer.
+    packed: D::Buf<i32>,
+    pub(super) tables: Span,
+    pub(super) context_lens: Span,
+    pub(super) cu_query: Span,
+    pub(super) decode: Option<DecodeRows>,
+    pub(super) prefill: Option<PrefillTiles>,
 }
 
 impl<D: Device> AttentionBatch<D> {
@@ -115,12 +145,13 @@ impl<D: Device> AttentionBatch<D> {
                 )?;
             }
         }
+        let mut packed = Packer::default();
         let decode = if decode_seqs.is_empty() {
             None
         } else {
             let ids: Vec<i32> = decode_seqs.iter().map(|&s| s as i32).collect();
             Some(DecodeRows {
-                seq_ids: dev.upload(&ids)?,
+                seq_ids: packed.push(&ids),
                 rows: ids.len(),
                 max_context: decode_seqs
                     .iter()
@@ -142,22 +173,36 @@ impl<D: Device> AttentionBatch<D> {
             }
             Some(PrefillTiles {
                 tiles: seq.len(),
-                tile_seq: dev.upload(&seq)?,
-                tile_first: dev.upload(&first)?,
+                tile_seq: packed.push(&seq),
+                tile_first: packed.push(&first),
                 tokens_per_tile: per_tile,
             })
         };
+        let tables = packed.push(&meta.tables);
+        let context_lens = packed.push(&meta.context_lens);
+        let cu_query = packed.push(&meta.cu_query);
         Ok(AttentionBatch {
             shape,
             dtype: E::SUFFIX,
             num_tokens: meta.num_tokens,
             max_blocks: meta.max_blocks,
-            tables: dev.upload(&meta.tables)?,
-            context_lens: dev.upload(&meta.context_lens)?,
-            cu_query: dev.upload(&meta.cu_query)?,
+            packed: dev.upload(&packed.0)?,
+            tables,
+            context_lens,
+            cu_query,
             decode,
             prefill,
         })
+    }
+
+    /// One array of the packed metadata, as a kernel argument takes it.
+    pub(super) fn view(&self, dev: &D, s: Span) -> Result<Region<'_, i32>, CudaError> {
+        region(
+            dev,
+            "attention metadata",
+            &self.packed,
+            s.start..s.start + s.len,
+        )
     }
 
     pub fn shape(&self) -> &AttentionShape {
@@ -174,5 +219,28 @@ impl<D: Device> AttentionBatch<D> {
             self.decode.as_ref().map_or(0, |d| d.rows),
             self.prefill.as_ref().map_or(0, |p| p.tiles),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Packer;
+
+    #[test]
+    fn packed_arrays_keep_their_values_apart_and_aligned() {
+        let mut p = Packer::default();
+        let a = p.push(&[1, 2, 3]);
+        let b = p.push(&[]);
+        let c = p.push(&(10..40).collect::<Vec<i32>>());
+        for s in [a, b, c] {
+            assert_eq!(s.start % Packer::ALIGN, 0, "{s:?}");
+        }
+        assert_eq!(&p.0[a.start..a.start + a.len], &[1, 2, 3]);
+        assert_eq!(b.len, 0);
+        assert_eq!(
+            p.0[c.start..c.start + c.len],
+            (10..40).collect::<Vec<i32>>()[..]
+        );
+        assert!(a.start + a.len <= c.start);
     }
 }

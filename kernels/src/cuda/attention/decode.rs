@@ -144,7 +144,7 @@ pub(super) fn launch<D: Device, E: GpuElem>(
     dev: &D,
     [out, q, kc, vc]: [KernelArg; 4],
     batch: &AttentionBatch<D>,
-    rows: &DecodeRows<D>,
+    rows: &DecodeRows,
     ws: &mut AttentionWorkspace<D>,
 ) -> Result<(), CudaError> {
     let s = &batch.shape;
@@ -159,10 +159,10 @@ pub(super) fn launch<D: Device, E: GpuElem>(
         unreachable!("ensure allocated the workspace");
     };
     let (bt, cl, sid, cu) = (
-        arg(dev, &batch.tables),
-        arg(dev, &batch.context_lens),
-        arg(dev, &rows.seq_ids),
-        arg(dev, &batch.cu_query),
+        arg(dev, &batch.view(dev, batch.tables)?),
+        arg(dev, &batch.view(dev, batch.context_lens)?),
+        arg(dev, &batch.view(dev, rows.seq_ids)?),
+        arg(dev, &batch.view(dev, batch.cu_query)?),
     );
     let args = [
         out,

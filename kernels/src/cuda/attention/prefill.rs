@@ -45,7 +45,7 @@ pub(super) fn launch<D: Device, E: GpuElem>(
     dev: &D,
     [out, q, kc, vc]: [KernelArg; 4],
     batch: &AttentionBatch<D>,
-    tiles: &PrefillTiles<D>,
+    tiles: &PrefillTiles,
 ) -> Result<(), CudaError> {
     let s = &batch.shape;
     let hd = s.layout.head_dim;
@@ -54,12 +54,12 @@ pub(super) fn launch<D: Device, E: GpuElem>(
         q,
         kc,
         vc,
-        arg(dev, &batch.tables),
+        arg(dev, &batch.view(dev, batch.tables)?),
         KernelArg::I32(batch.max_blocks as i32),
-        arg(dev, &batch.cu_query),
-        arg(dev, &batch.context_lens),
-        arg(dev, &tiles.tile_seq),
-        arg(dev, &tiles.tile_first),
+        arg(dev, &batch.view(dev, batch.cu_query)?),
+        arg(dev, &batch.view(dev, batch.context_lens)?),
+        arg(dev, &batch.view(dev, tiles.tile_seq)?),
+        arg(dev, &batch.view(dev, tiles.tile_first)?),
         KernelArg::I32(tiles.tokens_per_tile as i32),
         KernelArg::I32(s.num_heads as i32),
         KernelArg::I32(s.layout.num_kv_heads as i32),
