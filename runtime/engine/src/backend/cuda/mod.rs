@@ -172,16 +172,27 @@ impl<D: CudaDevice> CudaBackend<D> {
         region(&self.dev, "rope table", buf, 0..n)
     }
 
-    /// Each swap pair as element ranges of one page: (source page, destination page).
-    fn page_pairs<'a>(
+    /// The swap pairs as element ranges (source, destination), runs of consecutive pages on
+    /// both sides merged into one range: one copy per run instead of one per page (on a GPU
+    /// each device-to-host copy is a driver call and a wait).
+    fn page_runs(
         layout: &KvLayout,
-        pairs: &'a [(u32, u32)],
-    ) -> impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> + 'a {
+        pairs: &[(u32, u32)],
+    ) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
         let n = layout.block_elems();
-        pairs.iter().map(move |&(s, d)| {
-            let (s, d) = (s as usize * n, d as usize * n);
-            (s..s + n, d..d + n)
-        })
+        let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+        for &(s, d) in pairs {
+            match runs.last_mut() {
+                Some((rs, rd, len)) if *rs + *len == s && *rd + *len == d => *len += 1,
+                _ => runs.push((s, d, 1)),
+            }
+        }
+        runs.into_iter()
+            .map(|(s, d, len)| {
+                let (s, d, len) = (s as usize * n, d as usize * n, len as usize * n);
+                (s..s + len, d..d + len)
+            })
+            .collect()
     }
 }
 
@@ -461,7 +472,7 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
             return Err(Self::swap_dtype_error(host.dtype()));
         };
         self.run("swap out", || {
-            for (s, d) in Self::page_pairs(layout, pairs) {
+            for (s, d) in Self::page_runs(layout, pairs) {
                 let page = region(&self.dev, "swap out", dev, s)?;
                 let dst = host
                     .get_mut(d)
@@ -483,7 +494,7 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
             return Err(Self::swap_dtype_error(host.dtype()));
         };
         self.run("swap in", || {
-            for (s, d) in Self::page_pairs(layout, pairs) {
+            for (s, d) in Self::page_runs(layout, pairs) {
                 let src = host.get(s).ok_or_else(|| out_of_host_store("swap in"))?;
                 let mut page = region_mut(&self.dev, "swap in", dev, d)?;
                 self.dev.copy_htod(src, &mut page)?;
@@ -498,5 +509,31 @@ fn out_of_host_store(op: &str) -> CudaError {
     CudaError::Unsupported {
         kernel: op.to_string(),
         problem: "a host page beyond the swap space".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_swap_pages_are_copied_as_one_run() {
+        let layout = KvLayout {
+            num_blocks: 64,
+            num_kv_heads: 1,
+            block_size: 2,
+            head_dim: 2,
+        };
+        let n = layout.block_elems();
+        let runs =
+            CudaBackend::<Emu>::page_runs(&layout, &[(3, 10), (4, 11), (5, 12), (9, 13), (2, 20)]);
+        assert_eq!(
+            runs,
+            vec![
+                (3 * n..6 * n, 10 * n..13 * n),
+                (9 * n..10 * n, 13 * n..14 * n),
+                (2 * n..3 * n, 20 * n..21 * n),
+            ]
+        );
     }
 }
