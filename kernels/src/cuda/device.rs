@@ -300,12 +300,6 @@ impl Device for Gpu {
         self.stream.memcpy_stod(host).map_err(driver_err)
     }
 
-    fn download<T: DevElem>(&self, buf: &impl DeviceBuf<Self, T>) -> Result<Vec<T>, CudaError> {
-        let mut out = vec![T::default(); buf.len()];
-        self.copy_dtoh(buf, &mut out)?;
-        Ok(out)
-    }
-
     fn copy_htod<T: DevElem>(
         &self,
         host: &[T],

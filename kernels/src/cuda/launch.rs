@@ -156,7 +156,12 @@ pub trait Device {
 
     fn alloc_zeros<T: DevElem>(&self, n: usize) -> Result<Self::Buf<T>, CudaError>;
     fn upload<T: DevElem>(&self, host: &[T]) -> Result<Self::Buf<T>, CudaError>;
-    fn download<T: DevElem>(&self, buf: &impl DeviceBuf<Self, T>) -> Result<Vec<T>, CudaError>;
+    /// All of `buf`, on the host (a [`Device::copy_dtoh`] into a new vector).
+    fn download<T: DevElem>(&self, buf: &impl DeviceBuf<Self, T>) -> Result<Vec<T>, CudaError> {
+        let mut out = vec![T::default(); buf.len()];
+        self.copy_dtoh(buf, &mut out)?;
+        Ok(out)
+    }
     /// Copies all of `host` into the first `host.len()` elements of `dst`. The host memory
     /// may be reused as soon as this returns.
     fn copy_htod<T: DevElem>(

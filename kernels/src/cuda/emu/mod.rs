@@ -200,14 +200,6 @@ impl Device for Emu {
         EmuBuf::from_host(host, &self.memory)
     }
 
-    fn download<T: DevElem>(&self, buf: &impl DeviceBuf<Self, T>) -> Result<Vec<T>, CudaError> {
-        let n = buf.len();
-        let p = buf.device_addr(self) as *const T;
-        // SAFETY: emulator addresses are host pointers to `len` live elements, and no kernel
-        // runs concurrently (launches are synchronous).
-        Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
-    }
-
     fn copy_htod<T: DevElem>(
         &self,
         host: &[T],

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 
 use kernels::cpu::{KvStore, Rope};
 use kernels::cuda::attention::{self, AttentionBatch, AttentionShape, AttentionWorkspace, Route};
+use kernels::cuda::launch::DeviceBuf;
 use kernels::cuda::libs::{locate, CudaLib};
 use kernels::cuda::{
     ops, region, region_mut, source, CudaError, Device, Emu, GemmShape, Gpu, Region, RegionMut,
@@ -158,7 +159,7 @@ impl<D: CudaDevice> CudaBackend<D> {
         }))
     }
 
-    fn rope_table(&self, rope: &Rope) -> Result<Region<'_, f32>, CudaError> {
+    fn rope_table(&self, rope: &Rope) -> Result<&D::Buf<f32>, CudaError> {
         let key = RopeKey(rope as *const Rope as usize, rope.max_pos());
         let mut tables = self.rope_tables.lock();
         let buf = match tables.entry(key) {
@@ -167,9 +168,7 @@ impl<D: CudaDevice> CudaBackend<D> {
         };
         // SAFETY: tables are only ever added, never removed or replaced, so the buffer lives
         // as long as self; the lock only guards the map's structure.
-        let buf: &D::Buf<f32> = unsafe { &*(buf as *const D::Buf<f32>) };
-        let n = kernels::cuda::launch::DeviceBuf::len(buf);
-        region(&self.dev, "rope table", buf, 0..n)
+        Ok(unsafe { &*(buf as *const D::Buf<f32>) })
     }
 
     /// The swap pairs as element ranges (source, destination), runs of consecutive pages on
@@ -337,7 +336,7 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
                 &mut self.prefix_mut(q, t * num_heads * layout.head_dim)?,
                 &self.prefix(qkv, t * row)?,
                 &db.positions,
-                &table,
+                table,
                 k_cache,
                 v_cache,
                 layout,
@@ -443,8 +442,7 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
         self.run("gather_rows", || {
             let ids: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
             let d = self.dev.upload(&ids)?;
-            let len = kernels::cuda::launch::DeviceBuf::len(x);
-            let table = self.prefix(x, len / dim * dim)?;
+            let table = self.prefix(x, x.len() / dim * dim)?;
             let mut o = self.prefix_mut(out, rows.len() * dim)?;
             ops::embedding(&self.dev, &mut o, &table, &d, dim)
         })
