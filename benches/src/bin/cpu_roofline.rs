@@ -58,19 +58,22 @@ fn main() {
     );
 }
 
-/// Peak GFLOP/s of each loop on `threads` threads: (f32 AVX2, f32 AVX-512, bf16 dot).
+/// Peak GFLOP/s of each loop on `threads` threads: (f32 AVX2, f32 AVX-512, bf16 dot,
+/// AMX bf16 tile products).
 struct Peaks {
     avx2: f64,
     avx512: f64,
     dot: f64,
+    amx: f64,
 }
 
 impl Peaks {
     /// The peak of the arithmetic `isa` uses for weights of `dtype`.
     fn of(&self, isa: Isa, dtype: &str) -> f64 {
         match (isa, dtype) {
+            (Isa::Amx, "bf16") => self.amx,
             (Isa::Avx512, "bf16") => self.dot,
-            (Isa::Avx512, _) => self.avx512,
+            (Isa::Avx512 | Isa::Amx, _) => self.avx512,
             _ => self.avx2,
         }
     }
@@ -95,6 +98,7 @@ fn peaks(threads: usize) -> Peaks {
         avx2: 0.0,
         avx512: 0.0,
         dot: 0.0,
+        amx: 0.0,
     };
     #[cfg(target_arch = "x86_64")]
     for t in [1, threads] {
@@ -108,9 +112,13 @@ fn peaks(threads: usize) -> Peaks {
             // 24 chains of 16 lanes x 2 products x 2 flop.
             p.dot = best_of(t, 1536.0, |n| unsafe { peak::dpbf16(n) }, iters);
         }
+        if Isa::Amx.supported() {
+            let flop = kernels::cpu::AMX_PEAK_FLOP_PER_ITER;
+            p.amx = best_of(t, flop, kernels::cpu::amx_peak_loop, iters / 16);
+        }
         println!(
-            "peak, {t} thread(s): f32 FMA AVX2 {:.1}, f32 FMA AVX-512 {:.1}, bf16 vdpbf16ps {:.1} GFLOP/s",
-            p.avx2, p.avx512, p.dot
+            "peak, {t} thread(s): f32 FMA AVX2 {:.1}, f32 FMA AVX-512 {:.1}, bf16 vdpbf16ps {:.1}, AMX tdpbf16ps {:.1} GFLOP/s",
+            p.avx2, p.avx512, p.dot, p.amx
         );
     }
     p

@@ -127,7 +127,7 @@ pub fn paged_attention_on<E: AttentionElem>(
                 // is a multiple of 16 and the block size at most 256 (asserted above).
                 unsafe {
                     match isa {
-                        Isa::Avx512 => attend_kv_head::<E, Avx512>(
+                        Isa::Avx512 | Isa::Amx => attend_kv_head::<E, Avx512>(
                             o, q, kc, vc, layout, kvh, next, tb, pos, scale,
                         ),
                         _ => attend_kv_head::<E, Avx2>(

@@ -2,7 +2,11 @@
 //!
 //! Why a run-time choice: the binary targets baseline x86-64 so it runs on any machine, and
 //! the machines this project runs on change from day to day (Zen 3 with AVX2 only, Zen 4 and
-//! Zen 5 with AVX-512). Three paths, best first:
+//! Zen 5 with AVX-512, Sapphire Rapids Xeons with AMX). Four paths, best first:
+//! - `Amx`: the `Avx512` path with AMX-BF16 tiles for bf16 GEMMs with enough rows to fill
+//!   them (`packed_amx`): about eight times `vdpbf16ps`'s rate. Linux must grant the
+//!   process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, asked once at detection);
+//!   every other kernel runs its AVX-512 code on this path.
 //! - `Avx512`: AVX-512 F/BW/VL/DQ with AVX512-BF16 (`vdpbf16ps`, bf16 dot products
 //!   accumulated in f32): 512-bit FMAs for f32 and two bf16 products per lane per instruction
 //!   for bf16 weights. A CPU with AVX-512 but without BF16 (Skylake-X, Ice Lake) takes the
@@ -12,7 +16,7 @@
 //!
 //! Kernels take the ISA as a value (`…_on(isa, …)`), so a test runs every path the machine
 //! supports in one process; the plain entry points use [`selected`]: the best path, or a
-//! lower one forced with `PAGEDRT_CPU_ISA=avx512|avx2|portable`. A test can also run a
+//! lower one forced with `PAGEDRT_CPU_ISA=amx|avx512|avx2|portable`. A test can also run a
 //! whole engine on a lower path with [`with_isa`]; the thread team carries that choice to
 //! its workers for the job.
 
@@ -28,17 +32,19 @@ pub enum Isa {
     Portable,
     Avx2,
     Avx512,
+    Amx,
 }
 
 impl Isa {
     /// Every path, most portable first.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         }
     }
 
@@ -48,6 +54,7 @@ impl Isa {
             Isa::Portable => true,
             Isa::Avx2 => features().avx2,
             Isa::Avx512 => features().avx512,
+            Isa::Amx => features().amx,
         }
     }
 
@@ -79,7 +86,10 @@ impl std::str::FromStr for Isa {
             "portable" | "scalar" | "none" => Ok(Isa::Portable),
             "avx2" => Ok(Isa::Avx2),
             "avx512" | "avx-512" => Ok(Isa::Avx512),
-            other => Err(format!("{ENV}='{other}': one of avx512, avx2, portable")),
+            "amx" => Ok(Isa::Amx),
+            other => Err(format!(
+                "{ENV}='{other}': one of amx, avx512, avx2, portable"
+            )),
         }
     }
 }
@@ -93,6 +103,8 @@ struct Features {
     avx512: bool,
     /// AVX512-VNNI (reported only).
     vnni: bool,
+    /// `avx512` plus AMX-TILE and AMX-BF16, with the tile state granted by the OS.
+    amx: bool,
 }
 
 fn features() -> Features {
@@ -114,7 +126,37 @@ fn detect() -> Features {
         avx2,
         avx512,
         vnni: has!("avx512vnni"),
+        amx: avx512 && amx_bf16_cpuid() && request_tile_state(),
     }
+}
+
+/// CPUID leaf 7: AMX-BF16 (EDX bit 22) and AMX-TILE (bit 24).
+#[cfg(target_arch = "x86_64")]
+fn amx_bf16_cpuid() -> bool {
+    // CPUID leaf 7 exists on every CPU with AVX2 (checked by the caller's `avx512`).
+    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+    edx & (1 << 22) != 0 && edx & (1 << 24) != 0
+}
+
+/// Asks Linux for the AMX tile data state (`ARCH_REQ_XCOMP_PERM`, `XFEATURE_XTILEDATA`),
+/// without which the first tile instruction faults. Granted for the whole process.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_state() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call with integer arguments.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_state() -> bool {
+    false
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -215,6 +257,9 @@ pub fn describe() -> String {
     if f.vnni {
         has.push("AVX512-VNNI");
     }
+    if f.amx {
+        has.push("AMX-BF16");
+    }
     let has = if has.is_empty() {
         "no vector extension used".to_string()
     } else {
@@ -241,10 +286,13 @@ mod tests {
         let bad = choose(Some("sse9"));
         assert_eq!(bad.isa, best);
         assert!(bad.note.unwrap().contains("sse9"));
-        if best < Isa::Avx512 {
-            let c = choose(Some("avx512"));
-            assert_eq!(c.isa, best);
-            assert!(c.note.unwrap().contains("more than"));
+        for (name, isa) in [("avx512", Isa::Avx512), ("amx", Isa::Amx)] {
+            let c = choose(Some(name));
+            assert_eq!(c.isa, isa.min(best), "{name}");
+            assert_eq!(c.note.is_some(), isa != best, "{name}: {:?}", c.note);
+            if best < isa {
+                assert!(c.note.unwrap().contains("more than"));
+            }
         }
     }
 

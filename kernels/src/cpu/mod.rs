@@ -17,7 +17,13 @@ pub mod ops;
 mod pack_x;
 pub mod packed;
 #[cfg(target_arch = "x86_64")]
+mod packed_amx;
+#[cfg(target_arch = "x86_64")]
 mod packed_avx512;
+/// The AMX tile-product ceiling loop (`cpu-roofline`).
+#[cfg(target_arch = "x86_64")]
+#[doc(hidden)]
+pub use packed_amx::{peak_loop as amx_peak_loop, PEAK_FLOP_PER_ITER as AMX_PEAK_FLOP_PER_ITER};
 mod packed_kernel;
 pub mod simd;
 pub mod softmax;

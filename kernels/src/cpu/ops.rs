@@ -29,7 +29,7 @@ macro_rules! vectorized {
                 }
                 match isa {
                     // SAFETY: the path's features were checked when `isa` was chosen.
-                    Isa::Avx512 => return unsafe { wide($($a),*) },
+                    Isa::Avx512 | Isa::Amx => return unsafe { wide($($a),*) },
                     Isa::Avx2 => return unsafe { narrow($($a),*) },
                     Isa::Portable => {}
                 }
@@ -138,7 +138,7 @@ pub fn silu_and_mul_on(isa: Isa, out: &mut [f32], gate_up: &[f32], inter: usize)
             match isa {
                 // SAFETY: the path's features were checked when `isa` was chosen.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { silu_mul_avx512(o, gate, up) },
+                Isa::Avx512 | Isa::Amx => unsafe { silu_mul_avx512(o, gate, up) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { silu_mul_avx2(o, gate, up) },
                 _ => silu_mul_scalar(o, gate, up),

@@ -23,7 +23,8 @@ use super::packed_kernel::{Act, Kernel, Tile, XLayout};
 pub use super::packed_kernel::{PanelElem, PANEL};
 use super::team::{self, SendPtr};
 
-/// Activation rows per L2 block (a multiple of every kernel's rows per tile: 6 and 8).
+/// Activation rows per L2 block (a multiple of the AVX kernels' rows per tile, 6 and 8;
+/// rounded up to a multiple of 32 for the AMX kernel's).
 const MC: usize = 264;
 
 /// Blocking choices of one call; `Default` is what `linear` uses. Public (hidden) so that a
@@ -147,7 +148,7 @@ impl<E: PanelElem> PackedMatrix<E> {
         let kc = if full_depth {
             k
         } else {
-            depth_slice(k, kern.kc)
+            depth_slice(k, kern.kc, kern.depth_align)
         };
         // The activations in the kernel's form. Buffers are taken out of their
         // thread-locals for the call, not borrowed, so a `linear` nested in a task on this
@@ -172,6 +173,9 @@ impl<E: PanelElem> PackedMatrix<E> {
             Act::Bf16Pairs => {
                 pairs = PAIRS_X.take();
                 bf16_pairs(isa, &mut pairs, x, m, k);
+                // Rows up to the tile's height are readable (the AMX kernel loads whole
+                // 16-row tiles; rows past `m` are never stored).
+                pairs.resize(m_pad * k.div_ceil(2), 0);
                 Activations {
                     x: &[],
                     pairs: &pairs,
@@ -223,10 +227,11 @@ impl<E: PanelElem> PackedMatrix<E> {
             // still in L2 when the next slice adds to it. With the depth loop outermost, a
             // 2048-row output (25 MB for gate/up) went to memory and back once per slice:
             // criterion, gate/up at 2048 rows, 100-107 -> 119-122 GFLOP/s.
-            for i0 in (0..c.m).step_by(MC) {
+            let mc = MC.next_multiple_of(c.kern.mr);
+            for i0 in (0..c.m).step_by(mc) {
                 for k0 in (0..k).step_by(c.kc) {
                     for g in range.clone() {
-                        self.slice_into(out, c, k0, i0..(i0 + MC).min(c.m), g);
+                        self.slice_into(out, c, k0, i0..(i0 + mc).min(c.m), g);
                     }
                 }
             }
@@ -303,11 +308,13 @@ fn panels_per_task(panels: usize, threads: usize) -> usize {
         .unwrap_or(base)
 }
 
-/// The inner-dimension slice depth: at most `kc` (rounded up to even, so bf16 pairs never
-/// straddle two slices), and equal slices (576 → 3 × 192 rather than 256 + 256 + 64, whose
-/// short last pass pays the tile overhead for little work).
-fn depth_slice(k: usize, kc: usize) -> usize {
-    k.div_ceil(k.div_ceil(kc).max(1)).next_multiple_of(2).max(2)
+/// The inner-dimension slice depth: about `kc`, a multiple of `align` (even, so bf16 pairs
+/// never straddle two slices; 32 for AMX tiles), and equal slices (576 → 3 × 192 rather
+/// than 256 + 256 + 64, whose short last pass pays the tile overhead for little work).
+fn depth_slice(k: usize, kc: usize, align: usize) -> usize {
+    k.div_ceil(k.div_ceil(kc).max(1))
+        .next_multiple_of(align)
+        .max(align)
 }
 
 /// The activations a call reads, in the form its kernel takes.
@@ -360,8 +367,11 @@ mod tests {
     fn depth_slices_are_even_and_cover_the_depth() {
         for k in 1..2000 {
             for kc in [128, 256] {
-                let s = depth_slice(k, kc);
+                let s = depth_slice(k, kc, 2);
                 assert!(s.is_multiple_of(2) && s <= kc, "k {k} kc {kc}: {s}");
+                assert!(k.div_ceil(s) <= k.div_ceil(kc).max(1), "k {k} kc {kc}: {s}");
+                let s = depth_slice(k, kc, 32);
+                assert!(s.is_multiple_of(32) && s < kc + 32, "k {k} kc {kc}: {s}");
                 assert!(k.div_ceil(s) <= k.div_ceil(kc).max(1), "k {k} kc {kc}: {s}");
             }
         }

@@ -36,6 +36,7 @@ pub(crate) fn f32_kernel() -> Kernel<f32> {
         np: NP,
         // 3 panels x 128 steps x 64 B = 24 KiB of the 48 KiB L1.
         kc: 128,
+        depth_align: 2,
         act: Act::F32,
     }
 }
@@ -47,6 +48,7 @@ pub(crate) fn bf16_dot_kernel() -> Kernel<bf16> {
         np: NP,
         // 3 panels x 256 steps x 32 B = 24 KiB.
         kc: 256,
+        depth_align: 2,
         act: Act::Bf16Pairs,
     }
 }
@@ -57,6 +59,7 @@ pub(crate) fn bf16_widen_kernel() -> Kernel<bf16> {
         mr: MR,
         np: NP,
         kc: 256,
+        depth_align: 2,
         act: Act::F32,
     }
 }

@@ -96,6 +96,9 @@ pub struct Kernel<E> {
     pub(crate) np: usize,
     /// Depth of one slice for prefill-sized inputs: `np` panels of it stay in L1.
     pub(crate) kc: usize,
+    /// Depth slices are multiples of this many steps (bf16 pairs must not straddle two
+    /// slices; AMX tiles take 32 steps at a time).
+    pub(crate) depth_align: usize,
     pub(crate) act: Act,
 }
 
@@ -103,6 +106,9 @@ pub struct Kernel<E> {
 /// activations rounded to bf16); fewer rows are memory-bound and widen the weights to f32
 /// instead, keeping f32 activations.
 pub(crate) const DOT_MIN_ROWS: usize = 4;
+
+/// bf16 GEMMs with at least this many rows use the AMX kernel on the `Amx` path.
+pub(crate) const AMX_MIN_ROWS: usize = 16;
 
 /// A weight element the packed GEMM can store: its panel layout and its micro-kernels.
 pub trait PanelElem: super::huge_pages::ZeroBits + Default {
@@ -123,6 +129,7 @@ fn portable<E: PanelElem>() -> Kernel<E> {
         mr: MR_AVX2,
         np: 1,
         kc: 256,
+        depth_align: 2,
         act: Act::F32,
     }
 }
@@ -149,7 +156,7 @@ impl PanelElem for f32 {
                 ..portable()
             },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => super::packed_avx512::f32_kernel(),
+            Isa::Avx512 | Isa::Amx => super::packed_avx512::f32_kernel(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => portable(),
         }
@@ -178,9 +185,11 @@ impl PanelElem for bf16 {
                 ..portable()
             },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if m >= DOT_MIN_ROWS => super::packed_avx512::bf16_dot_kernel(),
+            Isa::Amx if m >= AMX_MIN_ROWS => super::packed_amx::bf16_amx_kernel(),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => super::packed_avx512::bf16_widen_kernel(),
+            Isa::Avx512 | Isa::Amx if m >= DOT_MIN_ROWS => super::packed_avx512::bf16_dot_kernel(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Amx => super::packed_avx512::bf16_widen_kernel(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => portable(),
         }

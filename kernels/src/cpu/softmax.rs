@@ -21,7 +21,7 @@ pub fn exp_weights_on(isa: Isa, dst: &mut [f32], src: &[f32], shift: f32, scale:
         // SAFETY: the path's features were checked when `isa` was chosen; both slices
         // hold `n` elements.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { exp_weights_avx512(d, s, n, shift, scale) },
+        Isa::Avx512 | Isa::Amx => unsafe { exp_weights_avx512(d, s, n, shift, scale) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { exp_weights_avx2(d, s, n, shift, scale) },
         _ => {
