@@ -108,7 +108,7 @@ pub struct Kernel<E> {
 pub(crate) const DOT_MIN_ROWS: usize = 4;
 
 /// bf16 GEMMs with at least this many rows use the AMX kernel on the `Amx` path.
-pub(crate) const AMX_MIN_ROWS: usize = 16;
+pub(crate) const AMX_MIN_ROWS: usize = DOT_MIN_ROWS;
 
 /// A weight element the packed GEMM can store: its panel layout and its micro-kernels.
 pub trait PanelElem: super::huge_pages::ZeroBits + Default {
