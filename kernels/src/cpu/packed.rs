@@ -18,7 +18,7 @@
 
 use super::huge_pages::HugePageBuf;
 use super::isa::{self, Isa};
-use super::pack_x::{bf16_pairs, pack_activations};
+use super::pack_x::{bf16_pairs, pack_activations, pairs_view, PairLine};
 use super::packed_kernel::{Act, Kernel, Tile, XLayout};
 pub use super::packed_kernel::{PanelElem, PANEL};
 use super::team::{self, SendPtr};
@@ -172,14 +172,16 @@ impl<E: PanelElem> PackedMatrix<E> {
             }
             Act::Bf16Pairs => {
                 pairs = PAIRS_X.take();
-                bf16_pairs(isa, &mut pairs, x, m, k);
-                // Rows up to the tile's height are readable (the AMX kernel loads whole
-                // 16-row tiles; rows past `m` are never stored).
-                pairs.resize(m_pad * k.div_ceil(2), 0);
+                // Rows start on cache lines where the kernel reads whole lines (AMX: a
+                // stride of 16 pairs or more), and rows up to the tile's height are
+                // readable (AMX loads whole 16-row tiles; rows past `m` are never stored).
+                let stride = k.div_ceil(2).next_multiple_of(kern.depth_align / 2);
+                let view = pairs_view(&mut pairs, m_pad * stride);
+                bf16_pairs(isa, view, x, m, k, stride);
                 Activations {
                     x: &[],
-                    pairs: &pairs,
-                    layout: XLayout::Pairs(k.div_ceil(2)),
+                    pairs: view,
+                    layout: XLayout::Pairs(stride),
                 }
             }
         };
@@ -287,7 +289,7 @@ thread_local! {
     /// step does not page-fault in a fresh buffer per layer).
     static PACKED_X: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     /// The same for activations rounded to bf16 pairs.
-    static PAIRS_X: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+    static PAIRS_X: std::cell::Cell<Vec<PairLine>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Panels (here: groups of panels) per task: about four tasks per thread, so a thread
