@@ -25,6 +25,7 @@
 //! ```
 
 mod audit;
+mod config;
 mod device;
 mod error;
 mod events;
@@ -36,9 +37,10 @@ mod stats;
 mod swap;
 
 pub use audit::InvariantViolation;
+pub use config::BlockManagerConfig;
 pub use error::BlockError;
 pub use events::KvEvent;
-pub use manager::{Allocation, BlockManager, BlockManagerConfig, PrefixHit};
+pub use manager::{Allocation, BlockManager, PrefixHit};
 pub use pool::{BlockPool, PoolStats};
 pub use prefix_cache::{chain_hash, PageLink, ROOT_HASH};
 pub use stats::KvStats;

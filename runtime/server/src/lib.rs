@@ -16,6 +16,7 @@ pub mod listener;
 mod logprobs;
 pub mod metrics;
 pub mod openapi;
+mod response_builder;
 mod responses;
 mod structured;
 mod tool_calls;

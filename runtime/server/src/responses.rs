@@ -16,22 +16,21 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json as AxumJson;
 use serde_json::{json, Value as Json};
 
 use crate::api_responses::{
-    AssistantRole, ErrorBody, IncompleteDetails, InputTokensDetails, ItemStatus, OutputItem,
-    OutputText, OutputTokensDetails, ResponseEcho, ResponseError, ResponseObject,
-    ResponseObjectKind, ResponseStatus, ResponseUsage,
+    ErrorBody, ResponseEcho, ResponseError, ResponseObject, ResponseStatus,
 };
 use crate::api_types::Sampling;
 use crate::caps;
 use crate::chat::{call_id_prefix, prepare, Prepared, ToolFields};
 use crate::error::ApiError;
-use crate::generation::{collect, last_error, sse_stream, submit_all, Usage};
+use crate::generation::{collect, last_error, sse_stream, submit_all};
 use crate::handlers::{check_model, now, parse, Body, S};
+pub(crate) use crate::response_builder::EVENTS;
+use crate::response_builder::{sse, ResponseBuilder, ResponseHead};
 use crate::structured;
 use crate::tool_calls::{Piece, ToolCallStream};
 use crate::validate::{content_text, sampling_params};
@@ -236,226 +235,6 @@ fn input_messages(instructions: Option<&str>, input: &Json) -> Result<Vec<ChatMe
         }
     }
     Ok(msgs)
-}
-
-/// Every event a streamed response sends (the OpenAPI document lists them; `emit` checks
-/// it sends no other).
-pub(crate) const EVENTS: [&str; 13] = [
-    "response.created",
-    "response.in_progress",
-    "response.output_item.added",
-    "response.content_part.added",
-    "response.output_text.delta",
-    "response.output_text.done",
-    "response.content_part.done",
-    "response.function_call_arguments.delta",
-    "response.function_call_arguments.done",
-    "response.output_item.done",
-    "response.completed",
-    "response.incomplete",
-    "response.failed",
-];
-
-/// The output items of a response as its text is parsed, and the events that build them.
-struct ResponseBuilder {
-    id: String,
-    items: Vec<OutputItem>,
-    /// The item still growing (a message or a function call), by index into `items`.
-    open: Option<usize>,
-    seq: u64,
-    events: Vec<(String, Json)>,
-}
-
-/// An item as an event carries it.
-fn item_json(item: &OutputItem) -> Json {
-    json!(item)
-}
-
-impl ResponseBuilder {
-    fn new(id: String) -> Self {
-        ResponseBuilder {
-            id,
-            items: vec![],
-            open: None,
-            seq: 0,
-            events: vec![],
-        }
-    }
-
-    fn emit(&mut self, kind: &str, mut body: Json) {
-        debug_assert!(EVENTS.contains(&kind), "{kind} is not in EVENTS");
-        body["type"] = json!(kind);
-        body["sequence_number"] = json!(self.seq);
-        self.seq += 1;
-        self.events.push((kind.to_string(), body));
-    }
-
-    /// Ends the growing item (its `done` events).
-    fn close(&mut self) {
-        let Some(i) = self.open.take() else { return };
-        let item_id = self.items[i].id().to_string();
-        let done = match &mut self.items[i] {
-            OutputItem::Message {
-                status, content, ..
-            } => {
-                *status = ItemStatus::Completed;
-                let part = content.first().cloned().unwrap_or_else(OutputText::empty);
-                [
-                    (
-                        "response.output_text.done",
-                        json!({"item_id": item_id, "output_index": i, "content_index": 0,
-                               "text": part.text, "logprobs": []}),
-                    ),
-                    (
-                        "response.content_part.done",
-                        json!({"item_id": item_id, "output_index": i, "content_index": 0,
-                               "part": part}),
-                    ),
-                ]
-                .to_vec()
-            }
-            OutputItem::FunctionCall {
-                status, arguments, ..
-            } => {
-                *status = ItemStatus::Completed;
-                vec![(
-                    "response.function_call_arguments.done",
-                    json!({"item_id": item_id, "output_index": i, "arguments": arguments}),
-                )]
-            }
-        };
-        for (kind, body) in done {
-            self.emit(kind, body);
-        }
-        let item = item_json(&self.items[i]);
-        self.emit(
-            "response.output_item.done",
-            json!({"output_index": i, "item": item}),
-        );
-    }
-
-    fn open_item(&mut self, item: OutputItem) -> usize {
-        self.close();
-        let i = self.items.len();
-        let body = json!({"output_index": i, "item": item_json(&item)});
-        self.items.push(item);
-        self.open = Some(i);
-        self.emit("response.output_item.added", body);
-        i
-    }
-
-    /// The open message's index, opening one (and its text part) if none is open.
-    fn open_message(&mut self) -> usize {
-        if let Some(i) = self.open {
-            if matches!(self.items[i], OutputItem::Message { .. }) {
-                return i;
-            }
-        }
-        let item_id = format!("msg_{}_{}", self.id, self.items.len());
-        let i = self.open_item(OutputItem::Message {
-            id: item_id.clone(),
-            status: ItemStatus::InProgress,
-            role: AssistantRole::Is,
-            content: vec![],
-        });
-        let part = OutputText::empty();
-        self.emit(
-            "response.content_part.added",
-            json!({"item_id": item_id, "output_index": i, "content_index": 0, "part": part}),
-        );
-        if let OutputItem::Message { content, .. } = &mut self.items[i] {
-            content.push(part);
-        }
-        i
-    }
-
-    fn add(&mut self, pieces: &[Piece]) {
-        for p in pieces {
-            match p {
-                Piece::Content(s) if s.is_empty() => {}
-                Piece::Content(s) => {
-                    let i = self.open_message();
-                    if let OutputItem::Message { content, .. } = &mut self.items[i] {
-                        if let Some(part) = content.first_mut() {
-                            part.text.push_str(s);
-                        }
-                    }
-                    let item_id = self.items[i].id().to_string();
-                    self.emit(
-                        "response.output_text.delta",
-                        json!({"item_id": item_id,
-                        "output_index": i, "content_index": 0, "delta": s, "logprobs": []}),
-                    );
-                }
-                Piece::Call { id, name, .. } => {
-                    self.open_item(OutputItem::FunctionCall {
-                        id: format!("fc_{}_{}", self.id, self.items.len()),
-                        call_id: id.clone(),
-                        name: name.clone(),
-                        arguments: String::new(),
-                        status: ItemStatus::InProgress,
-                    });
-                }
-                Piece::Args { args, .. } => {
-                    let Some(i) = self.open else { continue };
-                    let OutputItem::FunctionCall { id, arguments, .. } = &mut self.items[i] else {
-                        continue;
-                    };
-                    arguments.push_str(args);
-                    let item_id = id.clone();
-                    self.emit(
-                        "response.function_call_arguments.delta",
-                        json!({"item_id": item_id,
-                        "output_index": i, "delta": args}),
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// The fixed parts of the response object.
-struct ResponseHead {
-    id: String,
-    created_at: u64,
-    model: String,
-    echo: ResponseEcho,
-}
-
-impl ResponseHead {
-    fn object(
-        &self,
-        status: ResponseStatus,
-        output: &[OutputItem],
-        usage: Option<&Usage>,
-    ) -> ResponseObject {
-        ResponseObject {
-            id: self.id.clone(),
-            object: ResponseObjectKind::Is,
-            created_at: self.created_at,
-            status,
-            model: self.model.clone(),
-            output: output.to_vec(),
-            error: None,
-            incomplete_details: (status == ResponseStatus::Incomplete).then(|| IncompleteDetails {
-                reason: "max_output_tokens".into(),
-            }),
-            usage: usage.map(|u| ResponseUsage {
-                input_tokens: u.prompt,
-                input_tokens_details: InputTokensDetails {
-                    cached_tokens: u.cached,
-                },
-                output_tokens: u.completion,
-                output_tokens_details: OutputTokensDetails::default(),
-                total_tokens: u.prompt + u.completion,
-            }),
-            echo: self.echo.clone(),
-        }
-    }
-}
-
-fn sse(kind: &str, body: &Json) -> Event {
-    Event::default().event(kind).data(body.to_string())
 }
 
 #[utoipa::path(
