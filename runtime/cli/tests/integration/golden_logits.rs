@@ -26,17 +26,40 @@ fn first_step_logits_with_an_f16_kv_cache_stay_close() {
 
 const F16_KV_LOGIT_TOL: f32 = 0.05;
 
-/// With bf16 weights (each rounded by up to 2^-9 relative) the logits move by a few
-/// hundredths; the argmax of every prompt still matches.
+/// With bf16 weights (each rounded by up to 2^-9 relative) the logits move by up to a few
+/// tenths; the argmax of every prompt still matches. Two bounds, because the kernel paths
+/// round differently: the AVX2 and portable paths keep the activations in f32 (only the
+/// weights are rounded: 0.16 measured here), while the AVX-512 dot-product and AMX kernels
+/// also round each GEMM's activations to bf16 once, as oneDNN does (measured 0.25 with
+/// `vdpbf16ps` on an Intel Xeon, 0.30 with AMX tiles; their GEMMs agree to 1e-5 on the
+/// same inputs, so the spread is bf16 noise amplified through 30 layers, not a kernel
+/// fault). Both are checked where the machine has them.
 #[test]
 fn first_step_logits_with_bf16_weights_stay_close() {
-    let err = first_step_logit_error(WeightDtype::Bf16, KvDtype::F32);
-    eprintln!("bf16 weights: max abs logit difference {err}");
-    assert!(err < BF16_LOGIT_TOL, "max abs logit difference {err}");
-    assert!(err > 1e-3, "bf16 weights were not used ({err})");
+    use kernels::cpu::isa::{self, Isa};
+    for path in [Isa::Avx2, isa::selected()] {
+        if !path.supported() {
+            eprintln!("no {path} path on this CPU: its bound is not checked here");
+            continue;
+        }
+        let err = isa::with_isa(path, || {
+            first_step_logit_error(WeightDtype::Bf16, KvDtype::F32)
+        });
+        let tol = if path >= Isa::Avx512 {
+            BF16_ACTIVATIONS_LOGIT_TOL
+        } else {
+            BF16_LOGIT_TOL
+        };
+        eprintln!("bf16 weights, {path}: max abs logit difference {err} (bound {tol})");
+        assert!(err < tol, "{path}: max abs logit difference {err}");
+        assert!(err > 1e-3, "bf16 weights were not used ({err})");
+    }
 }
 
+/// bf16 weights, f32 activations.
 const BF16_LOGIT_TOL: f32 = 0.25;
+/// bf16 weights and bf16-rounded GEMM activations.
+const BF16_ACTIVATIONS_LOGIT_TOL: f32 = 0.4;
 
 /// The max abs difference of the four prompts' first-step logits from the reference (and
 /// each argmax must match), with weights stored as `dtype` and the cache as `kv_dtype`.
