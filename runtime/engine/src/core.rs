@@ -333,6 +333,8 @@ impl<B: Backend> EngineCore<B> {
             vocab,
             &mut masks,
         );
+        // The draws hold copies of what they keep: the logits' memory serves the next step.
+        self.model.recycle_logits(logits);
         for (row, sc) in plan.seqs.iter().filter(|s| s.samples).enumerate() {
             let (Some(st), Some((s, raw, failed))) =
                 (self.samples.get_mut(&sc.seq), drawn[row].take())

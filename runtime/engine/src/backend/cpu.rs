@@ -96,6 +96,26 @@ impl Backend for CpuBackend {
                 problem: format!("{n} elements from a buffer of {}", buf.len()),
             })
     }
+    fn download_into(
+        &self,
+        buf: &mut Vec<f32>,
+        n: usize,
+        host: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        if buf.len() == n && host.len() == n {
+            // The step's logits stay where the GEMM wrote them; the scratch pool gets the
+            // last step's host buffer, of the same length.
+            std::mem::swap(buf, host);
+            return Ok(());
+        }
+        let src = buf.get(..n).ok_or_else(|| BackendError::Mismatch {
+            op: "download",
+            problem: format!("{n} elements from a buffer of {}", buf.len()),
+        })?;
+        host.clear();
+        host.extend_from_slice(src);
+        Ok(())
+    }
     fn upload_weight(
         &self,
         data: Vec<f32>,

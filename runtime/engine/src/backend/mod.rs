@@ -104,6 +104,19 @@ pub trait Backend: Sync {
     fn kv_upload(&self, data: Vec<f32>, dtype: KvDtype) -> Result<Self::KvBuf, BackendError>;
     fn upload(&self, data: Vec<f32>) -> Result<Self::Buf, BackendError>;
     fn download(&self, buf: &Self::Buf, n: usize) -> Result<Vec<f32>, BackendError>;
+    /// The first `n` elements of `buf` into `host` (resized to `n`), reusing `host`'s
+    /// memory: the logits of a step, whose host buffer the engine hands back for the next
+    /// one. `buf` may be left holding anything of its length (it is scratch): the CPU
+    /// backend trades the two buffers instead of copying.
+    fn download_into(
+        &self,
+        buf: &mut Self::Buf,
+        n: usize,
+        host: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        *host = self.download(buf, n)?;
+        Ok(())
+    }
     /// A weight matrix `[data.len() / cols, cols]` stored as `dtype` (values rounded to
     /// it), in whatever layout the backend's GEMM wants.
     fn upload_weight(

@@ -6,6 +6,7 @@
 //! GEMM + residual. All tokens of all sequences in a step go through each GEMM together.
 
 use kernels::cpu::Rope;
+use parking_lot::Mutex;
 
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
@@ -40,6 +41,8 @@ pub struct LlamaModel<B: Backend> {
     rope: Rope,
     /// The last forward pass's buffers, for the next one.
     scratch: ScratchPool<B>,
+    /// Host buffers for the logits, handed back by the engine (`Model::recycle_logits`).
+    host_logits: Mutex<Vec<Vec<f32>>>,
 }
 
 fn concat(parts: Vec<Vec<f32>>) -> Vec<f32> {
@@ -109,6 +112,7 @@ impl<B: Backend> LlamaModel<B> {
             rope: Self::rope(&cfg),
             config: cfg,
             scratch: ScratchPool::new(SCRATCH_BUFFERS),
+            host_logits: Mutex::new(Vec::new()),
         })
     }
 
@@ -208,7 +212,8 @@ impl<B: Backend> LlamaModel<B> {
             let head = self.lm_head.as_ref().unwrap_or(&self.embed);
             let mut out = self.scratch.take(b, rows * c.vocab_size)?;
             b.linear(&mut out, &normed, head, None, rows, e, c.vocab_size)?;
-            logits = b.download(&out, rows * c.vocab_size)?;
+            logits = self.host_logits.lock().pop().unwrap_or_default();
+            b.download_into(&mut out, rows * c.vocab_size, &mut logits)?;
             for (n, buf) in [
                 (rows * e, last),
                 (rows * e, normed),
@@ -241,5 +246,14 @@ impl<B: Backend> Model<B> for LlamaModel<B> {
         cache: &mut KvCache<B>,
     ) -> Result<Vec<f32>, BackendError> {
         self.forward_pass(backend, batch, cache)
+    }
+
+    fn recycle_logits(&self, logits: Vec<f32>) {
+        let mut pool = self.host_logits.lock();
+        // One step's logits are in flight at a time; a second buffer covers a caller that
+        // runs a pass before handing the last one back.
+        if pool.len() < 2 {
+            pool.push(logits);
+        }
     }
 }
