@@ -89,12 +89,7 @@ impl Backend for CpuBackend {
         Ok(data)
     }
     fn download(&self, buf: &Vec<f32>, n: usize) -> Result<Vec<f32>, BackendError> {
-        buf.get(..n)
-            .map(<[f32]>::to_vec)
-            .ok_or_else(|| BackendError::Mismatch {
-                op: "download",
-                problem: format!("{n} elements from a buffer of {}", buf.len()),
-            })
+        download_prefix(buf, n).map(<[f32]>::to_vec)
     }
     fn download_into(
         &self,
@@ -108,10 +103,7 @@ impl Backend for CpuBackend {
             std::mem::swap(buf, host);
             return Ok(());
         }
-        let src = buf.get(..n).ok_or_else(|| BackendError::Mismatch {
-            op: "download",
-            problem: format!("{n} elements from a buffer of {}", buf.len()),
-        })?;
+        let src = download_prefix(buf, n)?;
         host.clear();
         host.extend_from_slice(src);
         Ok(())
@@ -285,4 +277,13 @@ impl Backend for CpuBackend {
         dev.swap_from(host, layout, pairs);
         Ok(())
     }
+}
+
+/// The first `n` elements of `buf`, the part a download returns, or the error naming both
+/// lengths (`download` and `download_into`).
+fn download_prefix(buf: &[f32], n: usize) -> Result<&[f32], BackendError> {
+    buf.get(..n).ok_or_else(|| BackendError::Mismatch {
+        op: "download",
+        problem: format!("{n} elements from a buffer of {}", buf.len()),
+    })
 }
