@@ -20,6 +20,8 @@ pub mod packed;
 mod packed_amx;
 #[cfg(target_arch = "x86_64")]
 mod packed_avx512;
+/// `PackedMatrix::linear_silu_mul`: the gate/up projection fused with its SiLU.
+mod packed_fused;
 /// The AMX tile-product ceiling loop (`cpu-roofline`).
 #[cfg(target_arch = "x86_64")]
 #[doc(hidden)]

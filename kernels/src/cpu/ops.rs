@@ -147,6 +147,39 @@ pub fn silu_and_mul_on(isa: Isa, out: &mut [f32], gate_up: &[f32], inter: usize)
     });
 }
 
+/// `out[r, j] = silu(src[r, j]) * src[r, width + j]` for `rows` rows: the epilogue of the
+/// fused gate/up projection (`packed_fused`), whose scratch rows are `[gate | up]` slices
+/// of `width`. The same per-lane code as `silu_and_mul`, so the same bits when `width` is a
+/// multiple of the vector width.
+///
+/// # Safety
+/// `isa` is supported; `out` covers `rows` rows of `out_stride` with `width` writable
+/// elements each, which no other thread touches; `src` holds `rows` rows of `src_stride`
+/// elements, each at least `2 * width`.
+pub(crate) unsafe fn silu_mul_rows_on(
+    isa: Isa,
+    rows: usize,
+    width: usize,
+    (out, out_stride): (*mut f32, usize),
+    (src, src_stride): (&[f32], usize),
+) {
+    let row = |r: usize| {
+        let o = std::slice::from_raw_parts_mut(out.add(r * out_stride), width);
+        let (gate, up) = src[r * src_stride..][..2 * width].split_at(width);
+        (o, gate, up)
+    };
+    for r in 0..rows {
+        let (o, gate, up) = row(r);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Amx => silu_mul_avx512(o, gate, up),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => silu_mul_avx2(o, gate, up),
+            _ => silu_mul_scalar(o, gate, up),
+        }
+    }
+}
+
 fn silu_mul_scalar(out: &mut [f32], gate: &[f32], up: &[f32]) {
     for ((ov, &a), &b) in out.iter_mut().zip(gate).zip(up) {
         *ov = a / (1.0 + (-a).exp()) * b;

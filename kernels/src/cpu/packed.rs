@@ -25,7 +25,7 @@ use super::team::{self, SendPtr};
 
 /// Activation rows per L2 block (a multiple of the AVX kernels' rows per tile, 6 and 8;
 /// rounded up to a multiple of 32 for the AMX kernel's).
-const MC: usize = 264;
+pub(super) const MC: usize = 264;
 
 /// Blocking choices of one call; `Default` is what `linear` uses. Public (hidden) so that a
 /// benchmark can compare choices in one process, interleaved.
@@ -132,12 +132,36 @@ impl<E: PanelElem> PackedMatrix<E> {
     /// `linear_on` with given blocking choices (benchmarks).
     #[doc(hidden)]
     pub fn linear_tuned(&self, isa: Isa, out: &mut [f32], x: &[f32], m: usize, tune: Tuning) {
-        let (n, k) = (self.rows, self.cols);
-        assert!(out.len() >= m * n && x.len() >= m * k);
+        let n = self.rows;
+        assert!(out.len() >= m * n && x.len() >= m * self.cols);
         assert!(isa.supported(), "this CPU has no {isa} path");
         if m == 0 || n == 0 {
             return;
         }
+        self.with_call(isa, x, m, tune, |call| {
+            let groups = n.div_ceil(PANEL).div_ceil(call.kern.np);
+            let per_task = panels_per_task(groups, team::threads());
+            let out_ptr = SendPtr(out.as_mut_ptr());
+            team::for_each_task(groups.div_ceil(per_task), |task| {
+                let g0 = task * per_task;
+                let g1 = (g0 + per_task).min(groups);
+                // SAFETY: each task writes only the output columns of its own panels.
+                unsafe { self.groups_into(out_ptr, call, g0..g1) };
+            });
+        });
+    }
+
+    /// Brings `x[m, cols]` into the form the kernel for `isa` and `m` rows reads, chooses
+    /// the call's blocking, and runs `run` with it.
+    pub(super) fn with_call(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        m: usize,
+        tune: Tuning,
+        run: impl FnOnce(&Call<E>),
+    ) {
+        let k = self.cols;
         let kern = E::kernel(isa, m);
         let m_pad = m.div_ceil(kern.mr) * kern.mr;
         let x_bytes = match kern.act {
@@ -156,7 +180,7 @@ impl<E: PanelElem> PackedMatrix<E> {
         let (mut packed, mut pairs) = (Vec::new(), Vec::new());
         let xs = match kern.act {
             // Decode-sized inputs of matrices with few output columns are read in place.
-            Act::F32 if full_depth && n <= tune.in_place_max_cols => Activations {
+            Act::F32 if full_depth && self.rows <= tune.in_place_max_cols => Activations {
                 x,
                 pairs: &[],
                 layout: XLayout::Rows(k),
@@ -185,21 +209,12 @@ impl<E: PanelElem> PackedMatrix<E> {
                 }
             }
         };
-        let call = Call {
+        run(&Call {
             kern: &kern,
             xs,
             m,
             kc,
             decode_order: x_bytes <= tune.x_in_l2_bytes,
-        };
-        let groups = n.div_ceil(PANEL).div_ceil(kern.np);
-        let per_task = panels_per_task(groups, team::threads());
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        team::for_each_task(groups.div_ceil(per_task), |task| {
-            let g0 = task * per_task;
-            let g1 = (g0 + per_task).min(groups);
-            // SAFETY: each task writes only the output columns of its own panels.
-            unsafe { self.groups_into(out_ptr, &call, g0..g1) };
         });
         if !packed.is_empty() {
             PACKED_X.set(packed);
@@ -218,8 +233,9 @@ impl<E: PanelElem> PackedMatrix<E> {
         if c.decode_order {
             // Decode-sized: group by group, each read front to back.
             for g in range {
+                let dst = self.group_out(out, c, g);
                 for k0 in (0..k).step_by(c.kc) {
-                    self.slice_into(out, c, k0, 0..c.m, g);
+                    self.slice_into(dst, c, k0, 0..c.m, g);
                 }
             }
         } else {
@@ -233,21 +249,33 @@ impl<E: PanelElem> PackedMatrix<E> {
             for i0 in (0..c.m).step_by(mc) {
                 for k0 in (0..k).step_by(c.kc) {
                     for g in range.clone() {
-                        self.slice_into(out, c, k0, i0..(i0 + mc).min(c.m), g);
+                        let dst = self.group_out(out, c, g);
+                        self.slice_into(dst, c, k0, i0..(i0 + mc).min(c.m), g);
                     }
                 }
             }
         }
     }
 
-    /// Depth slice `k0..k0 + kc` of panel group `g` applied to activation rows `rows`.
+    /// Where panel group `g` of a `linear` writes: its columns of `out[m, rows]`.
+    fn group_out(&self, out: SendPtr<f32>, c: &Call<E>, g: usize) -> GroupOut {
+        GroupOut {
+            // SAFETY (of the later writes): `out` holds `m * rows` elements.
+            ptr: out.get().wrapping_add(g * c.kern.np * PANEL),
+            stride: self.rows,
+            row0: 0,
+        }
+    }
+
+    /// Depth slice `k0..k0 + kc` of panel group `g` applied to activation rows `rows`,
+    /// written (or added, past the first slice) to `dst`.
     ///
     /// # Safety
-    /// As for `groups_into`.
+    /// `dst` covers `rows` and the group's columns, and no other thread writes them.
     #[inline]
-    unsafe fn slice_into(
+    pub(super) unsafe fn slice_into(
         &self,
-        out: SendPtr<f32>,
+        dst: GroupOut,
         c: &Call<E>,
         k0: usize,
         rows: std::ops::Range<usize>,
@@ -274,8 +302,8 @@ impl<E: PanelElem> PackedMatrix<E> {
                 w: w.as_ptr(),
                 panel_stride: self.panel_stride(),
                 depth,
-                out: out.get().add(ir * n + p * PANEL),
-                out_stride: n,
+                out: dst.ptr.add((ir - dst.row0) * dst.stride),
+                out_stride: dst.stride,
                 cols: (c.kern.np * PANEL).min(n - p * PANEL),
                 accumulate: k0 > 0,
             };
@@ -299,7 +327,7 @@ thread_local! {
 /// projections) tasks of 5, 5, 5, 5, 5, 5, 5 and 1 panels, one thread doing 20 while the
 /// other did 16; tasks of 3 give 18 each. A probe at 64 rows, alternated: 576 -> 576
 /// 198.6 -> 216.7 GFLOP/s, 1,536 -> 576 202.6 -> 220.4, 576 -> 960 208.7 -> 220.1.
-fn panels_per_task(panels: usize, threads: usize) -> usize {
+pub(super) fn panels_per_task(panels: usize, threads: usize) -> usize {
     let base = panels.div_ceil(threads * 4).max(1);
     // The most any thread does when tasks are taken in turn.
     let busiest = |per: usize| panels.div_ceil(per).div_ceil(threads) * per;
@@ -319,6 +347,15 @@ fn depth_slice(k: usize, kc: usize, align: usize) -> usize {
         .max(align)
 }
 
+/// Where one panel group's tiles write: output row `i`, the group's column `j`, goes to
+/// `ptr + (i - row0) * stride + j` (the layer's output, or a fused kernel's scratch).
+#[derive(Clone, Copy)]
+pub(super) struct GroupOut {
+    pub(super) ptr: *mut f32,
+    pub(super) stride: usize,
+    pub(super) row0: usize,
+}
+
 /// The activations a call reads, in the form its kernel takes.
 #[derive(Clone, Copy)]
 struct Activations<'a> {
@@ -328,18 +365,18 @@ struct Activations<'a> {
 }
 
 /// What every tile of one call shares.
-struct Call<'a, E> {
-    kern: &'a Kernel<E>,
+pub(super) struct Call<'a, E> {
+    pub(super) kern: &'a Kernel<E>,
     xs: Activations<'a>,
-    m: usize,
+    pub(super) m: usize,
     /// Depth slice.
-    kc: usize,
+    pub(super) kc: usize,
     /// Group by group with whole-depth passes (decode-sized), or row blocks (prefill).
-    decode_order: bool,
+    pub(super) decode_order: bool,
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use half::bf16;
 
@@ -381,7 +418,7 @@ mod tests {
 
     /// f64 `x · wᵀ` with the weights as `E` stores them (rounded), and the activations
     /// rounded to bf16 too when `round_x` (the dot-product kernel's inputs).
-    fn reference<E: PanelElem>(
+    pub(in crate::cpu) fn reference<E: PanelElem>(
         x: &[f32],
         w: &[f32],
         (m, k, n): (usize, usize, usize),
@@ -407,7 +444,7 @@ mod tests {
 
     /// Every blocking a call can take: the defaults, activations always packed, always
     /// sliced in depth, and the prefill loop order for small inputs.
-    fn tunings() -> [Tuning; 4] {
+    pub(in crate::cpu) fn tunings() -> [Tuning; 4] {
         let d = Tuning::default();
         [
             d,
@@ -427,13 +464,19 @@ mod tests {
         ]
     }
 
-    fn check<E: PanelElem>(isa: Isa, (m, k, n): (usize, usize, usize)) {
-        let x: Vec<f32> = (0..m * k)
+    /// Deterministic activations `[m, k]` and weights `[n, k]` in [-0.5, 0.5).
+    pub(in crate::cpu) fn operands(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = (0..m * k)
             .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
             .collect();
-        let w: Vec<f32> = (0..n * k)
+        let w = (0..n * k)
             .map(|i| ((i * 104729) % 89) as f32 / 89.0 - 0.5)
             .collect();
+        (x, w)
+    }
+
+    fn check<E: PanelElem>(isa: Isa, (m, k, n): (usize, usize, usize)) {
+        let (x, w) = operands(m, k, n);
         let p = PackedMatrix::<E>::pack(&w, n, k);
         let round_x = E::kernel(isa, m).act == Act::Bf16Pairs;
         let want = reference::<E>(&x, &w, (m, k, n), round_x);

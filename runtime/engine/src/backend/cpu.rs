@@ -232,6 +232,24 @@ impl Backend for CpuBackend {
         );
         Ok(())
     }
+    fn gate_up_silu(
+        &self,
+        act: &mut Vec<f32>,
+        _gate_up: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &CpuWeight,
+        m: usize,
+        kk: usize,
+        inter: usize,
+    ) -> Result<(), BackendError> {
+        debug_assert_eq!(w.shape(), (2 * inter, kk));
+        let (act, x) = (&mut act[..m * inter], &x[..m * kk]);
+        match w {
+            CpuWeight::F32(w) => w.linear_silu_mul(act, x, m),
+            CpuWeight::Bf16(w) => w.linear_silu_mul(act, x, m),
+        }
+        Ok(())
+    }
     fn add_inplace(&self, x: &mut Vec<f32>, y: &Vec<f32>, n: usize) -> Result<(), BackendError> {
         k::add_inplace(&mut x[..n], &y[..n]);
         Ok(())

@@ -186,6 +186,24 @@ pub trait Backend: Sync {
         tokens: usize,
     ) -> Result<(), BackendError>;
     fn add_inplace(&self, x: &mut Self::Buf, y: &Self::Buf, n: usize) -> Result<(), BackendError>;
+    /// `act[m, inter] = silu(x · gateᵀ) * (x · upᵀ)` with `w` the fused `[gate; up]`
+    /// weight (`2 * inter` rows): the first half of the MLP. The default is `linear` into
+    /// `gate_up` then `silu_and_mul`; a backend that fuses the two (the CPU's, so the
+    /// gate/up output never goes to memory) may leave `gate_up` untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn gate_up_silu(
+        &self,
+        act: &mut Self::Buf,
+        gate_up: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        m: usize,
+        k: usize,
+        inter: usize,
+    ) -> Result<(), BackendError> {
+        self.linear(gate_up, x, w, None, m, k, 2 * inter)?;
+        self.silu_and_mul(act, gate_up, inter, m)
+    }
     /// `residual += delta; delta = rms_norm(residual) * w` over the first `n` elements: the
     /// residual add that ends a block and the norm that starts the next, which a device
     /// backend runs as one kernel (one read of each row instead of three). The default is

@@ -191,8 +191,7 @@ impl<B: Backend> LlamaModel<B> {
             b.linear(&mut proj, &attn, &layer.o, None, t, qd, e)?;
             b.add_rms_norm(&mut x, &mut proj, &layer.post_norm, eps, t * e)?;
             std::mem::swap(&mut h, &mut proj);
-            b.linear(&mut gu, &h, &layer.gate_up, None, t, e, 2 * inter)?;
-            b.silu_and_mul(&mut act, &gu, inter, t)?;
+            b.gate_up_silu(&mut act, &mut gu, &h, &layer.gate_up, t, e, inter)?;
             b.linear(&mut proj, &act, &layer.down, None, t, inter, e)?;
             match self.layers.get(i + 1) {
                 Some(next) => {
