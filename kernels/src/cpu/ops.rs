@@ -135,16 +135,21 @@ pub fn silu_and_mul_on(isa: Isa, out: &mut [f32], gate_up: &[f32], inter: usize)
     for_row_blocks(&mut out[..n], inter, |r0, o| {
         for (i, o) in o.chunks_mut(inter).enumerate() {
             let (gate, up) = gate_up[(r0 + i) * 2 * inter..][..2 * inter].split_at(inter);
-            match isa {
-                // SAFETY: the path's features were checked when `isa` was chosen.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 | Isa::Amx => unsafe { silu_mul_avx512(o, gate, up) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { silu_mul_avx2(o, gate, up) },
-                _ => silu_mul_scalar(o, gate, up),
-            }
+            silu_mul_row_on(isa, o, gate, up);
         }
     });
+}
+
+/// `out[j] = silu(gate[j]) * up[j]`: one row of `silu_and_mul` on `isa`'s lane code.
+fn silu_mul_row_on(isa: Isa, out: &mut [f32], gate: &[f32], up: &[f32]) {
+    match isa {
+        // SAFETY: the path's features were checked when `isa` was chosen.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Amx => unsafe { silu_mul_avx512(out, gate, up) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { silu_mul_avx2(out, gate, up) },
+        _ => silu_mul_scalar(out, gate, up),
+    }
 }
 
 /// `out[r, j] = silu(src[r, j]) * src[r, width + j]` for `rows` rows: the epilogue of the
@@ -163,20 +168,10 @@ pub(crate) unsafe fn silu_mul_rows_on(
     (out, out_stride): (*mut f32, usize),
     (src, src_stride): (&[f32], usize),
 ) {
-    let row = |r: usize| {
+    for r in 0..rows {
         let o = std::slice::from_raw_parts_mut(out.add(r * out_stride), width);
         let (gate, up) = src[r * src_stride..][..2 * width].split_at(width);
-        (o, gate, up)
-    };
-    for r in 0..rows {
-        let (o, gate, up) = row(r);
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 | Isa::Amx => silu_mul_avx512(o, gate, up),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => silu_mul_avx2(o, gate, up),
-            _ => silu_mul_scalar(o, gate, up),
-        }
+        silu_mul_row_on(isa, o, gate, up);
     }
 }
 

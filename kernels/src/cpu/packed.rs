@@ -25,7 +25,7 @@ use super::team::{self, SendPtr};
 
 /// Activation rows per L2 block (a multiple of the AVX kernels' rows per tile, 6 and 8;
 /// rounded up to a multiple of 32 for the AMX kernel's).
-pub(super) const MC: usize = 264;
+const MC: usize = 264;
 
 /// Blocking choices of one call; `Default` is what `linear` uses. Public (hidden) so that a
 /// benchmark can compare choices in one process, interleaved.
@@ -245,7 +245,7 @@ impl<E: PanelElem> PackedMatrix<E> {
             // still in L2 when the next slice adds to it. With the depth loop outermost, a
             // 2048-row output (25 MB for gate/up) went to memory and back once per slice:
             // criterion, gate/up at 2048 rows, 100-107 -> 119-122 GFLOP/s.
-            let mc = MC.next_multiple_of(c.kern.mr);
+            let mc = c.row_block();
             for i0 in (0..c.m).step_by(mc) {
                 for k0 in (0..k).step_by(c.kc) {
                     for g in range.clone() {
@@ -373,6 +373,13 @@ pub(super) struct Call<'a, E> {
     pub(super) kc: usize,
     /// Group by group with whole-depth passes (decode-sized), or row blocks (prefill).
     pub(super) decode_order: bool,
+}
+
+impl<E> Call<'_, E> {
+    /// Activation rows per prefill-order block: `MC`, in whole tiles.
+    pub(super) fn row_block(&self) -> usize {
+        MC.next_multiple_of(self.kern.mr)
+    }
 }
 
 #[cfg(test)]

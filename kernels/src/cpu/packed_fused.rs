@@ -13,7 +13,7 @@
 
 use super::isa::{self, Isa};
 use super::ops::{silu_and_mul_on, silu_mul_rows_on};
-use super::packed::{panels_per_task, Call, GroupOut, PackedMatrix, PanelElem, Tuning, MC, PANEL};
+use super::packed::{panels_per_task, Call, GroupOut, PackedMatrix, PanelElem, Tuning, PANEL};
 use super::team::{self, SendPtr};
 
 impl<E: PanelElem> PackedMatrix<E> {
@@ -82,11 +82,7 @@ impl<E: PanelElem> PackedMatrix<E> {
         let width = c.kern.np * PANEL;
         // Decode-sized: each group pair read whole, for all rows; prefill-sized: blocks of
         // MC rows, as in `linear`.
-        let block = if c.decode_order {
-            c.m
-        } else {
-            MC.next_multiple_of(c.kern.mr)
-        };
+        let block = if c.decode_order { c.m } else { c.row_block() };
         let mut scratch = SCRATCH.take();
         let stride = 2 * width;
         let scr_len = block.min(c.m) * stride;
