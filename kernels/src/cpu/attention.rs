@@ -5,7 +5,9 @@
 //! `write_kv` first), so cached context, chunked prefill and decode are one code path.
 //! Softmax is computed online in f32 (running max and sum), one pass over the pages. The query
 //! heads of one KV head (GQA group) share each K/V read. Work is split over (token, KV head)
-//! across threads. The cache holds f32 or f16 (`KvElem`); scores and sums are f32 either way.
+//! across threads; on AVX-512, chunks of several tokens (prefill) go instead by blocks of
+//! query tokens, whose rows share each K/V read too (`attention_blocks`). The cache holds f32
+//! or f16 (`KvElem`); scores and sums are f32 either way.
 
 use super::isa::{self, Isa};
 use super::kv_store::KvElem;
@@ -74,16 +76,42 @@ pub fn paged_attention_on<E: AttentionElem>(
         "more than {MAX_GROUP} query heads per KV head"
     );
     let row = num_heads * hd;
-    // (sequence, position) of every query token.
-    let mut tokens = Vec::new();
-    for (s, c) in seqs.iter().enumerate() {
-        for i in 0..c.query_len {
-            tokens.push((c.query_start + i, s, c.context_len - c.query_len + i));
-        }
-    }
-    let out_ptr = SendPtr(out.as_mut_ptr());
     assert!(isa.supported(), "this CPU has no {isa} path");
     let vector = isa >= Isa::Avx2 && hd.is_multiple_of(16) && cfg!(target_arch = "x86_64");
+    // Chunks of several query tokens (prefill) go by query blocks on AVX-512
+    // (`attention_blocks`); decodes and short chunks one token at a time.
+    let by_blocks = vector && isa >= Isa::Avx512;
+    #[cfg(target_arch = "x86_64")]
+    let (per_block, min_len) = (
+        blocks_kernel::tokens_per_block(group),
+        blocks_kernel::MIN_QUERY_LEN,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    let (per_block, min_len) = (1, usize::MAX);
+    let mut blocks = Vec::new();
+    // (row, sequence, position) of every query token taken one at a time.
+    let mut tokens = Vec::new();
+    for (s, c) in seqs.iter().enumerate() {
+        let first = c.context_len - c.query_len;
+        if by_blocks && c.query_len >= min_len {
+            // A task takes up to `BLOCKS_PER_TASK` blocks of the chunk, one after another,
+            // so the later ones find the sequence's K and V in L2.
+            let span = per_block * BLOCKS_PER_TASK;
+            for b0 in (0..c.query_len).step_by(span) {
+                let n = span.min(c.query_len - b0);
+                blocks.push((c.query_start + b0, n, first + b0, s));
+            }
+        } else {
+            for i in 0..c.query_len {
+                tokens.push((c.query_start + i, s, first + i));
+            }
+        }
+    }
+    // Longest first: a prompt's last blocks read the most keys, and starting them first
+    // keeps the job's tail (one core busy, the other idle) short.
+    blocks.sort_by_key(|&(_, n, p0, _)| std::cmp::Reverse(p0 + n));
+    let block_tasks = blocks.len() * layout.num_kv_heads;
+    let out_ptr = SendPtr(out.as_mut_ptr());
     // A task is one token (all its KV heads, whose pages lie side by side), or, with too
     // few tokens to keep every core busy (a single decoding sequence), one (token, KV
     // head) of the vector kernel. (Splitting heads in 64-sequence decode steps too, with
@@ -91,7 +119,35 @@ pub fn paged_attention_on<E: AttentionElem>(
     // three interleaved pairs; split only for few tokens, 0.98-1.03x.)
     let heads_split = vector && tokens.len() < 4 * team::threads();
     let per_token = if heads_split { layout.num_kv_heads } else { 1 };
-    team::for_each_task(tokens.len() * per_token, |i| {
+    team::for_each_task(block_tasks + tokens.len() * per_token, |i| {
+        #[cfg(target_arch = "x86_64")]
+        if i < block_tasks {
+            let (t0, n, p0, s) = blocks[i / layout.num_kv_heads];
+            let inputs = blocks_kernel::BlockInputs {
+                q,
+                k_cache,
+                v_cache,
+                layout,
+                group,
+                scale,
+            };
+            // The span's last block first: it reads every key the others read.
+            for b0 in (0..n).step_by(per_block).rev() {
+                let block = blocks_kernel::QueryBlock {
+                    t0: t0 + b0,
+                    tokens: per_block.min(n - b0),
+                    p0: p0 + b0,
+                    kv_head: i % layout.num_kv_heads,
+                    table: seqs[s].block_table,
+                };
+                // SAFETY: AVX-512 was checked when `isa` was chosen, head_dim is a multiple
+                // of 16 and the group at most MAX_GROUP (asserted above); every task writes
+                // only its own (tokens, KV head) spans of `out`; spans share no tokens.
+                unsafe { blocks_kernel::attend_block(out_ptr.get(), &inputs, &block) };
+            }
+            return;
+        }
+        let i = i - block_tasks;
         let (t, s, pos) = tokens[i / per_token];
         let job = |span: std::ops::Range<usize>| TokenJob {
             // SAFETY: every task writes only its own (token, heads) span of `out`; tokens
@@ -167,7 +223,10 @@ pub trait AttentionElem: KvElem {}
 impl<E: KvElem> AttentionElem for E {}
 
 #[cfg(target_arch = "x86_64")]
-use super::{attention_avx2::Avx2, attention_avx512::Avx512, attention_pages::attend_kv_head};
+use super::{
+    attention_avx2::Avx2, attention_avx512::Avx512, attention_blocks as blocks_kernel,
+    attention_pages::attend_kv_head,
+};
 
 /// One query token's attention over its sequence.
 struct TokenJob<'a, E> {
@@ -187,6 +246,9 @@ struct TokenJob<'a, E> {
 unsafe fn attend_avx2<E: KvElem>(job: TokenJob<E>) {
     attend(job)
 }
+
+/// Query blocks (`attention_blocks`) one prefill task attends in turn.
+const BLOCKS_PER_TASK: usize = 4;
 
 /// Most query heads per KV head the CPU kernel handles (Llama 3 uses 4, Qwen2 up to 7).
 pub const MAX_GROUP: usize = 64;

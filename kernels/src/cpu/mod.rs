@@ -7,6 +7,8 @@ mod attention_avx2;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
 #[cfg(target_arch = "x86_64")]
+mod attention_blocks;
+#[cfg(target_arch = "x86_64")]
 mod attention_pages;
 pub mod cache_ops;
 pub mod huge_pages;
