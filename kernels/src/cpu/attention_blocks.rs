@@ -18,6 +18,11 @@
 //! K and V of a chunk (up to `KEY_CHUNK` keys, read through the block table) are widened to
 //! f32 once into a per-thread scratch that every row of the block reuses.
 //!
+//! Measured (`cpu-attention`, prefill 16 x 128 over 30 layers, f16 cache, the AMX Xeon,
+//! alternated with the per-token kernel): 131-141 ms -> 72-80 ms. What is left, by perf:
+//! the two FMA loops ~55 %, widening the chunk's K and V ~15 % (its loads wait on L2),
+//! the softmax ~10 %, the output rows' stores ~5-10 %.
+//!
 //! A row's result depends only on its query, its position and the cache, never on which
 //! block, chunk or batch it came in: each lane's sums run in the same order whatever the other
 //! lanes hold, and key chunks start at multiples of `KEY_CHUNK` from the sequence's start.
@@ -52,7 +57,7 @@ pub(crate) fn tokens_per_block(group: usize) -> usize {
     (MAX_ROWS / group.max(1)).clamp(1, MAX_TOKENS)
 }
 
-/// One task: `tokens` consecutive query tokens of one sequence, at rows `t0..` of the
+/// One block: `tokens` consecutive query tokens of one sequence, at rows `t0..` of the
 /// batch and positions `p0..`, against the pages of `table`, for KV head `kv_head`.
 pub(crate) struct QueryBlock<'a> {
     pub t0: usize,
