@@ -94,11 +94,8 @@ pub fn paged_attention_on<E: AttentionElem>(
     for (s, c) in seqs.iter().enumerate() {
         let first = c.context_len - c.query_len;
         if by_blocks && c.query_len >= min_len {
-            // A task takes up to `BLOCKS_PER_TASK` blocks of the chunk, one after another,
-            // so the later ones find the sequence's K and V in L2.
-            let span = per_block * BLOCKS_PER_TASK;
-            for b0 in (0..c.query_len).step_by(span) {
-                let n = span.min(c.query_len - b0);
+            for b0 in (0..c.query_len).step_by(per_block) {
+                let n = per_block.min(c.query_len - b0);
                 blocks.push((c.query_start + b0, n, first + b0, s));
             }
         } else {
@@ -111,6 +108,15 @@ pub fn paged_attention_on<E: AttentionElem>(
     // keeps the job's tail (one core busy, the other idle) short.
     blocks.sort_by_key(|&(_, n, p0, _)| std::cmp::Reverse(p0 + n));
     let block_tasks = blocks.len() * layout.num_kv_heads;
+    #[cfg(target_arch = "x86_64")]
+    let block_inputs = blocks_kernel::BlockInputs {
+        q,
+        k_cache,
+        v_cache,
+        layout,
+        group,
+        scale,
+    };
     let out_ptr = SendPtr(out.as_mut_ptr());
     // A task is one token (all its KV heads, whose pages lie side by side), or, with too
     // few tokens to keep every core busy (a single decoding sequence), one (token, KV
@@ -122,29 +128,18 @@ pub fn paged_attention_on<E: AttentionElem>(
     team::for_each_task(block_tasks + tokens.len() * per_token, |i| {
         #[cfg(target_arch = "x86_64")]
         if i < block_tasks {
-            let (t0, n, p0, s) = blocks[i / layout.num_kv_heads];
-            let inputs = blocks_kernel::BlockInputs {
-                q,
-                k_cache,
-                v_cache,
-                layout,
-                group,
-                scale,
+            let (t0, tokens, p0, s) = blocks[i / layout.num_kv_heads];
+            let block = blocks_kernel::QueryBlock {
+                t0,
+                tokens,
+                p0,
+                kv_head: i % layout.num_kv_heads,
+                table: seqs[s].block_table,
             };
-            // The span's last block first: it reads every key the others read.
-            for b0 in (0..n).step_by(per_block).rev() {
-                let block = blocks_kernel::QueryBlock {
-                    t0: t0 + b0,
-                    tokens: per_block.min(n - b0),
-                    p0: p0 + b0,
-                    kv_head: i % layout.num_kv_heads,
-                    table: seqs[s].block_table,
-                };
-                // SAFETY: AVX-512 was checked when `isa` was chosen, head_dim is a multiple
-                // of 16 and the group at most MAX_GROUP (asserted above); every task writes
-                // only its own (tokens, KV head) spans of `out`; spans share no tokens.
-                unsafe { blocks_kernel::attend_block(out_ptr.get(), &inputs, &block) };
-            }
+            // SAFETY: AVX-512 was checked when `isa` was chosen, head_dim is a multiple of
+            // 16 and the group at most MAX_GROUP (asserted above); every task writes only
+            // its own (tokens, KV head) spans of `out`, and blocks share no tokens.
+            unsafe { blocks_kernel::attend_block(out_ptr.get(), &block_inputs, &block) };
             return;
         }
         let i = i - block_tasks;
@@ -246,9 +241,6 @@ struct TokenJob<'a, E> {
 unsafe fn attend_avx2<E: KvElem>(job: TokenJob<E>) {
     attend(job)
 }
-
-/// Query blocks (`attention_blocks`) one prefill task attends in turn.
-const BLOCKS_PER_TASK: usize = 4;
 
 /// Most query heads per KV head the CPU kernel handles (Llama 3 uses 4, Qwen2 up to 7).
 pub const MAX_GROUP: usize = 64;

@@ -47,8 +47,6 @@ const MAX_TOKENS: usize = 16;
 const KEY_CHUNK: usize = 64;
 /// Zero key rows past a chunk's end, so the score loop may run whole passes of keys.
 const KEY_PAD: usize = 8;
-/// How far ahead of its use a K or V row is fetched while a chunk is loaded.
-const KEY_AHEAD: usize = 48;
 /// Chunks with fewer query tokens take the per-token kernel (a decode, a short tail).
 pub(crate) const MIN_QUERY_LEN: usize = 4;
 
@@ -116,7 +114,10 @@ pub(crate) unsafe fn attend_block<E: KvElem + Lanes512>(
         sc.vf.resize(KEY_CHUNK * hd, 0.0);
         sc.s.resize((KEY_CHUNK + KEY_PAD) * MAX_ROWS, 0.0);
         sc.o.resize(MAX_ROWS * hd, 0.0);
+        // Where row `r` (token `r / group`, head `r % group` of the KV head's group) starts
+        // in `q` and `out`.
         let row_len = x.layout.num_kv_heads * group * hd;
+        let row_at = |r: usize| (b.t0 + r / group) * row_len + (b.kv_head * group + r % group) * hd;
         // Queries, transposed and scaled, sixteen rows by sixteen columns at a time;
         // padding rows are zero.
         let zero = _mm512_setzero_ps();
@@ -126,8 +127,7 @@ pub(crate) unsafe fn attend_block<E: KvElem + Lanes512>(
                 let tile: [__m512; 16] = std::array::from_fn(|j| {
                     let r = v * 16 + j;
                     if r < rows {
-                        let (i, g) = (r / group, r % group);
-                        let at = (b.t0 + i) * row_len + (b.kv_head * group + g) * hd + d0;
+                        let at = row_at(r) + d0;
                         _mm512_mul_ps(_mm512_loadu_ps(x.q[at..at + 16].as_ptr()), scale)
                     } else {
                         zero
@@ -184,9 +184,8 @@ pub(crate) unsafe fn attend_block<E: KvElem + Lanes512>(
             }
         }
         for r in 0..rows {
-            let (i, g) = (r / group, r % group);
             let inv = _mm512_set1_ps(1.0 / sum[r]);
-            let dst = out.add((b.t0 + i) * row_len + (b.kv_head * group + g) * hd);
+            let dst = out.add(row_at(r));
             let src = sc.o.as_ptr().add(r * hd);
             for d in (0..hd).step_by(16) {
                 _mm512_storeu_ps(dst.add(d), _mm512_mul_ps(_mm512_loadu_ps(src.add(d)), inv));
@@ -208,23 +207,8 @@ unsafe fn load_chunk<E: KvElem + Lanes512>(
     let (hd, bs) = (x.layout.head_dim, x.layout.block_size);
     let row_at =
         |key: usize| x.layout.tile(b.table[key / bs] as usize, b.kv_head) + (key % bs) * hd;
-    let row_bytes = hd * std::mem::size_of::<E>();
-    let last = b.p0 + b.tokens - 1;
     for k in 0..n {
         let key = c0 + k;
-        // Pages are scattered, so the hardware prefetcher loses the stream at each page's
-        // end: the rows `KEY_AHEAD` keys on are asked for through the block table.
-        if key + KEY_AHEAD <= last {
-            let ahead = row_at(key + KEY_AHEAD);
-            let (kp, vp) = (
-                x.k_cache.as_ptr().add(ahead) as *const i8,
-                x.v_cache.as_ptr().add(ahead) as *const i8,
-            );
-            for off in (0..row_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(kp.add(off));
-                _mm_prefetch::<_MM_HINT_T0>(vp.add(off));
-            }
-        }
         let at = row_at(key);
         let (ks, vs) = (&x.k_cache[at..at + hd], &x.v_cache[at..at + hd]);
         let (kd, vd) = (
